@@ -1,0 +1,1 @@
+"""Alembic migrations of Nebula. Shipped inside the package as nebula._migrations."""

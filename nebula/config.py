@@ -1,0 +1,146 @@
+"""Settings: one frozen object, loaded once from flags, environment and an optional TOML file.
+
+This is the only module that reads os.environ. Precedence, highest first: command-line flags,
+`NEBULA_<NAME>` environment variables, the TOML file (`--config` / `NEBULA_CONFIG`), defaults.
+The names (db, listen, public_url, payload_dir, trusted_key, ...) are a public interface:
+operators script against them, so keep them. Imports only nebula.errors.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from nebula.errors import ConfigError
+
+DEFAULT_DB = "sqlite+aiosqlite:///nebula.db"
+DEFAULT_LISTEN = "127.0.0.1:8000"
+DEFAULT_PAYLOAD_DIR = "payloads"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the server needs to know, typed. Built by `load_settings`."""
+
+    db: str = DEFAULT_DB
+    listen: str = DEFAULT_LISTEN
+    public_url: str = ""  # empty: derived from `listen` (fine for a lab, wrong behind a proxy)
+    payload_dir: str = DEFAULT_PAYLOAD_DIR
+    # Extra PEM files trusted for payload signatures, on top of Flatcar's official key.
+    trusted_key: tuple[str, ...] = ()
+    # Set to false to trust only the operator's keys (custom builds that never carry Flatcar's).
+    trust_flatcar_key: bool = True
+    migrate: bool = True  # `serve` migrates the database on start
+    log_level: str = "info"
+    # Seconds a host is told to wait between checks (clamped by the client to [45 min, 4 h]).
+    poll_interval: int = 0
+    # How long the in-process cache of channels/groups/packages may be stale on another replica.
+    cache_ttl: float = 5.0
+    db_pool_size: int = 10
+
+    @property
+    def host(self) -> str:
+        return split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return split_listen(self.listen)[1]
+
+    @property
+    def base_url(self) -> str:
+        """The public base URL without a trailing slash."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host, port = split_listen(self.listen)
+        if host in ("", "0.0.0.0", "::"):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{port}"
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """'HOST:PORT' (or '[::1]:PORT', or ':PORT') -> (host, port)."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"listen must be HOST:PORT, got {listen!r}")
+    return host.strip("[]"), int(port)
+
+
+_BOOL_TRUE = {"1", "true", "yes", "on"}
+_BOOL_FALSE = {"0", "false", "no", "off"}
+
+
+def _coerce(name: str, kind: Any, value: Any) -> Any:
+    try:
+        if kind in ("bool", bool):
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _BOOL_TRUE:
+                return True
+            if text in _BOOL_FALSE:
+                return False
+            raise ValueError(value)
+        if kind in ("int", int):
+            return int(value)
+        if kind in ("float", float):
+            return float(value)
+        if kind in ("tuple[str, ...]",):
+            if isinstance(value, str):
+                # The environment holds a list as a path list: "a.pem:b.pem" (os.pathsep).
+                return tuple(p for p in value.split(os.pathsep) if p)
+            return tuple(str(v) for v in value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name!r}: cannot use {value!r}") from exc
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+) -> Settings:
+    """Merge defaults < config file < environment < flags. Flags whose value is None are unset."""
+    env = os.environ if environ is None else environ
+    flags = {k: v for k, v in (flags or {}).items() if v is not None and v != ()}
+    path = config_file or flags.pop("config", None) or env.get("NEBULA_CONFIG")
+    merged: dict[str, Any] = {}
+    known = {f.name: f.type for f in fields(Settings)}
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {path}: {exc}") from exc
+        for key, value in data.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ConfigError(f"config file {path}: unknown setting {key!r}")
+            merged[name] = value
+    for name in known:
+        value = env.get(f"NEBULA_{name.upper()}")
+        if value is not None and value != "":
+            merged[name] = value
+    flags.pop("config", None)
+    for name, value in flags.items():
+        if name not in known:
+            raise ConfigError(f"unknown setting {name!r}")
+        merged[name] = value
+    values = {name: _coerce(name, known[name], value) for name, value in merged.items()}
+    settings = Settings(**values)
+    split_listen(settings.listen)  # fail early on a bad address
+    if settings.public_url and not settings.public_url.startswith(("http://", "https://")):
+        raise ConfigError(f"public_url must start with http:// or https://, got {settings.public_url!r}")
+    return settings
+
+
+def client_env(environ: Mapping[str, str] | None = None) -> tuple[str | None, str | None]:
+    """NEBULA_URL and NEBULA_TOKEN for the CLI's API client."""
+    env = os.environ if environ is None else environ
+    return env.get("NEBULA_URL"), env.get("NEBULA_TOKEN")

@@ -1,0 +1,135 @@
+"""Engine and session set-up, and schema migration, for SQLite (aiosqlite) and PostgreSQL (asyncpg).
+
+Imports only nebula.store.models and nebula.errors. `postgresql://` and `sqlite:///` URLs are
+accepted as written and given their async driver. SQLite runs in WAL mode with foreign keys on,
+and every transaction starts with BEGIN IMMEDIATE: writers queue on SQLite's lock instead of
+failing on a lock upgrade, which also makes limits exact within one process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from nebula.errors import ConfigError
+
+# Any constant works; it only has to be the same for every Nebula process on one database.
+_MIGRATION_LOCK_KEY = 0x4E45_4255  # "NEBU"
+
+
+def normalize_url(raw: str) -> URL:
+    """Give plain database URLs their async driver; refuse anything else."""
+    try:
+        url = make_url(raw)
+    except ArgumentError as exc:
+        raise ConfigError(f"not a database URL: {raw!r}") from exc
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return url.set(drivername="sqlite+aiosqlite")
+    if backend == "postgresql":
+        return url.set(drivername="postgresql+asyncpg")
+    raise ConfigError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
+
+
+def is_sqlite(engine: AsyncEngine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def create_engine(raw_url: str, pool_size: int = 10) -> AsyncEngine:
+    url = normalize_url(raw_url)
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+        _tune_sqlite(engine)
+        return engine
+    return create_async_engine(
+        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=1800
+    )
+
+
+def _tune_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control from the driver so that we can say BEGIN IMMEDIATE ourselves.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+@asynccontextmanager
+async def transaction(
+    sessions: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[AsyncSession]:
+    """One unit of work: commit on success, roll back on any exception."""
+    async with sessions() as session, session.begin():
+        yield session
+
+
+def _alembic_config() -> Config:
+    import nebula._migrations as pkg
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(pkg.__file__).parent))
+    return cfg
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    def _current(conn: Connection) -> str | None:
+        return MigrationContext.configure(conn).get_current_revision()
+
+    async with engine.connect() as conn:
+        return await conn.run_sync(_current)
+
+
+async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
+    """Migrate the schema. Safe when several replicas start at once on one PostgreSQL."""
+    cfg = _alembic_config()
+
+    def _run(conn: Connection) -> None:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+    async with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # Transaction-scoped: released at commit, so a crashed migrator holds nothing.
+            await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_KEY})")
+        await conn.run_sync(_run)
+
+
+async def downgrade(engine: AsyncEngine, revision: str) -> None:
+    cfg = _alembic_config()
+
+    def _run(conn: Connection) -> None:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+
+    async with engine.begin() as conn:
+        await conn.run_sync(_run)

@@ -1,0 +1,271 @@
+"""SQLAlchemy 2 models: the whole schema of Nebula in one place.
+
+Imports nothing of Nebula beyond this package. The migrations under migrations/ are the source of
+truth for the database; these classes must match them (tests/store/test_schema.py compares).
+Invariants live here as constraints too: hash lengths, positive sizes, one full package per
+(app, arch, version), one delta per (app, arch, version, source version), foreign keys everywhere.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    MetaData,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a real bigint.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSON}
+
+
+class Application(Base):
+    __tablename__ = "applications"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # lower-case UUID, no braces
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime]
+
+
+class Package(Base):
+    """One version of an application for one architecture: a full image or a delta from one source."""
+
+    __tablename__ = "packages"
+    __table_args__ = (
+        CheckConstraint("kind IN ('full', 'delta')", name="kind"),
+        CheckConstraint(
+            "(kind = 'full' AND from_version IS NULL) OR (kind = 'delta' AND from_version IS NOT NULL)",
+            name="delta_source",
+        ),
+        Index(
+            "uq_packages_full", "app_id", "arch", "version", unique=True,
+            sqlite_where=text("kind = 'full'"), postgresql_where=text("kind = 'full'"),
+        ),
+        Index(
+            "uq_packages_delta", "app_id", "arch", "version", "from_version", unique=True,
+            sqlite_where=text("kind = 'delta'"), postgresql_where=text("kind = 'delta'"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("applications.id", ondelete="RESTRICT"))
+    version: Mapped[str] = mapped_column(String(64))
+    arch: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(8))
+    from_version: Mapped[str | None] = mapped_column(String(64))
+    # Set when the files are hosted elsewhere (CDN, Flatcar's release server): the codebase.
+    base_url: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(100), default="")
+
+    files: Mapped[list[PackageFile]] = relationship(
+        back_populates="package", order_by="PackageFile.position", cascade="all, delete-orphan",
+        lazy="selectin",
+    )
+
+
+class PackageFile(Base):
+    """A payload file of a package; position 0 is the main payload, the rest are extensions."""
+
+    __tablename__ = "package_files"
+    __table_args__ = (
+        UniqueConstraint("package_id", "position"),
+        UniqueConstraint("package_id", "name"),
+        CheckConstraint("size > 0", name="size_positive"),
+        CheckConstraint("length(sha1) = 40", name="sha1_len"),
+        CheckConstraint("length(sha256) = 64", name="sha256_len"),
+        CheckConstraint("position >= 0", name="position"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    package_id: Mapped[str] = mapped_column(ForeignKey("packages.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha1: Mapped[str] = mapped_column(String(40))  # lower-case hex
+    sha256: Mapped[str] = mapped_column(String(64), index=True)  # lower-case hex; the storage key
+    stored: Mapped[bool] = mapped_column(Boolean, default=False)  # bytes in Nebula's payload store
+    signer: Mapped[str | None] = mapped_column(String(64))  # fingerprint of the verifying key
+
+    package: Mapped[Package] = relationship(back_populates="files")
+
+
+class Channel(Base):
+    """A named stream (alpha, beta, stable, lts, custom) per architecture, pointing at a package."""
+
+    __tablename__ = "channels"
+    __table_args__ = (UniqueConstraint("app_id", "name", "arch"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("applications.id", ondelete="RESTRICT"))
+    name: Mapped[str] = mapped_column(String(100))
+    arch: Mapped[str] = mapped_column(String(16))
+    package_id: Mapped[str | None] = mapped_column(ForeignKey("packages.id", ondelete="RESTRICT"))
+    updated_at: Mapped[datetime]
+    updated_by: Mapped[str] = mapped_column(String(100), default="")
+
+
+class Group(Base):
+    """Hosts that send the same track on the same architecture, with their rollout policy."""
+
+    __tablename__ = "groups"
+    __table_args__ = (
+        UniqueConstraint("app_id", "track", "arch"),
+        UniqueConstraint("app_id", "name", "arch"),
+        CheckConstraint("percentage >= 0 AND percentage <= 100", name="percentage"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("applications.id", ondelete="RESTRICT"))
+    name: Mapped[str] = mapped_column(String(100))
+    track: Mapped[str] = mapped_column(String(100))
+    arch: Mapped[str] = mapped_column(String(16))
+    channel_id: Mapped[int | None] = mapped_column(ForeignKey("channels.id", ondelete="RESTRICT"))
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime]
+    # Rollout policy (enforced by nebula.policy; see the rollout policy issue).
+    updates_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    paused_reason: Mapped[str | None] = mapped_column(Text)
+    paused_by: Mapped[str | None] = mapped_column(String(100))
+    paused_at: Mapped[datetime | None]
+    max_updates_per_period: Mapped[int | None] = mapped_column(Integer)
+    period_seconds: Mapped[int | None] = mapped_column(Integer)
+    max_concurrent: Mapped[int | None] = mapped_column(Integer)
+    update_timeout_seconds: Mapped[int | None] = mapped_column(Integer)
+    safe_mode: Mapped[bool] = mapped_column(Boolean, default=False)
+    pause_on_failed_hosts: Mapped[int | None] = mapped_column(Integer)
+    pause_on_failed_percent: Mapped[float | None] = mapped_column(Float)
+    windows: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    percentage: Mapped[float] = mapped_column(Float, default=100.0)
+    pin_version: Mapped[str | None] = mapped_column(String(64))
+    allow_downgrade: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Instance(Base):
+    """A host, keyed by its machine id; what it last told us about itself."""
+
+    __tablename__ = "instances"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # machine id
+    alias: Mapped[str | None] = mapped_column(String(255))
+    ip: Mapped[str | None] = mapped_column(String(64))
+    oem: Mapped[str | None] = mapped_column(String(64))
+    oem_version: Mapped[str | None] = mapped_column(String(64))
+    aleph_version: Mapped[str | None] = mapped_column(String(64))
+    board: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+
+
+class InstanceApp(Base):
+    """One host's update state for one application."""
+
+    __tablename__ = "instance_apps"
+    __table_args__ = (
+        Index("ix_instance_apps_group_status", "group_id", "status"),
+        CheckConstraint(
+            "status IN ('new', 'idle', 'granted', 'downloading', 'downloaded', 'installed', "
+            "'complete', 'error', 'rolled_back', 'timed_out')",
+            name="status",
+        ),
+    )
+
+    instance_id: Mapped[str] = mapped_column(
+        ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True
+    )
+    app_id: Mapped[str] = mapped_column(ForeignKey("applications.id", ondelete="RESTRICT"), primary_key=True)
+    group_id: Mapped[str | None] = mapped_column(ForeignKey("groups.id", ondelete="SET NULL"))
+    track: Mapped[str | None] = mapped_column(String(100))
+    version: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="new")
+    boot_id: Mapped[str | None] = mapped_column(String(64))
+    granted_version: Mapped[str | None] = mapped_column(String(64))
+    granted_package_id: Mapped[str | None] = mapped_column(
+        ForeignKey("packages.id", ondelete="SET NULL")
+    )
+    granted_at: Mapped[datetime | None]
+    status_changed_at: Mapped[datetime]
+    completed_at: Mapped[datetime | None]
+    last_check_at: Mapped[datetime | None]
+    last_error_code: Mapped[int | None] = mapped_column(BigInteger)
+    last_error_at: Mapped[datetime | None]
+    hold_reason: Mapped[str | None] = mapped_column(String(32))
+    held: Mapped[bool] = mapped_column(Boolean, default=False)  # operator hold (per host)
+    created_at: Mapped[datetime]
+
+
+class Event(Base):
+    """The event log: every event a host sent, with its error code decoded."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_instance_time", "instance_id", "created_at"),
+        Index("ix_events_group_time", "group_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime]
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
+    app_id: Mapped[str] = mapped_column(ForeignKey("applications.id", ondelete="RESTRICT"))
+    group_id: Mapped[str | None] = mapped_column(ForeignKey("groups.id", ondelete="SET NULL"))
+    event_type: Mapped[int] = mapped_column(Integer)
+    event_result: Mapped[int] = mapped_column(Integer)
+    error_code: Mapped[int | None] = mapped_column(BigInteger)  # as sent, flags included
+    base_code: Mapped[int | None] = mapped_column(Integer)  # error_code & 0x0fffffff
+    flags: Mapped[int | None] = mapped_column(BigInteger)  # error_code & 0xf0000000
+    version: Mapped[str | None] = mapped_column(String(64))
+    previous_version: Mapped[str | None] = mapped_column(String(64))
+    boot_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class ApiToken(Base):
+    """An admin API token. Only its SHA-256 is kept: the token itself is shown once, at creation."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (CheckConstraint("role IN ('admin', 'viewer')", name="role"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class ConfigStamp(Base):
+    """A single row bumped by every admin change, so that every replica drops its cache."""
+
+    __tablename__ = "config_stamp"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    stamp: Mapped[int] = mapped_column(BigInteger, default=0)
