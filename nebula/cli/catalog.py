@@ -1,0 +1,267 @@
+"""`nebula package|channel|group|instance ...`: the operator's commands over the admin API."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from nebula.cli.client import ApiClient
+from nebula.cli.output import emit_json, human_size, table
+
+ARCH = click.Choice(["amd64", "arm64"])
+
+
+def api_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--token", help="Admin API token [NEBULA_TOKEN]")(f)
+    f = click.option("--server", "url",
+                     help="Nebula's URL [NEBULA_URL, default http://127.0.0.1:8000]")(f)
+    return f
+
+
+def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON")(f)
+
+
+# -- packages ------------------------------------------------------------------------------------
+
+
+@click.group("package")
+def package_group() -> None:
+    """Update payloads."""
+
+
+def _print_package(p: dict[str, Any]) -> None:
+    kind = f"delta from {p['from_version']}" if p["kind"] == "delta" else "full"
+    click.echo(f"package {p['id']}: {p['version']} {p['arch']} ({kind})")
+    click.echo(f"  codebase {p['codebase']}")
+    for f in p["files"]:
+        role = "main" if f["required"] else "extension"
+        click.echo(f"  {f['name']}  {human_size(f['size'])}  sha256 {f['sha256']}  ({role})")
+
+
+_PATH = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+@package_group.command("upload")
+@api_options
+@json_option
+@click.argument("payload", type=_PATH)
+@click.option("--version", required=True, help="The OS version of the payload, e.g. 4152.2.3")
+@click.option("--arch", type=ARCH, required=True)
+@click.option("--extension", multiple=True, type=_PATH,
+              help="An extension payload of this version (oem-*.gz, flatcar-*.gz); repeatable")
+@click.option("--from-version", help="For a delta payload: the version it applies to")
+def package_upload(url: str | None, token: str | None, as_json: bool, payload: Path,
+                   version: str, arch: str, extension: tuple[Path, ...],
+                   from_version: str | None) -> None:
+    """Upload a signed payload (and its extensions) to Nebula's payload store."""
+    params = {"version": version, "arch": arch}
+    if from_version:
+        params["from_version"] = from_version
+    result = ApiClient(url, token).upload(params, payload, extension)
+    emit_json(result) if as_json else _print_package(result)
+
+
+def _describe_file(path: Path) -> dict[str, Any]:
+    sha1, sha256, size = hashlib.sha1(), hashlib.sha256(), 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            sha1.update(chunk)
+            sha256.update(chunk)
+            size += len(chunk)
+    return {"name": path.name, "size": size, "sha1": sha1.hexdigest(),
+            "sha256": sha256.hexdigest()}
+
+
+def _parse_file_spec(text: str) -> dict[str, Any]:
+    parts = text.split(":")
+    if len(parts) != 4 or not parts[1].isdigit():
+        raise click.BadParameter(f"{text!r}: want NAME:SIZE:SHA1HEX:SHA256HEX")
+    return {"name": parts[0], "size": int(parts[1]), "sha1": parts[2], "sha256": parts[3]}
+
+
+@package_group.command("add")
+@api_options
+@json_option
+@click.argument("files", nargs=-1, type=_PATH)
+@click.option("--url", "base_url", required=True,
+              help="Base URL the files are served from (a CDN, Flatcar's release server)")
+@click.option("--version", required=True)
+@click.option("--arch", type=ARCH, required=True)
+@click.option("--from-version", help="For a delta payload: the version it applies to")
+@click.option("--extension", multiple=True, type=_PATH, help="A local copy of an extension")
+@click.option("--file", "specs", multiple=True,
+              help="NAME:SIZE:SHA1HEX:SHA256HEX of a file without a local copy; repeatable, "
+                   "main payload first")
+def package_add(url: str | None, token: str | None, as_json: bool, files: tuple[Path, ...],
+                base_url: str, version: str, arch: str, from_version: str | None,
+                extension: tuple[Path, ...], specs: tuple[str, ...]) -> None:
+    """Register a package hosted elsewhere, with each file's size and hashes.
+
+    Give local copies of the files (FILES, main payload first, and --extension) to have the
+    sizes and hashes computed, or --file NAME:SIZE:SHA1:SHA256 for each.
+    """
+    described = [_describe_file(p) for p in (*files, *extension)]
+    described += [_parse_file_spec(s) for s in specs]
+    if not described:
+        raise click.UsageError("give the files (local copies) or --file specs")
+    body = {"version": version, "arch": arch, "from_version": from_version,
+            "base_url": base_url, "files": described}
+    result = ApiClient(url, token).send("POST", "/api/v1/packages", body)
+    emit_json(result) if as_json else _print_package(result)
+
+
+@package_group.command("list")
+@api_options
+@json_option
+@click.option("--arch", type=ARCH)
+@click.option("--version")
+def package_list(url: str | None, token: str | None, as_json: bool, arch: str | None,
+                 version: str | None) -> None:
+    """List packages."""
+    result = ApiClient(url, token).get("/api/v1/packages", {"arch": arch, "version": version})
+    if as_json:
+        return emit_json(result)
+    table(
+        [(p["version"], p["arch"], p["kind"] if p["kind"] == "full" else f"delta<-{p['from_version']}",
+          len(p["files"]), human_size(sum(f["size"] for f in p["files"])),
+          "external" if p["external"] else "stored", p["id"]) for p in result["packages"]],
+        ["version", "arch", "kind", "files", "size", "where", "id"],
+    )
+
+
+@package_group.command("delete")
+@api_options
+@click.argument("package_id")
+def package_delete(url: str | None, token: str | None, package_id: str) -> None:
+    """Delete a package no channel or pin uses."""
+    ApiClient(url, token).call("DELETE", f"/api/v1/packages/{package_id}")
+    click.echo(f"deleted {package_id}")
+
+
+# -- channels ------------------------------------------------------------------------------------
+
+
+@click.group("channel")
+def channel_group() -> None:
+    """Channels: which version each channel offers."""
+
+
+@channel_group.command("list")
+@api_options
+@json_option
+def channel_list(url: str | None, token: str | None, as_json: bool) -> None:
+    """List channels and their versions."""
+    result = ApiClient(url, token).get("/api/v1/channels")
+    if as_json:
+        return emit_json(result)
+    table([(c["name"], c["arch"], c["version"] or "-", c["updated_at"], c["updated_by"])
+           for c in result["channels"]], ["channel", "arch", "version", "updated", "by"])
+
+
+@channel_group.command("set")
+@api_options
+@json_option
+@click.argument("channel")
+@click.option("--arch", type=ARCH, required=True)
+@click.option("--version", required=True, help="A version uploaded or added before")
+def channel_set(url: str | None, token: str | None, as_json: bool, channel: str, arch: str,
+                version: str) -> None:
+    """Point CHANNEL at VERSION: hosts of its groups are offered it."""
+    result = ApiClient(url, token).send("PUT", f"/api/v1/channels/{channel}",
+                                        {"arch": arch, "version": version})
+    if as_json:
+        return emit_json(result)
+    click.echo(f"{result['name']} ({result['arch']}) now offers {result['version']}")
+
+
+# -- groups --------------------------------------------------------------------------------------
+
+
+@click.group("group")
+def group_group() -> None:
+    """Groups of hosts (a track on an architecture) and their channel."""
+
+
+@group_group.command("list")
+@api_options
+@json_option
+def group_list(url: str | None, token: str | None, as_json: bool) -> None:
+    """List groups."""
+    result = ApiClient(url, token).get("/api/v1/groups")
+    if as_json:
+        return emit_json(result)
+    table([(g["name"], g["track"], g["arch"], g["channel"] or "-",
+            "on" if g["policy"]["updates_enabled"] else "paused", g["id"])
+           for g in result["groups"]], ["name", "track", "arch", "channel", "updates", "id"])
+
+
+@group_group.command("create")
+@api_options
+@json_option
+@click.argument("name")
+@click.option("--arch", type=ARCH, required=True)
+@click.option("--channel", required=True, help="The channel whose version the group follows")
+@click.option("--track", help="What hosts send as GROUP in update.conf (default: the name)")
+@click.option("--description", default="")
+def group_create(url: str | None, token: str | None, as_json: bool, name: str, arch: str,
+                 channel: str, track: str | None, description: str) -> None:
+    """Create a group."""
+    result = ApiClient(url, token).send("POST", "/api/v1/groups", {
+        "name": name, "arch": arch, "channel": channel, "track": track,
+        "description": description,
+    })
+    if as_json:
+        return emit_json(result)
+    click.echo(f"group {result['name']} ({result['arch']}) track {result['track']} "
+               f"follows {result['channel']}: {result['id']}")
+
+
+@group_group.command("show")
+@api_options
+@json_option
+@click.argument("group")
+@click.option("--arch", type=ARCH, help="Needed when the name exists for both arches")
+def group_show(url: str | None, token: str | None, as_json: bool, group: str,
+               arch: str | None) -> None:
+    """Show a group, its policy and its hosts by status."""
+    g = ApiClient(url, token).get(f"/api/v1/groups/{group}", {"arch": arch})
+    if as_json:
+        return emit_json(g)
+    click.echo(f"group {g['name']} ({g['arch']}), track {g['track']}, channel {g['channel']}")
+    click.echo(f"  id {g['id']}")
+    for key, value in g["policy"].items():
+        click.echo(f"  {key}: {value}")
+    counts = g.get("instances", {})
+    click.echo("  hosts: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
+
+
+# -- instances -----------------------------------------------------------------------------------
+
+
+@click.group("instance")
+def instance_group() -> None:
+    """Hosts and their update state."""
+
+
+@instance_group.command("list")
+@api_options
+@json_option
+@click.option("--group", help="Only this group (name, track or id)")
+@click.option("--arch", type=ARCH)
+@click.option("--status")
+@click.option("--version")
+@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--offset", type=int, default=0)
+def instance_list(url: str | None, token: str | None, as_json: bool, **filters: Any) -> None:
+    """List hosts."""
+    result = ApiClient(url, token).get("/api/v1/instances", filters)
+    if as_json:
+        return emit_json(result)
+    table([(i["machine_id"], i["alias"], i["ip"], i["group"], i["version"], i["status"],
+            i["granted_version"], i["last_check_at"]) for i in result["instances"]],
+          ["machine id", "alias", "ip", "group", "version", "status", "granted", "last check"])

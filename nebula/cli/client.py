@@ -1,0 +1,82 @@
+"""The admin API client the CLI uses: NEBULA_URL and NEBULA_TOKEN (or --url/--token).
+
+Errors from the server come back as ClickExceptions carrying the server's own message.
+Uploads stream from disk: a 1 GiB payload never sits in this process's memory either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import click
+
+from nebula.config import client_env
+
+
+class ApiClient:
+    def __init__(self, url: str | None, token: str | None) -> None:
+        env_url, env_token = client_env()
+        self.url = (url or env_url or "http://127.0.0.1:8000").rstrip("/")
+        self.token = token or env_token
+        if not self.token:
+            raise click.UsageError("no token: set NEBULA_TOKEN (see `nebula token create`)")
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=600)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            try:
+                async with session.request(
+                    method, self.url + path, headers=self._headers(), **kwargs
+                ) as resp:
+                    body = await resp.read()
+                    if resp.status >= 400:
+                        raise click.ClickException(_error_text(resp.status, body))
+                    if resp.status == 204 or not body:
+                        return None
+                    return json.loads(body)
+            except aiohttp.ClientConnectionError as exc:
+                raise click.ClickException(f"cannot reach {self.url}: {exc}") from None
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        return asyncio.run(self._request(method, path, **kwargs))
+
+    def get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        clean = {k: str(v) for k, v in (params or {}).items() if v is not None}
+        return self.call("GET", path, params=clean)
+
+    def send(self, method: str, path: str, body: dict[str, Any]) -> Any:
+        return self.call(method, path, json=body)
+
+    def upload(self, params: dict[str, str], payload: Path, extensions: Sequence[Path]) -> Any:
+        async def run() -> Any:
+            handles = []
+            try:
+                form = aiohttp.FormData()
+                for field, path in [("payload", payload), *(("extension", e) for e in extensions)]:
+                    handle = path.open("rb")
+                    handles.append(handle)
+                    form.add_field(field, handle, filename=path.name,
+                                   content_type="application/octet-stream")
+                return await self._request("POST", "/api/v1/packages/upload", params=params,
+                                           data=form)
+            finally:
+                for handle in handles:
+                    handle.close()
+
+        return asyncio.run(run())
+
+
+def _error_text(status: int, body: bytes) -> str:
+    try:
+        message = json.loads(body)["error"]
+    except (ValueError, KeyError, TypeError):
+        message = body.decode(errors="replace").strip() or "no details"
+    return f"server said {status}: {message}"

@@ -1,0 +1,57 @@
+"""How a host's update status follows the events it sends (contract §3). Pure: no imports of Nebula.
+
+    new/idle/complete/error/... --grant--> granted --13/1--> downloading --14/1--> downloaded
+        --3/1--> installed --(check on the granted version, 3/2)--> complete
+    any in-progress state --x/0--> error (code kept) | rolled_back (3/0, code 44)
+
+Events only move a host that is in the middle of an update Nebula granted: a forged or stale
+event is written to the log but changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+IN_PROGRESS = frozenset({"granted", "downloading", "downloaded", "installed"})
+FAILED = frozenset({"error", "rolled_back", "timed_out"})
+STATUSES = ("new", "idle", "granted", "downloading", "downloaded", "installed", "complete",
+            "error", "rolled_back", "timed_out")
+
+EVENT_UPDATE_COMPLETE = 3
+EVENT_DOWNLOAD_STARTED = 13
+EVENT_DOWNLOAD_FINISHED = 14
+RESULT_ERROR = 0
+RESULT_SUCCESS = 1
+RESULT_SUCCESS_REBOOT = 2
+ERROR_ROLLBACK = 44
+BASE_CODE_MASK = 0x0FFFFFFF
+
+_SUCCESS_STEPS = {
+    (EVENT_DOWNLOAD_STARTED, RESULT_SUCCESS): "downloading",
+    (EVENT_DOWNLOAD_FINISHED, RESULT_SUCCESS): "downloaded",
+    (EVENT_UPDATE_COMPLETE, RESULT_SUCCESS): "installed",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    status: str
+    error_code: int | None = None  # the base code, for error and rolled_back
+
+
+def after_event(status: str, event_type: int, result: int, error_code: int | None) -> Transition | None:
+    """The new status after one event, or None when the event changes nothing."""
+    if status not in IN_PROGRESS:
+        return None
+    if result == RESULT_ERROR:
+        base = None if error_code is None else error_code & BASE_CODE_MASK
+        if event_type == EVENT_UPDATE_COMPLETE and base == ERROR_ROLLBACK:
+            return Transition("rolled_back", base)
+        return Transition("error", base)
+    step = _SUCCESS_STEPS.get((event_type, result))
+    return Transition(step) if step is not None and step != status else None
+
+
+def completes(status: str, granted_version: str | None, reported_version: str | None) -> bool:
+    """A host in an update Nebula granted that now runs the granted version has completed it."""
+    return status in IN_PROGRESS and granted_version is not None and reported_version == granted_version

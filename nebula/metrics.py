@@ -1,0 +1,67 @@
+"""Every Prometheus metric of Nebula, defined once, namespace "nebula", with bounded labels.
+
+Label values come from fixed sets (request kinds, decisions, statuses) or from operator-made
+names (groups), never from what a host sends: an unknown event type is counted as "other".
+Imports nothing of Nebula. Instance counts per status are gauges read from the database at
+scrape time by nebula.web.status (see `InstanceCollector`).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+KNOWN_EVENT_TYPES = frozenset({"3", "13", "14"})
+KNOWN_RESULTS = frozenset({"0", "1", "2"})
+# Base error codes worth a label of their own (contract §3); the rest count as "other".
+KNOWN_ERROR_CODES = frozenset({"5", "9", "10", "11", "18", "34", "44"})
+
+
+class Metrics:
+    """One set of metrics on its own registry, so that tests and several apps do not collide."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.omaha_requests = Counter(
+            "nebula_omaha_requests_total", "Omaha requests by outcome",
+            ["outcome"], registry=r,  # ok, bad_request, too_large, error
+        )
+        self.omaha_duration = Histogram(
+            "nebula_omaha_request_duration_seconds", "Time to answer an Omaha request",
+            registry=r, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+        self.update_checks = Counter(
+            "nebula_update_checks_total", "Update checks by decision and reason",
+            ["decision", "reason"], registry=r,
+        )
+        self.grants = Counter(
+            "nebula_updates_granted_total", "New update grants by group", ["group"], registry=r
+        )
+        self.events = Counter(
+            "nebula_events_total", "Events hosts reported", ["type", "result"], registry=r
+        )
+        self.failures = Counter(
+            "nebula_update_failures_total", "Failure events by base error code", ["code"],
+            registry=r,
+        )
+        self.payload_requests = Counter(
+            "nebula_payload_requests_total", "Payload file requests by HTTP status", ["status"],
+            registry=r,
+        )
+        self.payload_bytes = Counter(
+            "nebula_payload_bytes_sent_total", "Payload bytes sent to hosts", registry=r
+        )
+        self.uploads = Counter(
+            "nebula_payload_uploads_total", "Payload uploads by outcome", ["outcome"], registry=r
+        )
+
+    def count_event(self, event_type: int, result: int, error_code: int | None) -> None:
+        t = str(event_type)
+        res = str(result)
+        self.events.labels(
+            type=t if t in KNOWN_EVENT_TYPES else "other",
+            result=res if res in KNOWN_RESULTS else "other",
+        ).inc()
+        if result == 0:
+            code = "none" if error_code is None else str(error_code & 0x0FFFFFFF)
+            self.failures.labels(code=code if code in KNOWN_ERROR_CODES | {"none"} else "other").inc()

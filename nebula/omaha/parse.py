@@ -1,0 +1,211 @@
+"""Turn the body of an Omaha v3 POST into a `Request`, or refuse it with a `ProtocolError`.
+
+The body is untrusted: it is size-limited before parsing, parsed by an lxml parser that never
+resolves entities, loads DTDs or touches the network, and any document carrying a DOCTYPE is
+refused outright (billion laughs, external entities). Elements are matched on their local name,
+so a namespaced request is read like a plain one. Every attribute but `app@appid` is optional.
+Error messages go back to the client: they name the problem, never a traceback.
+
+Pure: imports only the standard library, lxml, `nebula.errors` and `nebula.omaha.model`.
+No database, no web framework, no clock.
+"""
+
+from __future__ import annotations
+
+import re
+
+from lxml import etree
+
+from nebula.errors import ProtocolError, RequestTooLargeError
+from nebula.omaha.model import AppRequest, Event, Request
+
+__all__ = ["MAX_APPS", "MAX_BODY", "MAX_EVENTS", "parse_request"]
+
+MAX_BODY = 64 * 1024
+"""Largest accepted body in bytes; a real request is well under 2 KiB."""
+MAX_APPS = 16
+"""Most `<app>` elements in one request (update_engine sends one)."""
+MAX_EVENTS = 32
+"""Most `<event>` elements in one app (update_engine sends at most one)."""
+
+PROTOCOL = "3.0"
+
+# One parser for the process: lxml serializes its use between threads, and building a parser per
+# request is needless work on the hot path.
+_PARSER = etree.XMLParser(
+    resolve_entities=False,
+    no_network=True,
+    load_dtd=False,
+    huge_tree=False,
+    remove_comments=True,
+    remove_pis=True,
+)
+
+_INT_RE = re.compile(r"-?[0-9]{1,10}")
+_U32 = 0xFFFF_FFFF
+_MAX_MESSAGE_TEXT = 120
+
+
+def parse_request(body: bytes) -> Request:
+    """Parse one Omaha request body. Raises `ProtocolError` (`RequestTooLargeError` for a body
+    over `MAX_BODY`) for anything that is not a usable Omaha v3 request."""
+    if len(body) > MAX_BODY:
+        raise RequestTooLargeError(
+            f"request body of {len(body)} bytes is over the limit of {MAX_BODY} bytes"
+        )
+    if not body.strip():
+        raise ProtocolError("request body is empty")
+    # Cheap early refusal before libxml2 reads any DTD; the docinfo check below catches the
+    # spellings this misses (e.g. a UTF-16 body).
+    if b"<!DOCTYPE" in body:
+        raise ProtocolError("DTDs are not allowed")
+    try:
+        root = etree.fromstring(body, _PARSER)
+    except etree.LxmlError as exc:
+        raise ProtocolError(f"request is not well-formed XML: {_clip(str(exc))}") from exc
+    except ValueError as exc:  # lxml refuses some inputs with ValueError, not a syntax error
+        raise ProtocolError(f"request is not usable XML: {_clip(str(exc))}") from exc
+    docinfo = root.getroottree().docinfo
+    if docinfo.internalDTD is not None or docinfo.externalDTD is not None or docinfo.doctype:
+        raise ProtocolError("DTDs are not allowed")
+
+    if _local(root) != "request":
+        raise ProtocolError(f"root element is <{_clip(_local(root))}>, expected <request>")
+    protocol = _attr(root, "protocol")
+    if protocol is None:
+        protocol = PROTOCOL  # update_engine always sends it; an omission is read as 3.0
+    elif protocol != PROTOCOL:
+        raise ProtocolError(f"protocol {_clip(protocol)!r} is not supported, only {PROTOCOL}")
+
+    os_el: etree._Element | None = None
+    app_els: list[etree._Element] = []
+    for child in root:
+        name = _local(child)
+        if name == "app":
+            app_els.append(child)
+            if len(app_els) > MAX_APPS:
+                raise ProtocolError(f"request has more than {MAX_APPS} <app> elements")
+        elif name == "os" and os_el is None:
+            os_el = child
+    if not app_els:
+        raise ProtocolError("request has no <app> element")
+
+    return Request(
+        protocol=protocol,
+        client_version=_attr(root, "version"),
+        updater_version=_attr(root, "updaterversion"),
+        install_source=_attr(root, "installsource"),
+        is_machine=_bool_attr(root, "ismachine"),
+        os_version=None if os_el is None else _attr(os_el, "version"),
+        os_platform=None if os_el is None else _attr(os_el, "platform"),
+        os_sp=None if os_el is None else _attr(os_el, "sp"),
+        apps=tuple(_parse_app(el) for el in app_els),
+    )
+
+
+def _parse_app(el: etree._Element) -> AppRequest:
+    raw_app_id = el.get("appid")
+    if raw_app_id is None:
+        raise ProtocolError("an <app> element has no appid attribute")
+    app_id = _normalize_id(raw_app_id)
+    if not app_id:
+        raise ProtocolError("an <app> element has an empty appid attribute")
+
+    ping = False
+    update_check = False
+    events: list[Event] = []
+    for child in el:
+        name = _local(child)
+        if name == "event":
+            if len(events) == MAX_EVENTS:
+                raise ProtocolError(f"an <app> has more than {MAX_EVENTS} <event> elements")
+            events.append(_parse_event(child))
+        elif name == "ping":
+            ping = True
+        elif name == "updatecheck":
+            update_check = True
+
+    boot_id = el.get("bootid")
+    machine_id = el.get("machineid")
+    delta_okay = _attr(el, "delta_okay")
+    return AppRequest(
+        app_id=app_id,
+        raw_app_id=raw_app_id,
+        version=_attr(el, "version"),
+        track=_attr(el, "track"),
+        boot_id=None if boot_id is None else _normalize_id(boot_id),
+        machine_id=None if machine_id is None else _normalize_id(machine_id),
+        machine_alias=_attr(el, "machinealias"),
+        oem=_attr(el, "oem"),
+        oem_version=_attr(el, "oemversion"),
+        aleph_version=_attr(el, "alephversion"),
+        board=_attr(el, "board"),
+        hardware_class=_attr(el, "hardware_class"),
+        lang=_attr(el, "lang"),
+        delta_okay=delta_okay is not None and delta_okay.lower() == "true",
+        ping=ping,
+        update_check=update_check,
+        events=tuple(events),
+    )
+
+
+def _parse_event(el: etree._Element) -> Event:
+    event_type = _int_attr(el, "eventtype", lo=0, hi=0x7FFF_FFFF)
+    if event_type is None:
+        raise ProtocolError("an <event> element has no eventtype attribute")
+    result = _int_attr(el, "eventresult", lo=0, hi=0x7FFF_FFFF)
+    if result is None:
+        raise ProtocolError("an <event> element has no eventresult attribute")
+    # Error codes are 32-bit with flags in the top bits; some clients print them signed.
+    error_code = _int_attr(el, "errorcode", lo=-(1 << 31), hi=_U32)
+    if error_code is not None:
+        error_code &= _U32
+    return Event(
+        type=event_type,
+        result=result,
+        error_code=error_code,
+        previous_version=_attr(el, "previousversion"),
+    )
+
+
+def _local(el: etree._Element) -> str:
+    """The element's name without its namespace; "" for comments, entities and the like."""
+    tag = el.tag
+    if not isinstance(tag, str):
+        return ""
+    return tag.rpartition("}")[2]
+
+
+def _attr(el: etree._Element, name: str) -> str | None:
+    value = el.get(name)
+    return None if value is None else value.strip()
+
+
+def _bool_attr(el: etree._Element, name: str) -> bool:
+    value = _attr(el, name)
+    return value is not None and value.lower() in ("1", "true")
+
+
+def _int_attr(el: etree._Element, name: str, *, lo: int, hi: int) -> int | None:
+    value = _attr(el, name)
+    if value is None:
+        return None
+    if _INT_RE.fullmatch(value) is None:
+        raise ProtocolError(f"<{_local(el)}> attribute {name}={_clip(value)!r} is not an integer")
+    number = int(value)
+    if not lo <= number <= hi:
+        raise ProtocolError(f"<{_local(el)}> attribute {name}={number} is out of range")
+    return number
+
+
+def _normalize_id(value: str) -> str:
+    """Lowercase, without surrounding whitespace or braces: "{ABC-1}" -> "abc-1"."""
+    return value.strip().strip("{}").strip().lower()
+
+
+def _clip(text: str) -> str:
+    """Keep client-controlled text in messages short and on one line."""
+    text = " ".join(text.split())
+    if len(text) > _MAX_MESSAGE_TEXT:
+        return text[: _MAX_MESSAGE_TEXT - 3] + "..."
+    return text

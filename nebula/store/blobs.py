@@ -1,0 +1,69 @@
+"""The local payload store: files kept by their SHA-256, written once, never changed.
+
+Layout: `<payload_dir>/objects/<first two hex digits>/<sha256 hex>`; uploads are written under
+`<payload_dir>/incoming/` and moved into place with an atomic rename after they are complete,
+verified and fsynced, so a file a host can fetch is always whole. Content addressing makes a
+re-upload free and lets packages share files. Imports nothing of Nebula.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class BlobStore:
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.objects = self.root / "objects"
+        self.incoming = self.root / "incoming"
+
+    def prepare(self) -> None:
+        self.objects.mkdir(parents=True, exist_ok=True)
+        self.incoming.mkdir(parents=True, exist_ok=True)
+        # Leftovers of uploads cut short by a crash are never referenced: remove them.
+        for stale in self.incoming.iterdir():
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+    def path(self, sha256_hex: str) -> Path:
+        if not _HEX64.match(sha256_hex):
+            raise ValueError(f"not a SHA-256: {sha256_hex!r}")
+        return self.objects / sha256_hex[:2] / sha256_hex
+
+    def exists(self, sha256_hex: str) -> bool:
+        return self.path(sha256_hex).is_file()
+
+    def new_temp(self) -> tuple[BinaryIO, Path]:
+        """An open file for an incoming upload, and its path."""
+        fd, name = tempfile.mkstemp(dir=self.incoming, prefix="upload-")
+        return os.fdopen(fd, "wb"), Path(name)
+
+    def commit(self, temp: Path, sha256_hex: str) -> Path:
+        """Move a complete, verified upload into place (atomically); drop it if already there."""
+        final = self.path(sha256_hex)
+        if final.is_file():
+            temp.unlink(missing_ok=True)
+            return final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(temp, 0o444)
+        os.replace(temp, final)
+        _fsync_dir(final.parent)
+        return final
+
+    def discard(self, temp: Path) -> None:
+        temp.unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,186 @@
+"""The catalog: an immutable in-memory snapshot of applications, groups, channels and packages.
+
+Every Omaha request reads it; none queries these tables. A snapshot is rebuilt when the single-row
+config stamp changes: an admin change bumps the stamp in its own transaction, drops this
+process's snapshot at once, and every other replica notices within `cache_ttl` seconds (it polls
+the stamp, one indexed single-row read). Imports nebula.store, nebula.omaha.model, nebula.versions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from dataclasses import dataclass, field
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from nebula.omaha.model import Manifest, PackageFile
+from nebula.store.models import Application, Channel, ConfigStamp, Group, Package
+
+
+@dataclass(frozen=True, slots=True)
+class PackageEntry:
+    id: str
+    version: str
+    arch: str
+    kind: str
+    from_version: str | None
+    manifest: Manifest
+
+
+@dataclass(frozen=True, slots=True)
+class GroupEntry:
+    id: str
+    app_id: str
+    name: str
+    track: str
+    arch: str
+    channel_name: str | None
+    updates_enabled: bool
+    allow_downgrade: bool
+    pin_version: str | None
+    target: PackageEntry | None  # the full package hosts of this group are offered
+    # Deltas into the target, keyed by the version they apply to.
+    deltas: dict[str, PackageEntry] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    stamp: int
+    apps: frozenset[str]
+    # (app_id, track, arch) -> group; tracks are matched as sent, and group ids are tracks too.
+    groups: dict[tuple[str, str, str], GroupEntry]
+    # (app_id, track) -> the arches that have such a group, for hosts that do not say theirs.
+    track_arches: dict[tuple[str, str], tuple[str, ...]]
+
+    def find_group(self, app_id: str, track: str, arch: str | None) -> GroupEntry | None:
+        if arch is None:
+            arches = self.track_arches.get((app_id, track), ())
+            # A host that does not name its architecture (update_engine_stub) gets the one group
+            # of its track, or amd64's when the track exists for several.
+            arch = arches[0] if len(arches) == 1 else "amd64"
+        return self.groups.get((app_id, track, arch))
+
+
+def payload_codebase(base_url: str, package_id: str) -> str:
+    """Where Nebula serves a stored package's files: stable, and ending in '/'."""
+    return f"{base_url}/v1/payloads/{package_id}/"
+
+
+def to_manifest(package: Package, base_url: str) -> Manifest:
+    files = tuple(
+        PackageFile(
+            name=f.name,
+            size=f.size,
+            sha1_b64=base64.b64encode(bytes.fromhex(f.sha1)).decode(),
+            sha256_hex=f.sha256,
+            required=f.position == 0,
+        )
+        for f in package.files
+    )
+    codebase = package.base_url or payload_codebase(base_url, package.id)
+    if not codebase.endswith("/"):
+        codebase += "/"
+    return Manifest(
+        version=package.version,
+        codebase=codebase,
+        packages=files,
+        sha256_b64=base64.b64encode(bytes.fromhex(package.files[0].sha256)).decode(),
+        is_delta=package.kind == "delta",
+    )
+
+
+def _entry(package: Package, base_url: str) -> PackageEntry:
+    return PackageEntry(
+        id=package.id, version=package.version, arch=package.arch, kind=package.kind,
+        from_version=package.from_version, manifest=to_manifest(package, base_url),
+    )
+
+
+async def read_stamp(session: AsyncSession) -> int:
+    return int((await session.execute(select(ConfigStamp.stamp))).scalar_one())
+
+
+async def bump_stamp(session: AsyncSession) -> None:
+    """Call in every transaction that changes what the catalog holds."""
+    await session.execute(update(ConfigStamp).values(stamp=ConfigStamp.stamp + 1))
+
+
+async def load_catalog(session: AsyncSession, base_url: str) -> Catalog:
+    stamp = await read_stamp(session)
+    apps = frozenset((await session.execute(select(Application.id))).scalars())
+    channels = {c.id: c for c in (await session.execute(select(Channel))).scalars()}
+    packages = list((await session.execute(select(Package))).scalars())
+    by_id = {p.id: p for p in packages}
+    full = {(p.app_id, p.arch, p.version): p for p in packages if p.kind == "full"}
+    deltas: dict[tuple[str, str, str], dict[str, PackageEntry]] = {}
+    for p in packages:
+        if p.kind == "delta" and p.files and p.from_version is not None:
+            key = (p.app_id, p.arch, p.version)
+            deltas.setdefault(key, {})[p.from_version] = _entry(p, base_url)
+    groups: dict[tuple[str, str, str], GroupEntry] = {}
+    arches: dict[tuple[str, str], list[str]] = {}
+    for g in (await session.execute(select(Group))).scalars():
+        channel = channels.get(g.channel_id) if g.channel_id is not None else None
+        target_pkg: Package | None = None
+        if g.pin_version:
+            target_pkg = full.get((g.app_id, g.arch, g.pin_version))
+        elif channel is not None and channel.package_id is not None:
+            target_pkg = by_id.get(channel.package_id)
+        target = _entry(target_pkg, base_url) if target_pkg and target_pkg.files else None
+        entry = GroupEntry(
+            id=g.id, app_id=g.app_id, name=g.name, track=g.track, arch=g.arch,
+            channel_name=channel.name if channel else None,
+            updates_enabled=g.updates_enabled, allow_downgrade=g.allow_downgrade,
+            pin_version=g.pin_version, target=target,
+            deltas=deltas.get((g.app_id, g.arch, target.version), {}) if target else {},
+        )
+        # A group answers to its track and to its id (the legacy CoreOS group UUIDs).
+        for track in (g.track, g.id):
+            groups[(g.app_id, track, g.arch)] = entry
+            arches.setdefault((g.app_id, track), []).append(g.arch)
+    return Catalog(
+        stamp=stamp, apps=apps, groups=groups,
+        track_arches={k: tuple(sorted(v)) for k, v in arches.items()},
+    )
+
+
+class CatalogCache:
+    """Hands out the current snapshot; re-reads the stamp at most every `ttl` seconds.
+
+    Requests never wait on each other for a refresh beyond one stamp read: a single task does
+    the reload while the others keep using the snapshot they have.
+    """
+
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], base_url: str, ttl: float = 5.0
+    ) -> None:
+        self._sessions = sessions
+        self._base_url = base_url
+        self._ttl = ttl
+        self._snapshot: Catalog | None = None
+        self._checked_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> Catalog:
+        snapshot = self._snapshot
+        if snapshot is not None and time.monotonic() - self._checked_at < self._ttl:
+            return snapshot
+        if snapshot is not None and self._lock.locked():
+            return snapshot  # somebody is refreshing; this one is at most `ttl` old
+        async with self._lock:
+            if self._snapshot is not None and time.monotonic() - self._checked_at < self._ttl:
+                return self._snapshot
+            async with self._sessions() as session:
+                stamp = await read_stamp(session)
+                if self._snapshot is None or stamp != self._snapshot.stamp:
+                    self._snapshot = await load_catalog(session, self._base_url)
+            self._checked_at = time.monotonic()
+            return self._snapshot
+
+    def invalidate(self) -> None:
+        """Drop the snapshot: the next request reloads (after an admin change in this process)."""
+        self._checked_at = 0.0
+        self._snapshot = None

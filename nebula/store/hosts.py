@@ -1,0 +1,90 @@
+"""Writes and reads of host state: instances, their per-application state, and the event log.
+
+Query functions take the session first and never commit: the caller owns the transaction.
+Imports only nebula.store.models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from nebula.store.models import Event, Instance, InstanceApp
+
+
+@dataclass(frozen=True, slots=True)
+class HostFacts:
+    """What a host says about itself in a request."""
+
+    machine_id: str
+    alias: str | None
+    ip: str | None
+    oem: str | None
+    oem_version: str | None
+    aleph_version: str | None
+    board: str | None
+
+
+async def upsert_instance(session: AsyncSession, facts: HostFacts, now: datetime) -> None:
+    """Insert the host or refresh what it reports, in one statement on either database."""
+    values: dict[str, Any] = {
+        "id": facts.machine_id, "ip": facts.ip, "last_seen_at": now,
+    }
+    # Hosts that omit an attribute (old clients, the stub) must not erase what others reported.
+    for name in ("alias", "oem", "oem_version", "aleph_version", "board"):
+        value = getattr(facts, name)
+        if value is not None:
+            values[name] = value
+    insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+    stmt = insert(Instance).values(created_at=now, **values)
+    update_cols = {k: stmt.excluded[k] for k in values if k != "id"}
+    await session.execute(stmt.on_conflict_do_update(index_elements=["id"], set_=update_cols))
+
+
+async def lock_instance_app(
+    session: AsyncSession, machine_id: str, app_id: str
+) -> InstanceApp | None:
+    """The host's state row, locked until the transaction ends (PostgreSQL; SQLite locks all)."""
+    stmt = (
+        select(InstanceApp)
+        .where(InstanceApp.instance_id == machine_id, InstanceApp.app_id == app_id)
+        .with_for_update()
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+def new_instance_app(machine_id: str, app_id: str, now: datetime) -> InstanceApp:
+    return InstanceApp(
+        instance_id=machine_id, app_id=app_id, status="new", status_changed_at=now,
+        created_at=now, held=False,
+    )
+
+
+def record_event(
+    session: AsyncSession,
+    *,
+    now: datetime,
+    machine_id: str,
+    app_id: str,
+    group_id: str | None,
+    event_type: int,
+    event_result: int,
+    error_code: int | None,
+    version: str | None,
+    previous_version: str | None,
+    boot_id: str | None,
+) -> None:
+    session.add(
+        Event(
+            created_at=now, instance_id=machine_id, app_id=app_id, group_id=group_id,
+            event_type=event_type, event_result=event_result, error_code=error_code,
+            base_code=None if error_code is None else error_code & 0x0FFFFFFF,
+            flags=None if error_code is None else error_code & ~0x0FFFFFFF & 0xFFFFFFFF,
+            version=version, previous_version=previous_version, boot_id=boot_id,
+        )
+    )

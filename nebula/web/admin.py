@@ -1,0 +1,354 @@
+"""The admin API under /api/v1: JSON, always behind a bearer token (viewer reads, admin writes).
+
+Every change runs in one transaction that also bumps the catalog stamp, then drops this
+process's catalog so the next host request sees it (other replicas within cache_ttl).
+Payload uploads stream: see `upload_package`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+from aiohttp.typedefs import Handler
+from sqlalchemy import select
+
+from nebula.errors import (
+    AuthError,
+    ForbiddenError,
+    InvalidInputError,
+    NebulaError,
+    PayloadError,
+)
+from nebula.ingest import Ingested, ingest
+from nebula.store import groups as group_store
+from nebula.store import packages as package_store
+from nebula.store.catalog import bump_stamp
+from nebula.store.db import transaction
+from nebula.store.models import Channel, Group, Instance, InstanceApp
+from nebula.store.tokens import Principal, authenticate
+from nebula.web.keys import BLOBS, CATALOG, CLOCK, METRICS, SESSIONS, SETTINGS, TRUSTED_KEYS
+from nebula.web.serialize import channel_json, group_json, instance_json, package_json
+
+log = logging.getLogger(__name__)
+PRINCIPAL = "nebula.principal"
+MAX_JSON = 1 << 20
+
+routes = web.RouteTableDef()
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every /api/ route needs a token; only admins may change anything."""
+    if not request.path.startswith("/api/"):
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("the admin API needs 'Authorization: Bearer <token>'")
+    async with transaction(request.app[SESSIONS]) as session:
+        principal = await authenticate(session, token.strip())
+    if principal is None:
+        raise AuthError("unknown or revoked token")
+    if request.method not in ("GET", "HEAD") and not principal.can_write:
+        raise ForbiddenError(f"token {principal.name} has role {principal.role}: read only")
+    request[PRINCIPAL] = principal
+    return await handler(request)
+
+
+def _actor(request: web.Request) -> str:
+    principal: Principal = request[PRINCIPAL]
+    return principal.name
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > MAX_JSON:
+        raise InvalidInputError("JSON body too large")
+    try:
+        data = json.loads(await request.content.read(MAX_JSON + 1) or b"{}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidInputError("body must be a JSON object")
+    return data
+
+
+def _opt(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{key} must be a string")
+    return value
+
+
+def _req(data: dict[str, Any], key: str) -> str:
+    value = _opt(data, key)
+    if value is None:
+        raise InvalidInputError(f"{key} is required")
+    return value
+
+
+async def _change(request: web.Request, work: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Run an admin change in one transaction with the stamp bump; refresh the catalog."""
+    async with transaction(request.app[SESSIONS]) as session:
+        result = await work(session)
+        await bump_stamp(session)
+    request.app[CATALOG].invalidate()
+    return result
+
+
+# -- identity ------------------------------------------------------------------------------------
+
+
+@routes.get("/api/v1/whoami")
+async def whoami(request: web.Request) -> web.Response:
+    principal: Principal = request[PRINCIPAL]
+    return web.json_response({"name": principal.name, "role": principal.role})
+
+
+# -- packages ------------------------------------------------------------------------------------
+
+
+@routes.get("/api/v1/packages")
+async def list_packages(request: web.Request) -> web.Response:
+    q = request.query
+    async with transaction(request.app[SESSIONS]) as session:
+        found = await package_store.list_packages(
+            session, arch=q.get("arch"), version=q.get("version")
+        )
+        base = request.app[SETTINGS].base_url
+        return web.json_response({"packages": [package_json(p, base) for p in found]})
+
+
+@routes.get("/api/v1/packages/{id}")
+async def show_package(request: web.Request) -> web.Response:
+    async with transaction(request.app[SESSIONS]) as session:
+        package = await package_store.get_package(session, request.match_info["id"])
+        return web.json_response(package_json(package, request.app[SETTINGS].base_url))
+
+
+@routes.delete("/api/v1/packages/{id}")
+async def delete_package(request: web.Request) -> web.Response:
+    await _change(request, lambda s: package_store.delete_package(s, request.match_info["id"]))
+    return web.Response(status=204)
+
+
+def _package_target(q: Any) -> tuple[str, str, str | None]:
+    version = package_store.check_version(q.get("version") or "")
+    arch = package_store.check_arch(q.get("arch") or "")
+    from_version = q.get("from_version") or None
+    if from_version is not None:
+        package_store.check_version(from_version, "from-version")
+    return version, arch, from_version
+
+
+async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+    while chunk := await part.read_chunk(256 * 1024):
+        yield chunk
+
+
+async def _drain(request: web.Request) -> None:
+    """Read what the client still sends, so that it gets our error instead of a reset."""
+    while await request.content.readany():
+        pass
+
+
+@routes.post("/api/v1/packages/upload")
+async def upload_package(request: web.Request) -> web.Response:
+    """multipart/form-data: a `payload` part first, then any `extension` parts.
+
+    Query: version, arch, from_version (for a delta). Each file is verified (CrAU, trusted
+    version-2 signature), hashed and stored while it streams in; then the package is recorded.
+    """
+    version, arch, from_version = _package_target(request.query)
+    blobs = request.app[BLOBS]
+    metrics = request.app[METRICS]
+    ingested: list[Ingested] = []
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader) or part.name not in ("payload", "extension"):
+                raise InvalidInputError("parts must be named 'payload' or 'extension'")
+            if (part.name == "payload") != (not ingested):
+                raise InvalidInputError("send exactly one 'payload' part, before any extension")
+            name = package_store.check_file_name(part.filename or "")
+            if any(i.name == name for i in ingested):
+                raise InvalidInputError(f"two files named {name}")
+            try:
+                ingested.append(await ingest(name, _part_chunks(part), blobs,
+                                             request.app[TRUSTED_KEYS]))
+            except PayloadError as exc:
+                raise type(exc)(f"{name}: {exc}") from None
+        if not ingested:
+            raise InvalidInputError("no 'payload' part in the upload")
+        main = ingested[0].info
+        if main.is_delta != (from_version is not None):
+            raise PayloadError(
+                f"{ingested[0].name} is a delta payload: give --from-version" if main.is_delta
+                else f"{ingested[0].name} is a full payload, but --from-version was given"
+            )
+        for item in ingested:
+            blobs.commit(item.temp, item.info.sha256_hex)
+        specs = [
+            package_store.FileSpec(
+                name=i.name, size=i.info.size, sha1=i.info.sha1.hex(),
+                sha256=i.info.sha256_hex, stored=True, signer=i.info.signer.fingerprint,
+            )
+            for i in ingested
+        ]
+        app_id = group_store.FLATCAR_APP_ID
+        package = await _change(request, lambda s: package_store.add_package(
+            s, app_id=app_id, version=version, arch=arch, from_version=from_version,
+            base_url=None, files=specs, actor=_actor(request), now=request.app[CLOCK](),
+        ))
+    except NebulaError:
+        metrics.uploads.labels(outcome="refused").inc()
+        for item in ingested:
+            blobs.discard(item.temp)
+        await _drain(request)
+        raise
+    metrics.uploads.labels(outcome="stored").inc()
+    log.info("package %s %s (%s) uploaded by %s", version, arch, package.kind, _actor(request))
+    return web.json_response(package_json(package, request.app[SETTINGS].base_url), status=201)
+
+
+@routes.post("/api/v1/packages")
+async def add_external_package(request: web.Request) -> web.Response:
+    """A package whose files are hosted elsewhere: base_url plus each file's size and hashes."""
+    data = await _json_body(request)
+    version, arch, from_version = _package_target(data)
+    base_url = _req(data, "base_url")
+    if not base_url.startswith(("http://", "https://")):
+        raise InvalidInputError("base_url must be an http:// or https:// URL")
+    if not base_url.endswith("/"):
+        base_url += "/"  # clients join codebase and name; old ones by plain concatenation
+    raw_files = data.get("files")
+    if not isinstance(raw_files, list) or not raw_files:
+        raise InvalidInputError("files must be a non-empty list, the main payload first")
+    specs = []
+    for f in raw_files:
+        if not isinstance(f, dict):
+            raise InvalidInputError("each file is an object with name, size, sha1, sha256")
+        try:
+            specs.append(package_store.FileSpec(
+                name=str(f["name"]), size=int(f["size"]), sha1=str(f["sha1"]).lower(),
+                sha256=str(f["sha256"]).lower(), stored=False,
+            ))
+        except (KeyError, TypeError, ValueError):
+            raise InvalidInputError(
+                "each file needs name, size (an integer), sha1 and sha256 (hex)"
+            ) from None
+    package = await _change(request, lambda s: package_store.add_package(
+        s, app_id=group_store.FLATCAR_APP_ID, version=version, arch=arch,
+        from_version=from_version, base_url=base_url, files=specs, actor=_actor(request),
+        now=request.app[CLOCK](),
+    ))
+    return web.json_response(package_json(package, request.app[SETTINGS].base_url), status=201)
+
+
+# -- channels ------------------------------------------------------------------------------------
+
+
+@routes.get("/api/v1/channels")
+async def list_channels(request: web.Request) -> web.Response:
+    async with transaction(request.app[SESSIONS]) as session:
+        rows = await group_store.list_channels(session)
+        return web.json_response({"channels": [channel_json(c, p) for c, p in rows]})
+
+
+@routes.put("/api/v1/channels/{name}")
+async def set_channel(request: web.Request) -> web.Response:
+    data = await _json_body(request)
+    arch = _req(data, "arch")
+    version = _req(data, "version")
+    channel, package = await _change(request, lambda s: group_store.set_channel(
+        s, request.match_info["name"], arch, version, _actor(request), request.app[CLOCK](),
+    ))
+    log.info("channel %s (%s) -> %s by %s", channel.name, arch, version, _actor(request))
+    return web.json_response(channel_json(channel, package))
+
+
+# -- groups --------------------------------------------------------------------------------------
+
+
+async def _channel_names(session: Any) -> dict[int, str]:
+    return {c.id: c.name for c in (await session.execute(select(Channel))).scalars()}
+
+
+@routes.get("/api/v1/groups")
+async def list_groups(request: web.Request) -> web.Response:
+    async with transaction(request.app[SESSIONS]) as session:
+        names = await _channel_names(session)
+        found = await group_store.list_groups(session)
+        return web.json_response({"groups": [
+            group_json(g, names.get(g.channel_id) if g.channel_id else None) for g in found
+        ]})
+
+
+@routes.post("/api/v1/groups")
+async def create_group(request: web.Request) -> web.Response:
+    data = await _json_body(request)
+
+    async def work(session: Any) -> dict[str, Any]:
+        group = await group_store.create_group(
+            session, name=_req(data, "name"), track=_opt(data, "track"),
+            arch=_req(data, "arch"), channel=_req(data, "channel"),
+            description=_opt(data, "description") or "", now=request.app[CLOCK](),
+        )
+        return group_json(group, data["channel"])
+
+    return web.json_response(await _change(request, work), status=201)
+
+
+@routes.get("/api/v1/groups/{ref}")
+async def show_group(request: web.Request) -> web.Response:
+    async with transaction(request.app[SESSIONS]) as session:
+        group = await group_store.find_group(
+            session, request.match_info["ref"], request.query.get("arch")
+        )
+        names = await _channel_names(session)
+        body = group_json(group, names.get(group.channel_id) if group.channel_id else None)
+        body["instances"] = await group_store.status_counts(session, group.id)
+        return web.json_response(body)
+
+
+# -- instances -----------------------------------------------------------------------------------
+
+
+@routes.get("/api/v1/instances")
+async def list_instances(request: web.Request) -> web.Response:
+    q = request.query
+    try:
+        limit = min(max(int(q.get("limit", "100")), 1), 1000)
+        offset = max(int(q.get("offset", "0")), 0)
+    except ValueError:
+        raise InvalidInputError("limit and offset must be integers") from None
+    async with transaction(request.app[SESSIONS]) as session:
+        stmt = (
+            select(InstanceApp, Instance, Group.name)
+            .join(Instance, Instance.id == InstanceApp.instance_id)
+            .outerjoin(Group, Group.id == InstanceApp.group_id)
+            .order_by(InstanceApp.instance_id, InstanceApp.app_id)
+            .limit(limit)
+            .offset(offset)
+        )
+        if q.get("group"):
+            group = await group_store.find_group(session, q["group"], q.get("arch"))
+            stmt = stmt.where(InstanceApp.group_id == group.id)
+        if q.get("status"):
+            stmt = stmt.where(InstanceApp.status == q["status"])
+        if q.get("version"):
+            stmt = stmt.where(InstanceApp.version == q["version"])
+        rows = (await session.execute(stmt)).all()
+        return web.json_response(
+            {"instances": [instance_json(s, i, g) for s, i, g in rows], "limit": limit,
+             "offset": offset}
+        )
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_routes(routes)

@@ -1,0 +1,98 @@
+"""The aiohttp application factory: wires settings, database, catalog, service and routes.
+
+`create_app(settings)` returns an application whose cleanup context opens the database engine
+(migrating it first when settings.migrate is on), prepares the payload store and disposes of
+everything on shutdown. Tests hand in their own engine and clock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from nebula.config import Settings
+from nebula.errors import ConfigError
+from nebula.metrics import Metrics
+from nebula.payload import TrustedKey, default_trusted_keys, load_trusted_key
+from nebula.service import OmahaService
+from nebula.store import db
+from nebula.store.blobs import BlobStore
+from nebula.store.catalog import CatalogCache
+from nebula.web import admin, omaha, payloads, status
+from nebula.web.errors import error_middleware
+from nebula.web.keys import (
+    BLOBS,
+    CATALOG,
+    CLOCK,
+    ENGINE,
+    METRICS,
+    SERVICE,
+    SESSIONS,
+    SETTINGS,
+    TRUSTED_KEYS,
+)
+
+log = logging.getLogger(__name__)
+
+
+def load_keys(settings: Settings) -> list[TrustedKey]:
+    keys = default_trusted_keys() if settings.trust_flatcar_key else []
+    for path in settings.trusted_key:
+        try:
+            pem = Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"trusted key {path}: {exc.strerror}") from None
+        keys.append(load_trusted_key(pem, Path(path).name))
+    if not keys:
+        raise ConfigError("no trusted payload keys: every upload would be refused")
+    return keys
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    engine: AsyncEngine | None = None,
+    clock: Callable[[], datetime] = utcnow,
+) -> web.Application:
+    app = web.Application(middlewares=[error_middleware, admin.auth_middleware],
+                          client_max_size=1 << 20)
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics()
+    app[CLOCK] = clock
+    app[TRUSTED_KEYS] = load_keys(settings)
+    app[BLOBS] = BlobStore(settings.payload_dir)
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        own_engine = engine is None
+        eng = engine or db.create_engine(settings.db, settings.db_pool_size)
+        try:
+            if settings.migrate:
+                await db.upgrade(eng)
+            app[BLOBS].prepare()
+            sessions = db.session_factory(eng)
+            catalog = CatalogCache(sessions, settings.base_url, settings.cache_ttl)
+            app[ENGINE] = eng
+            app[SESSIONS] = sessions
+            app[CATALOG] = catalog
+            app[SERVICE] = OmahaService(sessions, catalog, app[METRICS], settings.poll_interval)
+            await catalog.get()  # fail at start, not on the first host, if the schema is wrong
+            yield
+        finally:
+            if own_engine:
+                await eng.dispose()
+
+    app.cleanup_ctx.append(resources)
+    omaha.add_routes(app)
+    payloads.add_routes(app)
+    status.add_routes(app)
+    admin.add_routes(app)
+    return app

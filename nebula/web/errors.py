@@ -1,0 +1,49 @@
+"""The one place exceptions become HTTP answers.
+
+NebulaError subclasses carry their status; the admin API answers JSON, the hosts' routes plain
+text. A lost database connection is a 503 (update_engine backs off on it); anything else
+unexpected is logged with its traceback and answered with a bare 500 that shows nothing of it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from nebula.errors import NebulaError
+
+log = logging.getLogger(__name__)
+
+
+def _answer(request: web.Request, status: int, message: str, kind: str) -> web.Response:
+    if request.path.startswith("/api/"):
+        return web.json_response({"error": message, "type": kind}, status=status)
+    return web.Response(status=status, text=message + "\n")
+
+
+def _is_connection_error(exc: Exception) -> bool:
+    if isinstance(exc, OperationalError | PoolTimeoutError | ConnectionError | OSError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except NebulaError as exc:
+        return _answer(request, exc.http_status, str(exc), type(exc).__name__)
+    except Exception as exc:
+        if _is_connection_error(exc):
+            log.error("database unavailable on %s %s: %s", request.method, request.path, exc)
+            response = _answer(request, 503, "service unavailable, retry later", "Unavailable")
+            response.headers["Retry-After"] = "60"
+            return response
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return _answer(request, 500, "internal error", "InternalError")

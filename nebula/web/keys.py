@@ -1,0 +1,26 @@
+"""Typed keys for what the aiohttp application holds. Imports only types."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from nebula.config import Settings
+from nebula.metrics import Metrics
+from nebula.payload import TrustedKey
+from nebula.service import OmahaService
+from nebula.store.blobs import BlobStore
+from nebula.store.catalog import CatalogCache
+
+SETTINGS = web.AppKey("settings", Settings)
+ENGINE = web.AppKey("engine", AsyncEngine)
+SESSIONS = web.AppKey("sessions", async_sessionmaker[AsyncSession])
+CATALOG = web.AppKey("catalog", CatalogCache)
+SERVICE = web.AppKey("service", OmahaService)
+METRICS = web.AppKey("metrics", Metrics)
+BLOBS = web.AppKey("blobs", BlobStore)
+TRUSTED_KEYS = web.AppKey("trusted_keys", Sequence[TrustedKey])
+CLOCK = web.AppKey("clock", Callable[[], datetime])

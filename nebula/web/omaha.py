@@ -1,0 +1,59 @@
+"""The Omaha endpoint hosts POST to: `/v1/update/` (and without the slash).
+
+Reads at most MAX_BODY bytes (413 beyond, before parsing anything), parses with the hardened
+parser (400 with the reason), and hands the request to the service. No token: hosts have none.
+"""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from nebula.errors import ProtocolError, RequestTooLargeError
+from nebula.omaha.build import build_response
+from nebula.omaha.parse import MAX_BODY, parse_request
+from nebula.web.keys import CLOCK, METRICS, SERVICE
+
+
+async def _read_body(request: web.Request) -> bytes:
+    length = request.content_length
+    if length is not None and length > MAX_BODY:
+        raise RequestTooLargeError(f"request body of {length} bytes is over {MAX_BODY}")
+    # Chunked bodies carry no length: read one byte past the limit to know.
+    body = await request.content.read(MAX_BODY + 1)
+    while len(body) <= MAX_BODY:
+        more = await request.content.read(MAX_BODY + 1 - len(body))
+        if not more:
+            break
+        body += more
+    if len(body) > MAX_BODY:
+        raise RequestTooLargeError(f"request body is over {MAX_BODY} bytes")
+    return body
+
+
+async def handle_update(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS]
+    started = time.perf_counter()
+    outcome = "error"
+    try:
+        body = await _read_body(request)
+        parsed = parse_request(body)
+        response = await request.app[SERVICE].handle(parsed, request.remote, request.app[CLOCK]())
+        outcome = "ok"
+        return web.Response(body=build_response(response), content_type="text/xml",
+                            charset="utf-8")
+    except RequestTooLargeError:
+        outcome = "too_large"
+        raise
+    except ProtocolError:
+        outcome = "bad_request"
+        raise
+    finally:
+        metrics.omaha_requests.labels(outcome=outcome).inc()
+        metrics.omaha_duration.observe(time.perf_counter() - started)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/update/", handle_update)
+    app.router.add_post("/v1/update", handle_update)

@@ -1,0 +1,101 @@
+"""JSON shapes of the admin API: one function per object, used by every route that returns it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from nebula.store.catalog import payload_codebase
+from nebula.store.models import Channel, Group, InstanceApp, Package
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def package_json(package: Package, base_url: str) -> dict[str, Any]:
+    return {
+        "id": package.id,
+        "app_id": package.app_id,
+        "version": package.version,
+        "arch": package.arch,
+        "kind": package.kind,
+        "from_version": package.from_version,
+        "external": package.base_url is not None,
+        "codebase": package.base_url or payload_codebase(base_url, package.id),
+        "created_at": iso(package.created_at),
+        "created_by": package.created_by,
+        "files": [
+            {
+                "name": f.name, "size": f.size, "sha1": f.sha1, "sha256": f.sha256,
+                "required": f.position == 0, "signer": f.signer,
+            }
+            for f in package.files
+        ],
+    }
+
+
+def channel_json(channel: Channel, package: Package | None) -> dict[str, Any]:
+    return {
+        "id": channel.id,
+        "name": channel.name,
+        "arch": channel.arch,
+        "version": package.version if package else None,
+        "package_id": channel.package_id,
+        "updated_at": iso(channel.updated_at),
+        "updated_by": channel.updated_by,
+    }
+
+
+def group_json(group: Group, channel: str | None) -> dict[str, Any]:
+    return {
+        "id": group.id,
+        "name": group.name,
+        "track": group.track,
+        "arch": group.arch,
+        "channel": channel,
+        "description": group.description,
+        "policy": {
+            "updates_enabled": group.updates_enabled,
+            "paused_reason": group.paused_reason,
+            "max_updates_per_period": group.max_updates_per_period,
+            "period_seconds": group.period_seconds,
+            "max_concurrent": group.max_concurrent,
+            "update_timeout_seconds": group.update_timeout_seconds,
+            "safe_mode": group.safe_mode,
+            "pause_on_failed_hosts": group.pause_on_failed_hosts,
+            "pause_on_failed_percent": group.pause_on_failed_percent,
+            "windows": group.windows,
+            "percentage": group.percentage,
+            "pin_version": group.pin_version,
+            "allow_downgrade": group.allow_downgrade,
+        },
+    }
+
+
+def instance_json(state: InstanceApp, instance: Any, group_name: str | None) -> dict[str, Any]:
+    return {
+        "machine_id": state.instance_id,
+        "alias": instance.alias,
+        "ip": instance.ip,
+        "oem": instance.oem,
+        "oem_version": instance.oem_version,
+        "aleph_version": instance.aleph_version,
+        "board": instance.board,
+        "app_id": state.app_id,
+        "group": group_name,
+        "group_id": state.group_id,
+        "track": state.track,
+        "version": state.version,
+        "status": state.status,
+        "granted_version": state.granted_version,
+        "granted_at": iso(state.granted_at),
+        "status_changed_at": iso(state.status_changed_at),
+        "completed_at": iso(state.completed_at),
+        "last_check_at": iso(state.last_check_at),
+        "last_seen_at": iso(instance.last_seen_at),
+        "last_error_code": state.last_error_code,
+        "hold_reason": state.hold_reason,
+        "held": state.held,
+        "boot_id": state.boot_id,
+    }

@@ -1,0 +1,79 @@
+"""Operational routes, no token: `/healthz` (the process answers), `/readyz` (the database too),
+`/metrics` (Prometheus). Instance counts per group and status are read at scrape time with one
+grouped query over an index, cached for a few seconds so that several scrapers cost one query.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select, text
+
+from nebula.store.db import transaction
+from nebula.store.models import Group, InstanceApp
+from nebula.web.keys import METRICS, SESSIONS
+
+_COUNTS_TTL = 10.0
+
+
+class InstanceCounts(Collector):
+    """nebula_instances{group, arch, status}: filled by `refresh`, read by the registry."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, str, int]] = []
+        self.at = 0.0
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "nebula_instances", "Hosts by group and update status", labels=["group", "arch", "status"]
+        )
+        for group, arch, status, n in self.rows:
+            family.add_metric([group, arch, status], n)
+        yield family
+
+
+COUNTS = web.AppKey("instance_counts", InstanceCounts)
+
+
+async def _refresh_counts(app: web.Application) -> None:
+    counts = app[COUNTS]
+    if time.monotonic() - counts.at < _COUNTS_TTL:
+        return
+    async with transaction(app[SESSIONS]) as session:
+        stmt = (
+            select(Group.name, Group.arch, InstanceApp.status, func.count())
+            .join(Group, Group.id == InstanceApp.group_id)
+            .group_by(Group.name, Group.arch, InstanceApp.status)
+        )
+        counts.rows = [(g, a, s, int(n)) for g, a, s, n in (await session.execute(stmt)).all()]
+    counts.at = time.monotonic()
+
+
+async def metrics(request: web.Request) -> web.Response:
+    await _refresh_counts(request.app)
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    async with transaction(request.app[SESSIONS]) as session:
+        await session.execute(text("SELECT 1"))
+    return web.json_response({"status": "ready"})
+
+
+def add_routes(app: web.Application) -> None:
+    counts = InstanceCounts()
+    app[COUNTS] = counts
+    app[METRICS].registry.register(counts)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)

@@ -1,0 +1,169 @@
+"""Shared fixtures: a migrated database per test on SQLite and on PostgreSQL, and a running app.
+
+Each database test runs twice, `[sqlite]` and `[postgres]`. Migrations run once per session into
+a template (a file for SQLite, a template database for PostgreSQL); each test gets a fresh copy,
+so tests are isolated and still fast. PostgreSQL comes from NEBULA_TEST_PG (default: the local
+server, user postgres). When it cannot be reached the PostgreSQL half is skipped, except when CI
+is set: then a skip is an error, because CI must test PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from nebula.store import db
+
+PG_ADMIN_URL = os.environ.get("NEBULA_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+IN_CI = bool(os.environ.get("CI"))
+_TEMPLATE = f"nebula_tpl_{os.getpid()}"
+
+
+def _asyncpg_dsn(url: str, database: str | None = None) -> str:
+    u = make_url(url)
+    if database:
+        u = u.set(database=database)
+    return u.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class PgServer:
+    """Makes per-test databases from one migrated template on the test PostgreSQL server."""
+
+    def __init__(self) -> None:
+        self.created: list[str] = []
+
+    async def _admin(self) -> asyncpg.Connection:
+        return await asyncpg.connect(_asyncpg_dsn(PG_ADMIN_URL), timeout=5)
+
+    async def setup(self) -> None:
+        conn = await self._admin()
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{_TEMPLATE}"')
+            await conn.execute(f'CREATE DATABASE "{_TEMPLATE}"')
+        finally:
+            await conn.close()
+        engine = db.create_engine(self.url(_TEMPLATE))
+        await db.upgrade(engine)
+        await engine.dispose()
+
+    def url(self, name: str) -> str:
+        return make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+
+    async def new_database(self) -> str:
+        name = f"nebula_t_{uuid.uuid4().hex[:12]}"
+        conn = await self._admin()
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{_TEMPLATE}"')
+        finally:
+            await conn.close()
+        self.created.append(name)
+        return self.url(name)
+
+    async def drop(self, url: str) -> None:
+        name = make_url(url).database
+        conn = await self._admin()
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    async def teardown(self) -> None:
+        conn = await self._admin()
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{_TEMPLATE}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+def _pg_unavailable_reason() -> str | None:
+    async def probe() -> None:
+        conn = await asyncpg.connect(_asyncpg_dsn(PG_ADMIN_URL), timeout=5)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+        return f"PostgreSQL at {PG_ADMIN_URL} unreachable: {exc}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer | None]:
+    reason = _pg_unavailable_reason()
+    if reason is not None:
+        if IN_CI:
+            pytest.fail(f"CI is set, so PostgreSQL tests must run: {reason}")
+        yield None
+        return
+    server = PgServer()
+    asyncio.run(server.setup())
+    yield server
+    asyncio.run(server.teardown())
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
+
+    async def migrate() -> None:
+        engine = db.create_engine(f"sqlite:///{path}")
+        await db.upgrade(engine)
+        async with engine.connect() as conn:
+            await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        await engine.dispose()
+
+    asyncio.run(migrate())
+    return path
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(
+    request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path
+) -> Iterator[str]:
+    """A URL of a freshly migrated database of its own, for each backend."""
+    if request.param == "sqlite":
+        path = tmp_path / "nebula.db"
+        shutil.copyfile(sqlite_template, path)
+        yield f"sqlite:///{path}"
+        return
+    server: PgServer | None = request.getfixturevalue("pg_server")
+    if server is None:
+        pytest.skip("PostgreSQL unavailable (set NEBULA_TEST_PG); CI never skips this")
+    url = asyncio.run(server.new_database())
+    yield url
+    asyncio.run(server.drop(url))
+
+
+@pytest.fixture
+async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    eng = db.create_engine(db_url)
+    yield eng
+    await eng.dispose()
+
+
+class FakeClock:
+    """A clock tests move by hand (injected into the app; nothing is monkeypatched)."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kwargs: float) -> None:
+        self.now += timedelta(**kwargs)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
