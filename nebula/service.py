@@ -97,8 +97,9 @@ class OmahaService:
         now: datetime,
     ) -> _AppOutcome:
         if app.app_id not in catalog.apps:
+            # Acknowledge its ping and events as the contract asks; there is nothing to check.
             return _AppOutcome(
-                AppResponse(app.raw_app_id, AppStatus.UNKNOWN_APP, False, 0, None)
+                AppResponse(app.raw_app_id, AppStatus.UNKNOWN_APP, app.ping, len(app.events), None)
             )
         group = catalog.find_group(app.app_id, normalize_track(app.track), arch_of(request, app))
         if group is None:

@@ -16,13 +16,21 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from aiohttp.test_utils import TestClient
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+
+from nebula.config import Settings
 from nebula.store import db
+from nebula.web.app import create_app
+from tests import crau
+from tests.factories import make_settings, make_token
 
 PG_ADMIN_URL = os.environ.get("NEBULA_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 IN_CI = bool(os.environ.get("CI"))
@@ -118,9 +126,7 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     async def migrate() -> None:
         engine = db.create_engine(f"sqlite:///{path}")
         await db.upgrade(engine)
-        async with engine.connect() as conn:
-            await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-        await engine.dispose()
+        await engine.dispose()  # the last connection to close checkpoints and removes the WAL
 
     asyncio.run(migrate())
     return path
@@ -167,3 +173,42 @@ class FakeClock:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+# -- the application -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def signing_key() -> RSAPrivateKey:
+    """The test payload-signing key (what a custom build would sign with)."""
+    return crau.make_rsa_key()
+
+
+@pytest.fixture
+def key_file(tmp_path: Path, signing_key: RSAPrivateKey) -> Path:
+    path = tmp_path / "test-key.pub.pem"
+    path.write_bytes(crau.public_pem(signing_key))
+    return path
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path, key_file: Path) -> Settings:
+    return make_settings(db_url, tmp_path, key_file)
+
+
+@pytest.fixture
+async def client(
+    aiohttp_client: Any, settings: Settings, clock: FakeClock
+) -> TestClient[Any, Any]:
+    """A test client of a real aiohttp server on the per-test database."""
+    return await aiohttp_client(create_app(settings, clock=clock))  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def admin_token(db_url: str) -> str:
+    return await make_token(db_url, "ops", "admin")
+
+
+@pytest.fixture
+async def viewer_token(db_url: str) -> str:
+    return await make_token(db_url, "dashboard", "viewer")

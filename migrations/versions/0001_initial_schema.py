@@ -1,5 +1,7 @@
-"""Initial schema: applications, packages and their files, channels, groups, instances,
-instance state, the event log, API tokens and the cache stamp.
+"""Initial schema.
+
+Applications, packages and their files, channels, groups, instances, instance state, the event
+log, API tokens and the cache stamp.
 
 Revision ID: 0001
 Revises: 

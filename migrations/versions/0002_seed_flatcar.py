@@ -1,4 +1,6 @@
-"""Seed Flatcar: the application, channels alpha/beta/stable/lts for amd64 and arm64, a group per
+"""Seed Flatcar.
+
+The application, channels alpha/beta/stable/lts for amd64 and arm64, a group per
 channel whose track is the channel's name (answering to the legacy CoreOS group UUIDs too), and
 the cache stamp row.
 

@@ -178,6 +178,9 @@ class UpdateStatus(StrEnum):
     INTERNAL = "error-internal"
     OS_NOT_SUPPORTED = "error-osnotsupported"
     HW_NOT_SUPPORTED = "error-hwnotsupported"
+    # The host's track (GROUP in update.conf) names no group on its architecture. An error, not
+    # noupdate: the host is misconfigured and its operator should see it fail loudly.
+    UNKNOWN_TRACK = "error-unknownTrack"
 
 
 class AppStatus(StrEnum):

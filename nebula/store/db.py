@@ -8,6 +8,7 @@ failing on a lock upgrade, which also makes limits exact within one process.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -90,10 +91,12 @@ async def transaction(
 
 
 def _alembic_config() -> Config:
-    import nebula._migrations as pkg
-
+    # The migrations ship inside the package as nebula._migrations (see pyproject.toml).
+    spec = importlib.util.find_spec("nebula._migrations")
+    if spec is None or spec.origin is None:
+        raise ConfigError("Nebula's migrations are missing from this installation")
     cfg = Config()
-    cfg.set_main_option("script_location", str(Path(pkg.__file__).parent))
+    cfg.set_main_option("script_location", str(Path(spec.origin).parent))
     return cfg
 
 

@@ -34,7 +34,7 @@ from nebula.web.keys import BLOBS, CATALOG, CLOCK, METRICS, SESSIONS, SETTINGS, 
 from nebula.web.serialize import channel_json, group_json, instance_json, package_json
 
 log = logging.getLogger(__name__)
-PRINCIPAL = "nebula.principal"
+PRINCIPAL = web.RequestKey("principal", Principal)
 MAX_JSON = 1 << 20
 
 routes = web.RouteTableDef()

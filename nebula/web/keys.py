@@ -17,10 +17,10 @@ from nebula.store.catalog import CatalogCache
 
 SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", AsyncEngine)
-SESSIONS = web.AppKey("sessions", async_sessionmaker[AsyncSession])
+SESSIONS: web.AppKey[async_sessionmaker[AsyncSession]] = web.AppKey("sessions")
 CATALOG = web.AppKey("catalog", CatalogCache)
 SERVICE = web.AppKey("service", OmahaService)
 METRICS = web.AppKey("metrics", Metrics)
 BLOBS = web.AppKey("blobs", BlobStore)
-TRUSTED_KEYS = web.AppKey("trusted_keys", Sequence[TrustedKey])
-CLOCK = web.AppKey("clock", Callable[[], datetime])
+TRUSTED_KEYS: web.AppKey[Sequence[TrustedKey]] = web.AppKey("trusted_keys")
+CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("clock")

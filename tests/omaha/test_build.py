@@ -134,6 +134,7 @@ def test_status_strings() -> None:
         "INTERNAL": "error-internal",
         "OS_NOT_SUPPORTED": "error-osnotsupported",
         "HW_NOT_SUPPORTED": "error-hwnotsupported",
+        "UNKNOWN_TRACK": "error-unknownTrack",
     }
     assert {s.name: s.value for s in AppStatus} == {
         "OK": "ok",
