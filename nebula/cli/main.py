@@ -6,6 +6,7 @@ import click
 
 from nebula import __version__
 from nebula.cli.catalog import channel_group, group_group, instance_group, package_group
+from nebula.cli.sample import sample_payload
 from nebula.cli.server import db_group, serve, token_group
 
 
@@ -16,5 +17,5 @@ def main() -> None:
 
 
 for command in (serve, db_group, token_group, package_group, channel_group, group_group,
-                instance_group):
+                instance_group, sample_payload):
     main.add_command(command)
