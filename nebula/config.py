@@ -136,7 +136,9 @@ def load_settings(
     settings = Settings(**values)
     split_listen(settings.listen)  # fail early on a bad address
     if settings.public_url and not settings.public_url.startswith(("http://", "https://")):
-        raise ConfigError(f"public_url must start with http:// or https://, got {settings.public_url!r}")
+        raise ConfigError(
+            f"public_url must start with http:// or https://, got {settings.public_url!r}"
+        )
     return settings
 
 

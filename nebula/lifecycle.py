@@ -14,8 +14,18 @@ from dataclasses import dataclass
 
 IN_PROGRESS = frozenset({"granted", "downloading", "downloaded", "installed"})
 FAILED = frozenset({"error", "rolled_back", "timed_out"})
-STATUSES = ("new", "idle", "granted", "downloading", "downloaded", "installed", "complete",
-            "error", "rolled_back", "timed_out")
+STATUSES = (
+    "new",
+    "idle",
+    "granted",
+    "downloading",
+    "downloaded",
+    "installed",
+    "complete",
+    "error",
+    "rolled_back",
+    "timed_out",
+)
 
 EVENT_UPDATE_COMPLETE = 3
 EVENT_DOWNLOAD_STARTED = 13
@@ -39,7 +49,9 @@ class Transition:
     error_code: int | None = None  # the base code, for error and rolled_back
 
 
-def after_event(status: str, event_type: int, result: int, error_code: int | None) -> Transition | None:
+def after_event(
+    status: str, event_type: int, result: int, error_code: int | None
+) -> Transition | None:
     """The new status after one event, or None when the event changes nothing."""
     if status not in IN_PROGRESS:
         return None
@@ -54,4 +66,8 @@ def after_event(status: str, event_type: int, result: int, error_code: int | Non
 
 def completes(status: str, granted_version: str | None, reported_version: str | None) -> bool:
     """A host in an update Nebula granted that now runs the granted version has completed it."""
-    return status in IN_PROGRESS and granted_version is not None and reported_version == granted_version
+    return (
+        status in IN_PROGRESS
+        and granted_version is not None
+        and reported_version == granted_version
+    )

@@ -23,16 +23,22 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.omaha_requests = Counter(
-            "nebula_omaha_requests_total", "Omaha requests by outcome",
-            ["outcome"], registry=r,  # ok, bad_request, too_large, error
+            "nebula_omaha_requests_total",
+            "Omaha requests by outcome",
+            ["outcome"],
+            registry=r,  # ok, bad_request, too_large, error
         )
         self.omaha_duration = Histogram(
-            "nebula_omaha_request_duration_seconds", "Time to answer an Omaha request",
-            registry=r, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            "nebula_omaha_request_duration_seconds",
+            "Time to answer an Omaha request",
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
         self.update_checks = Counter(
-            "nebula_update_checks_total", "Update checks by decision and reason",
-            ["decision", "reason"], registry=r,
+            "nebula_update_checks_total",
+            "Update checks by decision and reason",
+            ["decision", "reason"],
+            registry=r,
         )
         self.grants = Counter(
             "nebula_updates_granted_total", "New update grants by group", ["group"], registry=r
@@ -41,11 +47,15 @@ class Metrics:
             "nebula_events_total", "Events hosts reported", ["type", "result"], registry=r
         )
         self.failures = Counter(
-            "nebula_update_failures_total", "Failure events by base error code", ["code"],
+            "nebula_update_failures_total",
+            "Failure events by base error code",
+            ["code"],
             registry=r,
         )
         self.payload_requests = Counter(
-            "nebula_payload_requests_total", "Payload file requests by HTTP status", ["status"],
+            "nebula_payload_requests_total",
+            "Payload file requests by HTTP status",
+            ["status"],
             registry=r,
         )
         self.payload_bytes = Counter(
@@ -64,4 +74,6 @@ class Metrics:
         ).inc()
         if result == 0:
             code = "none" if error_code is None else str(error_code & 0x0FFFFFFF)
-            self.failures.labels(code=code if code in KNOWN_ERROR_CODES | {"none"} else "other").inc()
+            self.failures.labels(
+                code=code if code in KNOWN_ERROR_CODES | {"none"} else "other"
+            ).inc()

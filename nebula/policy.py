@@ -1,8 +1,8 @@
 """Rollout policy: decide whether one host may be offered its group's target version now.
 
-Pure: imports only nebula.versions and nebula.lifecycle (both pure); time and per-group statistics come in as arguments. "No" is a
-value (a Decision with a reason), never an exception. The caller (nebula.service) applies the
-decision inside the request's transaction.
+Pure: imports only nebula.versions and nebula.lifecycle (both pure); time and per-group
+statistics come in as arguments. "No" is a value (a Decision with a reason), never an exception.
+The caller (nebula.service) applies the decision inside the request's transaction.
 """
 
 from __future__ import annotations

@@ -105,7 +105,10 @@ class OmahaService:
         if group is None:
             return _AppOutcome(
                 AppResponse(
-                    app.raw_app_id, AppStatus.OK, app.ping, len(app.events),
+                    app.raw_app_id,
+                    AppStatus.OK,
+                    app.ping,
+                    len(app.events),
                     UpdateCheckResult(UpdateStatus.UNKNOWN_TRACK) if app.update_check else None,
                 ),
             )
@@ -115,8 +118,13 @@ class OmahaService:
         await upsert_instance(
             session,
             HostFacts(
-                machine_id=app.machine_id, alias=app.machine_alias, ip=ip, oem=app.oem,
-                oem_version=app.oem_version, aleph_version=app.aleph_version, board=app.board,
+                machine_id=app.machine_id,
+                alias=app.machine_alias,
+                ip=ip,
+                oem=app.oem,
+                oem_version=app.oem_version,
+                aleph_version=app.aleph_version,
+                board=app.board,
             ),
             now,
         )
@@ -129,8 +137,17 @@ class OmahaService:
         if app.boot_id:
             state.boot_id = app.boot_id
         for event in app.events:
-            self._apply_event(session, state, group, app, event.type, event.result,
-                              event.error_code, event.previous_version, now)
+            self._apply_event(
+                session,
+                state,
+                group,
+                app,
+                event.type,
+                event.result,
+                event.error_code,
+                event.previous_version,
+                now,
+            )
         if not app.update_check:
             return _AppOutcome(self._answer(app, None), group=group)
         if app.version:
@@ -141,8 +158,9 @@ class OmahaService:
             state.completed_at = now
         decision = decide(
             HostState(app.version, state.status, state.granted_version, state.held),
-            GroupPolicy(updates_enabled=group.updates_enabled,
-                        allow_downgrade=group.allow_downgrade),
+            GroupPolicy(
+                updates_enabled=group.updates_enabled, allow_downgrade=group.allow_downgrade
+            ),
             group.target.version if group.target else None,
         )
         manifest: Manifest | None = None
@@ -159,8 +177,11 @@ class OmahaService:
         else:
             if state.status == "new":
                 _set_status(state, "idle", now)
-            state.hold_reason = decision.reason.value if decision.verdict is Verdict.HOLD and \
-                decision.reason is not None else None
+            state.hold_reason = (
+                decision.reason.value
+                if decision.verdict is Verdict.HOLD and decision.reason is not None
+                else None
+            )
         return _AppOutcome(self._answer(app, manifest), decision, group)
 
     def _apply_event(
@@ -176,9 +197,17 @@ class OmahaService:
         now: datetime,
     ) -> None:
         record_event(
-            session, now=now, machine_id=state.instance_id, app_id=state.app_id,
-            group_id=group.id, event_type=event_type, event_result=result, error_code=error_code,
-            version=app.version, previous_version=previous_version, boot_id=app.boot_id,
+            session,
+            now=now,
+            machine_id=state.instance_id,
+            app_id=state.app_id,
+            group_id=group.id,
+            event_type=event_type,
+            event_result=result,
+            error_code=error_code,
+            version=app.version,
+            previous_version=previous_version,
+            boot_id=app.boot_id,
         )
         self._metrics.count_event(event_type, result, error_code)
         transition = lifecycle.after_event(state.status, event_type, result, error_code)
@@ -210,8 +239,11 @@ class OmahaService:
         if decision is None:
             self._metrics.update_checks.labels(decision="noupdate", reason="no_machine_id").inc()
             return
-        reason = decision.reason.value if decision.reason is not None else (
-            "regrant" if decision.regrant else "new")
+        reason = (
+            decision.reason.value
+            if decision.reason is not None
+            else ("regrant" if decision.regrant else "new")
+        )
         self._metrics.update_checks.labels(decision=decision.verdict.value, reason=reason).inc()
         if decision.grant and not decision.regrant and outcome.group is not None:
             self._metrics.grants.labels(group=outcome.group.name).inc()

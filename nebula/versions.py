@@ -35,7 +35,8 @@ class Version:
         nums = self.numbers + (0,) * (6 - len(self.numbers))
         # A release (no prerelease) sorts after any prerelease of the same numbers.
         pre: tuple[object, ...] = (
-            (1,) if not self.prerelease
+            (1,)
+            if not self.prerelease
             else (0, *((0, p, "") if isinstance(p, int) else (1, 0, p) for p in self.prerelease))
         )
         return (nums, pre, self.build)

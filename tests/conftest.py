@@ -20,11 +20,10 @@ from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from nebula.config import Settings
 from nebula.store import db
@@ -100,7 +99,7 @@ def _pg_unavailable_reason() -> str | None:
 
     try:
         asyncio.run(probe())
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         return f"PostgreSQL at {PG_ADMIN_URL} unreachable: {exc}"
     return None
 
@@ -133,9 +132,7 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(
-    request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path
-) -> Iterator[str]:
+def db_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) -> Iterator[str]:
     """A URL of a freshly migrated database of its own, for each backend."""
     if request.param == "sqlite":
         path = tmp_path / "nebula.db"
@@ -197,9 +194,7 @@ def settings(db_url: str, tmp_path: Path, key_file: Path) -> Settings:
 
 
 @pytest.fixture
-async def client(
-    aiohttp_client: Any, settings: Settings, clock: FakeClock
-) -> TestClient[Any, Any]:
+async def client(aiohttp_client: Any, settings: Settings, clock: FakeClock) -> TestClient[Any, Any]:
     """A test client of a real aiohttp server on the per-test database."""
     return await aiohttp_client(create_app(settings, clock=clock))  # type: ignore[no-any-return]
 
@@ -221,4 +216,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = outcome.get_result()  # type: ignore[attr-defined]
     if IN_CI and report.skipped and item.get_closest_marker("postgres") is not None:
         report.outcome = "failed"
-        report.longrepr = f"CI is set: PostgreSQL test {item.nodeid} must not skip ({report.longrepr})"
+        report.longrepr = (
+            f"CI is set: PostgreSQL test {item.nodeid} must not skip ({report.longrepr})"
+        )

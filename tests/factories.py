@@ -17,8 +17,16 @@ from tests import crau
 FLATCAR_APP_ID = "e96281a6-d1af-4bde-9a0a-97b76e56dc57"
 
 
-def payload_file(directory: Path, name: str, key: RSAPrivateKey | None, *, size: int = 4096,
-                 delta: bool = False, seed: bytes = b"", **kwargs: object) -> Path:
+def payload_file(
+    directory: Path,
+    name: str,
+    key: RSAPrivateKey | None,
+    *,
+    size: int = 4096,
+    delta: bool = False,
+    seed: bytes = b"",
+    **kwargs: object,
+) -> Path:
     """A signed CrAU payload with `size` bytes of distinct data, written to directory/name."""
     block = (seed + name.encode() + b"-" + os.urandom(16)) * (size // 16 + 1)
     data = block[:size]
@@ -80,10 +88,12 @@ class Host:
         ).encode()
 
     def check(self, previous_version: str = "", event: str | None = None) -> bytes:
-        ev = event or f'<event eventtype="3" eventresult="2" previousversion="{previous_version}"></event>'
+        ev = (
+            event
+            or f'<event eventtype="3" eventresult="2" previousversion="{previous_version}"></event>'
+        )
         return self._app(
-            '        <ping active="1"></ping>\n        <updatecheck></updatecheck>\n'
-            f"        {ev}\n"
+            f'        <ping active="1"></ping>\n        <updatecheck></updatecheck>\n        {ev}\n'
         )
 
     def event(self, event_type: int, result: int, error_code: int | None = None) -> bytes:

@@ -1,4 +1,5 @@
-"""The app starts on each backend, answers health checks, and refuses the admin API without a token."""
+"""The app starts on each backend, answers health checks, and refuses the admin API without a
+token."""
 
 from __future__ import annotations
 

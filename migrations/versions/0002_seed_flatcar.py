@@ -45,41 +45,85 @@ def _group_id(channel: str, arch: str) -> str:
 def upgrade() -> None:
     now = datetime.now(UTC)
     applications = sa.table(
-        "applications", sa.column("id"), sa.column("name"), sa.column("description"),
+        "applications",
+        sa.column("id"),
+        sa.column("name"),
+        sa.column("description"),
         sa.column("created_at"),
     )
     channels = sa.table(
-        "channels", sa.column("id"), sa.column("app_id"), sa.column("name"), sa.column("arch"),
-        sa.column("updated_at"), sa.column("updated_by"),
+        "channels",
+        sa.column("id"),
+        sa.column("app_id"),
+        sa.column("name"),
+        sa.column("arch"),
+        sa.column("updated_at"),
+        sa.column("updated_by"),
     )
     groups = sa.table(
-        "groups", sa.column("id"), sa.column("app_id"), sa.column("name"), sa.column("track"),
-        sa.column("arch"), sa.column("channel_id"), sa.column("description"),
-        sa.column("created_at"), sa.column("updates_enabled"), sa.column("safe_mode"),
-        sa.column("windows", sa.JSON), sa.column("percentage"), sa.column("allow_downgrade"),
+        "groups",
+        sa.column("id"),
+        sa.column("app_id"),
+        sa.column("name"),
+        sa.column("track"),
+        sa.column("arch"),
+        sa.column("channel_id"),
+        sa.column("description"),
+        sa.column("created_at"),
+        sa.column("updates_enabled"),
+        sa.column("safe_mode"),
+        sa.column("windows", sa.JSON),
+        sa.column("percentage"),
+        sa.column("allow_downgrade"),
     )
     op.bulk_insert(
         applications,
-        [{"id": FLATCAR_APP_ID, "name": "flatcar", "description": "Flatcar Container Linux",
-          "created_at": now}],
+        [
+            {
+                "id": FLATCAR_APP_ID,
+                "name": "flatcar",
+                "description": "Flatcar Container Linux",
+                "created_at": now,
+            }
+        ],
     )
     channel_rows = []
     group_rows = []
     for n, (arch, channel) in enumerate(((a, c) for a in ARCHES for c in CHANNELS), start=1):
-        channel_rows.append({"id": n, "app_id": FLATCAR_APP_ID, "name": channel, "arch": arch,
-                             "updated_at": now, "updated_by": "seed"})
-        group_rows.append({
-            "id": _group_id(channel, arch), "app_id": FLATCAR_APP_ID, "name": channel,
-            "track": channel, "arch": arch, "channel_id": n,
-            "description": f"Flatcar {channel} ({arch})", "created_at": now,
-            "updates_enabled": True, "safe_mode": False, "windows": [], "percentage": 100.0,
-            "allow_downgrade": False,
-        })
+        channel_rows.append(
+            {
+                "id": n,
+                "app_id": FLATCAR_APP_ID,
+                "name": channel,
+                "arch": arch,
+                "updated_at": now,
+                "updated_by": "seed",
+            }
+        )
+        group_rows.append(
+            {
+                "id": _group_id(channel, arch),
+                "app_id": FLATCAR_APP_ID,
+                "name": channel,
+                "track": channel,
+                "arch": arch,
+                "channel_id": n,
+                "description": f"Flatcar {channel} ({arch})",
+                "created_at": now,
+                "updates_enabled": True,
+                "safe_mode": False,
+                "windows": [],
+                "percentage": 100.0,
+                "allow_downgrade": False,
+            }
+        )
     op.bulk_insert(channels, channel_rows)
     op.bulk_insert(groups, group_rows)
     if op.get_bind().dialect.name == "postgresql":
         # Explicit ids above: move the sequence past them.
-        op.execute("SELECT setval(pg_get_serial_sequence('channels', 'id'), (SELECT max(id) FROM channels))")
+        op.execute(
+            "SELECT setval(pg_get_serial_sequence('channels', 'id'), (SELECT max(id) FROM channels))"
+        )
     op.execute("INSERT INTO config_stamp (id, stamp) VALUES (1, 1)")
 
 

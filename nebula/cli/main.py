@@ -16,6 +16,14 @@ def main() -> None:
     """Nebula: an update server for Flatcar Container Linux."""
 
 
-for command in (serve, db_group, token_group, package_group, channel_group, group_group,
-                instance_group, sample_payload):
+for command in (
+    serve,
+    db_group,
+    token_group,
+    package_group,
+    channel_group,
+    group_group,
+    instance_group,
+    sample_payload,
+):
     main.add_command(command)

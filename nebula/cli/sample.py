@@ -17,20 +17,32 @@ from nebula import crau
 
 
 @click.command("sample-payload")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("sample"), show_default=True)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("sample"),
+    show_default=True,
+)
 @click.option("--size", type=int, default=1 << 20, show_default=True, help="Data bytes")
-@click.option("--extension", "extensions", multiple=True,
-              help="Also write an extension payload of this name, e.g. oem-azure.gz")
+@click.option(
+    "--extension",
+    "extensions",
+    multiple=True,
+    help="Also write an extension payload of this name, e.g. oem-azure.gz",
+)
 def sample_payload(out_dir: Path, size: int, extensions: tuple[str, ...]) -> None:
     """Write a signing key pair and payloads signed with it into OUT."""
     out_dir.mkdir(parents=True, exist_ok=True)
     key = crau.make_rsa_key()
     private = out_dir / "sample-key.pem"
-    private.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ))
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     private.chmod(0o600)
     public = out_dir / "sample-key.pub.pem"
     public.write_bytes(crau.public_pem(key))
@@ -38,7 +50,12 @@ def sample_payload(out_dir: Path, size: int, extensions: tuple[str, ...]) -> Non
         data = os.urandom(size)
         path = out_dir / name
         with path.open("wb") as f:
-            crau.write_payload(f, [(2, key)], data=[data], data_size=len(data),
-                               data_hash=hashlib.sha256(data).digest())
+            crau.write_payload(
+                f,
+                [(2, key)],
+                data=[data],
+                data_size=len(data),
+                data_hash=hashlib.sha256(data).digest(),
+            )
         click.echo(f"wrote {path} ({path.stat().st_size} bytes)")
     click.echo(f"trust it with: nebula serve --trusted-key {public}")

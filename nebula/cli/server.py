@@ -24,8 +24,9 @@ _DB_HELP = "Database URL: sqlite:///PATH or postgresql://USER@HOST/DB [NEBULA_DB
 
 
 def config_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--config", type=click.Path(dir_okay=False),
-                        help="TOML file with settings [NEBULA_CONFIG]")(f)
+    return click.option(
+        "--config", type=click.Path(dir_okay=False), help="TOML file with settings [NEBULA_CONFIG]"
+    )(f)
 
 
 def db_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -43,16 +44,29 @@ def settings_from(**flags: Any) -> Settings:
 @config_option
 @db_option
 @click.option("--listen", help="HOST:PORT to listen on [NEBULA_LISTEN, default 127.0.0.1:8000]")
-@click.option("--public-url", help="Base URL hosts reach this server at, e.g. "
-              "https://updates.example.com (used in codebase URLs) [NEBULA_PUBLIC_URL]")
+@click.option(
+    "--public-url",
+    help="Base URL hosts reach this server at, e.g. "
+    "https://updates.example.com (used in codebase URLs) [NEBULA_PUBLIC_URL]",
+)
 @click.option("--payload-dir", help="Where uploaded payloads are stored [NEBULA_PAYLOAD_DIR]")
-@click.option("--trusted-key", multiple=True, type=click.Path(dir_okay=False),
-              help="Extra PEM public key trusted for payload signatures (repeatable) "
-                   "[NEBULA_TRUSTED_KEY, ':'-separated]")
-@click.option("--migrate/--no-migrate", default=None,
-              help="Migrate the database on start (default on) [NEBULA_MIGRATE]")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
-              help="[NEBULA_LOG_LEVEL]")
+@click.option(
+    "--trusted-key",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="Extra PEM public key trusted for payload signatures (repeatable) "
+    "[NEBULA_TRUSTED_KEY, ':'-separated]",
+)
+@click.option(
+    "--migrate/--no-migrate",
+    default=None,
+    help="Migrate the database on start (default on) [NEBULA_MIGRATE]",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="[NEBULA_LOG_LEVEL]",
+)
 def serve(**flags: Any) -> None:
     """Run the update server."""
     from aiohttp import web
@@ -73,8 +87,13 @@ def serve(**flags: Any) -> None:
     except NebulaError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"nebula listening on http://{settings.listen} (database {_safe(settings.db)})")
-    web.run_app(app, host=settings.host, port=settings.port, print=None,
-                access_log_format='%a "%r" %s %b %Tfs')
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        access_log_format='%a "%r" %s %b %Tfs',
+    )
 
 
 def _safe(url: str) -> str:
@@ -164,9 +183,18 @@ def token_list(**flags: Any) -> None:
 
     settings = settings_from(**flags)
     rows = _in_transaction(settings, token_store.list_tokens)
-    table([(t.name, t.role, t.created_at.isoformat(timespec="seconds"),
-            "revoked" if t.revoked_at else "active") for t in rows],
-          ["name", "role", "created", "state"])
+    table(
+        [
+            (
+                t.name,
+                t.role,
+                t.created_at.isoformat(timespec="seconds"),
+                "revoked" if t.revoked_at else "active",
+            )
+            for t in rows
+        ],
+        ["name", "role", "created", "state"],
+    )
 
 
 @token_group.command("revoke")

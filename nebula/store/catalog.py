@@ -94,8 +94,12 @@ def to_manifest(package: Package, base_url: str) -> Manifest:
 
 def _entry(package: Package, base_url: str) -> PackageEntry:
     return PackageEntry(
-        id=package.id, version=package.version, arch=package.arch, kind=package.kind,
-        from_version=package.from_version, manifest=to_manifest(package, base_url),
+        id=package.id,
+        version=package.version,
+        arch=package.arch,
+        kind=package.kind,
+        from_version=package.from_version,
+        manifest=to_manifest(package, base_url),
     )
 
 
@@ -131,10 +135,16 @@ async def load_catalog(session: AsyncSession, base_url: str) -> Catalog:
             target_pkg = by_id.get(channel.package_id)
         target = _entry(target_pkg, base_url) if target_pkg and target_pkg.files else None
         entry = GroupEntry(
-            id=g.id, app_id=g.app_id, name=g.name, track=g.track, arch=g.arch,
+            id=g.id,
+            app_id=g.app_id,
+            name=g.name,
+            track=g.track,
+            arch=g.arch,
             channel_name=channel.name if channel else None,
-            updates_enabled=g.updates_enabled, allow_downgrade=g.allow_downgrade,
-            pin_version=g.pin_version, target=target,
+            updates_enabled=g.updates_enabled,
+            allow_downgrade=g.allow_downgrade,
+            pin_version=g.pin_version,
+            target=target,
             deltas=deltas.get((g.app_id, g.arch, target.version), {}) if target else {},
         )
         # A group answers to its track and to its id (the legacy CoreOS group UUIDs).
@@ -142,7 +152,9 @@ async def load_catalog(session: AsyncSession, base_url: str) -> Catalog:
             groups[(g.app_id, track, g.arch)] = entry
             arches.setdefault((g.app_id, track), []).append(g.arch)
     return Catalog(
-        stamp=stamp, apps=apps, groups=groups,
+        stamp=stamp,
+        apps=apps,
+        groups=groups,
         track_arches={k: tuple(sorted(v)) for k, v in arches.items()},
     )
 

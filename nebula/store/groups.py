@@ -27,9 +27,9 @@ def check_name(value: str, what: str) -> str:
     return value
 
 
-async def list_channels(session: AsyncSession, app_id: str = FLATCAR_APP_ID) -> list[
-    tuple[Channel, Package | None]
-]:
+async def list_channels(
+    session: AsyncSession, app_id: str = FLATCAR_APP_ID
+) -> list[tuple[Channel, Package | None]]:
     stmt = (
         select(Channel, Package)
         .outerjoin(Package, Channel.package_id == Package.id)
@@ -39,10 +39,12 @@ async def list_channels(session: AsyncSession, app_id: str = FLATCAR_APP_ID) -> 
     return [(c, p) for c, p in (await session.execute(stmt)).all()]
 
 
-async def get_channel(session: AsyncSession, name: str, arch: str,
-                      app_id: str = FLATCAR_APP_ID) -> Channel:
-    stmt = select(Channel).where(Channel.app_id == app_id, Channel.name == name,
-                                 Channel.arch == arch)
+async def get_channel(
+    session: AsyncSession, name: str, arch: str, app_id: str = FLATCAR_APP_ID
+) -> Channel:
+    stmt = select(Channel).where(
+        Channel.app_id == app_id, Channel.name == name, Channel.arch == arch
+    )
     channel = (await session.execute(stmt)).scalar_one_or_none()
     if channel is None:
         raise NotFoundError(f"no channel {name} for {arch}")
@@ -50,7 +52,12 @@ async def get_channel(session: AsyncSession, name: str, arch: str,
 
 
 async def set_channel(
-    session: AsyncSession, name: str, arch: str, version: str, actor: str, now: datetime,
+    session: AsyncSession,
+    name: str,
+    arch: str,
+    version: str,
+    actor: str,
+    now: datetime,
     app_id: str = FLATCAR_APP_ID,
 ) -> tuple[Channel, Package]:
     """Point a channel at the full package of `version` (uploaded or registered before)."""
@@ -59,8 +66,7 @@ async def set_channel(
     package = await find_package(session, app_id, arch, version)
     if package is None:
         raise NotFoundError(
-            f"no {arch} package of version {version}: upload or add it before pointing "
-            f"{name} at it"
+            f"no {arch} package of version {version}: upload or add it before pointing {name} at it"
         )
     channel.package_id = package.id
     channel.updated_at = now
@@ -68,12 +74,23 @@ async def set_channel(
     return channel, package
 
 
-async def create_channel(session: AsyncSession, name: str, arch: str, now: datetime,
-                         actor: str, app_id: str = FLATCAR_APP_ID) -> Channel:
+async def create_channel(
+    session: AsyncSession,
+    name: str,
+    arch: str,
+    now: datetime,
+    actor: str,
+    app_id: str = FLATCAR_APP_ID,
+) -> Channel:
     check_name(name, "channel")
     check_arch(arch)
-    exists = (await session.execute(select(Channel.id).where(
-        Channel.app_id == app_id, Channel.name == name, Channel.arch == arch))).first()
+    exists = (
+        await session.execute(
+            select(Channel.id).where(
+                Channel.app_id == app_id, Channel.name == name, Channel.arch == arch
+            )
+        )
+    ).first()
     if exists is not None:
         raise ConflictError(f"channel {name} ({arch}) exists already")
     channel = Channel(app_id=app_id, name=name, arch=arch, updated_at=now, updated_by=actor)
@@ -109,24 +126,46 @@ async def find_group(
 
 
 async def create_group(
-    session: AsyncSession, *, name: str, track: str | None, arch: str, channel: str,
-    description: str, now: datetime, app_id: str = FLATCAR_APP_ID,
+    session: AsyncSession,
+    *,
+    name: str,
+    track: str | None,
+    arch: str,
+    channel: str,
+    description: str,
+    now: datetime,
+    app_id: str = FLATCAR_APP_ID,
 ) -> Group:
     check_name(name, "group name")
     track = track or name
     check_name(track, "track")
     check_arch(arch)
     chan = await get_channel(session, channel, arch, app_id)
-    clash = (await session.execute(select(Group.name).where(
-        Group.app_id == app_id, Group.arch == arch,
-        or_(Group.name == name, Group.track == track),
-    ))).first()
+    clash = (
+        await session.execute(
+            select(Group.name).where(
+                Group.app_id == app_id,
+                Group.arch == arch,
+                or_(Group.name == name, Group.track == track),
+            )
+        )
+    ).first()
     if clash is not None:
         raise ConflictError(f"a {arch} group named {name} or with track {track} exists already")
     group = Group(
-        id=str(uuid.uuid4()), app_id=app_id, name=name, track=track, arch=arch,
-        channel_id=chan.id, description=description, created_at=now, updates_enabled=True,
-        safe_mode=False, windows=[], percentage=100.0, allow_downgrade=False,
+        id=str(uuid.uuid4()),
+        app_id=app_id,
+        name=name,
+        track=track,
+        arch=arch,
+        channel_id=chan.id,
+        description=description,
+        created_at=now,
+        updates_enabled=True,
+        safe_mode=False,
+        windows=[],
+        percentage=100.0,
+        allow_downgrade=False,
     )
     session.add(group)
     await session.flush()

@@ -33,7 +33,9 @@ class HostFacts:
 async def upsert_instance(session: AsyncSession, facts: HostFacts, now: datetime) -> None:
     """Insert the host or refresh what it reports, in one statement on either database."""
     values: dict[str, Any] = {
-        "id": facts.machine_id, "ip": facts.ip, "last_seen_at": now,
+        "id": facts.machine_id,
+        "ip": facts.ip,
+        "last_seen_at": now,
     }
     # Hosts that omit an attribute (old clients, the stub) must not erase what others reported.
     for name in ("alias", "oem", "oem_version", "aleph_version", "board"):
@@ -60,8 +62,12 @@ async def lock_instance_app(
 
 def new_instance_app(machine_id: str, app_id: str, now: datetime) -> InstanceApp:
     return InstanceApp(
-        instance_id=machine_id, app_id=app_id, status="new", status_changed_at=now,
-        created_at=now, held=False,
+        instance_id=machine_id,
+        app_id=app_id,
+        status="new",
+        status_changed_at=now,
+        created_at=now,
+        held=False,
     )
 
 
@@ -81,10 +87,17 @@ def record_event(
 ) -> None:
     session.add(
         Event(
-            created_at=now, instance_id=machine_id, app_id=app_id, group_id=group_id,
-            event_type=event_type, event_result=event_result, error_code=error_code,
+            created_at=now,
+            instance_id=machine_id,
+            app_id=app_id,
+            group_id=group_id,
+            event_type=event_type,
+            event_result=event_result,
+            error_code=error_code,
             base_code=None if error_code is None else error_code & 0x0FFFFFFF,
             flags=None if error_code is None else error_code & ~0x0FFFFFFF & 0xFFFFFFFF,
-            version=version, previous_version=previous_version, boot_id=boot_id,
+            version=version,
+            previous_version=previous_version,
+            boot_id=boot_id,
         )
     )

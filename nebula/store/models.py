@@ -9,12 +9,11 @@ Invariants live here as constraints too: hash lengths, positive sizes, one full 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
     BigInteger,
-    MetaData,
     Boolean,
     CheckConstraint,
     DateTime,
@@ -22,6 +21,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    MetaData,
     String,
     Text,
     TypeDecorator,
@@ -64,7 +64,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime(), dict[str, Any]: JSON}
 
 
 class Application(Base):
@@ -77,22 +77,35 @@ class Application(Base):
 
 
 class Package(Base):
-    """One version of an application for one architecture: a full image or a delta from one source."""
+    """One version of an application for one architecture: a full image, or a delta from one
+    source version."""
 
     __tablename__ = "packages"
     __table_args__ = (
         CheckConstraint("kind IN ('full', 'delta')", name="kind"),
         CheckConstraint(
-            "(kind = 'full' AND from_version IS NULL) OR (kind = 'delta' AND from_version IS NOT NULL)",
+            "(kind = 'full' AND from_version IS NULL)"
+            " OR (kind = 'delta' AND from_version IS NOT NULL)",
             name="delta_source",
         ),
         Index(
-            "uq_packages_full", "app_id", "arch", "version", unique=True,
-            sqlite_where=text("kind = 'full'"), postgresql_where=text("kind = 'full'"),
+            "uq_packages_full",
+            "app_id",
+            "arch",
+            "version",
+            unique=True,
+            sqlite_where=text("kind = 'full'"),
+            postgresql_where=text("kind = 'full'"),
         ),
         Index(
-            "uq_packages_delta", "app_id", "arch", "version", "from_version", unique=True,
-            sqlite_where=text("kind = 'delta'"), postgresql_where=text("kind = 'delta'"),
+            "uq_packages_delta",
+            "app_id",
+            "arch",
+            "version",
+            "from_version",
+            unique=True,
+            sqlite_where=text("kind = 'delta'"),
+            postgresql_where=text("kind = 'delta'"),
         ),
     )
 
@@ -108,7 +121,9 @@ class Package(Base):
     created_by: Mapped[str] = mapped_column(String(100), default="")
 
     files: Mapped[list[PackageFile]] = relationship(
-        back_populates="package", order_by="PackageFile.position", cascade="all, delete-orphan",
+        back_populates="package",
+        order_by="PackageFile.position",
+        cascade="all, delete-orphan",
         lazy="selectin",
     )
 
@@ -222,7 +237,9 @@ class InstanceApp(Base):
     instance_id: Mapped[str] = mapped_column(
         ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True
     )
-    app_id: Mapped[str] = mapped_column(ForeignKey("applications.id", ondelete="RESTRICT"), primary_key=True)
+    app_id: Mapped[str] = mapped_column(
+        ForeignKey("applications.id", ondelete="RESTRICT"), primary_key=True
+    )
     group_id: Mapped[str | None] = mapped_column(ForeignKey("groups.id", ondelete="SET NULL"))
     track: Mapped[str | None] = mapped_column(String(100))
     version: Mapped[str | None] = mapped_column(String(64))

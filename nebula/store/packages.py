@@ -71,7 +71,9 @@ async def find_package(
     session: AsyncSession, app_id: str, arch: str, version: str, from_version: str | None = None
 ) -> Package | None:
     stmt = select(Package).where(
-        Package.app_id == app_id, Package.arch == arch, Package.version == version,
+        Package.app_id == app_id,
+        Package.arch == arch,
+        Package.version == version,
         Package.kind == ("delta" if from_version else "full"),
     )
     if from_version:
@@ -106,13 +108,24 @@ async def add_package(
         what = f"delta {from_version} -> {version}" if from_version else f"version {version}"
         raise ConflictError(f"a package for {what} ({arch}) exists already")
     package = Package(
-        id=str(uuid.uuid4()), app_id=app_id, version=version, arch=arch,
-        kind="delta" if from_version else "full", from_version=from_version,
-        base_url=base_url, created_at=now, created_by=actor,
+        id=str(uuid.uuid4()),
+        app_id=app_id,
+        version=version,
+        arch=arch,
+        kind="delta" if from_version else "full",
+        from_version=from_version,
+        base_url=base_url,
+        created_at=now,
+        created_by=actor,
         files=[
             PackageFile(
-                position=i, name=f.name, size=f.size, sha1=f.sha1, sha256=f.sha256,
-                stored=f.stored, signer=f.signer,
+                position=i,
+                name=f.name,
+                size=f.size,
+                sha1=f.sha1,
+                sha256=f.sha256,
+                stored=f.stored,
+                signer=f.signer,
             )
             for i, f in enumerate(files)
         ],
@@ -123,7 +136,9 @@ async def add_package(
 
 
 async def list_packages(
-    session: AsyncSession, app_id: str | None = None, arch: str | None = None,
+    session: AsyncSession,
+    app_id: str | None = None,
+    arch: str | None = None,
     version: str | None = None,
 ) -> list[Package]:
     stmt = select(Package).order_by(Package.created_at, Package.id)
@@ -145,17 +160,22 @@ async def get_package(session: AsyncSession, package_id: str) -> Package:
 
 async def delete_package(session: AsyncSession, package_id: str) -> Package:
     package = await get_package(session, package_id)
-    channel = (await session.execute(
-        select(Channel.name).where(Channel.package_id == package_id).limit(1)
-    )).scalar_one_or_none()
+    channel = (
+        await session.execute(select(Channel.name).where(Channel.package_id == package_id).limit(1))
+    ).scalar_one_or_none()
     if channel is not None:
         raise ConflictError(f"channel {channel} points at this package; point it elsewhere first")
-    pinned = (await session.execute(
-        select(Group.name).where(
-            Group.app_id == package.app_id, Group.arch == package.arch,
-            Group.pin_version == package.version,
-        ).limit(1)
-    )).scalar_one_or_none()
+    pinned = (
+        await session.execute(
+            select(Group.name)
+            .where(
+                Group.app_id == package.app_id,
+                Group.arch == package.arch,
+                Group.pin_version == package.version,
+            )
+            .limit(1)
+        )
+    ).scalar_one_or_none()
     if pinned is not None and package.kind == "full":
         raise ConflictError(f"group {pinned} is pinned to {package.version}; unpin it first")
     await session.delete(package)

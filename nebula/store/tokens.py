@@ -64,7 +64,9 @@ async def list_tokens(session: AsyncSession) -> list[ApiToken]:
 
 
 async def revoke_token(session: AsyncSession, name: str, now: datetime) -> bool:
-    token = (await session.execute(select(ApiToken).where(ApiToken.name == name))).scalar_one_or_none()
+    token = (
+        await session.execute(select(ApiToken).where(ApiToken.name == name))
+    ).scalar_one_or_none()
     if token is None or token.revoked_at is not None:
         return False
     token.revoked_at = now

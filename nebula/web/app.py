@@ -63,8 +63,9 @@ def create_app(
     engine: AsyncEngine | None = None,
     clock: Callable[[], datetime] = utcnow,
 ) -> web.Application:
-    app = web.Application(middlewares=[error_middleware, admin.auth_middleware],
-                          client_max_size=1 << 20)
+    app = web.Application(
+        middlewares=[error_middleware, admin.auth_middleware], client_max_size=1 << 20
+    )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[CLOCK] = clock

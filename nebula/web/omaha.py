@@ -41,8 +41,7 @@ async def handle_update(request: web.Request) -> web.Response:
         parsed = parse_request(body)
         response = await request.app[SERVICE].handle(parsed, request.remote, request.app[CLOCK]())
         outcome = "ok"
-        return web.Response(body=build_response(response), content_type="text/xml",
-                            charset="utf-8")
+        return web.Response(body=build_response(response), content_type="text/xml", charset="utf-8")
     except RequestTooLargeError:
         outcome = "too_large"
         raise

@@ -27,8 +27,12 @@ def package_json(package: Package, base_url: str) -> dict[str, Any]:
         "created_by": package.created_by,
         "files": [
             {
-                "name": f.name, "size": f.size, "sha1": f.sha1, "sha256": f.sha256,
-                "required": f.position == 0, "signer": f.signer,
+                "name": f.name,
+                "size": f.size,
+                "sha1": f.sha1,
+                "sha256": f.sha256,
+                "required": f.position == 0,
+                "signer": f.signer,
             }
             for f in package.files
         ],

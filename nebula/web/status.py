@@ -30,7 +30,9 @@ class InstanceCounts(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
-            "nebula_instances", "Hosts by group and update status", labels=["group", "arch", "status"]
+            "nebula_instances",
+            "Hosts by group and update status",
+            labels=["group", "arch", "status"],
         )
         for group, arch, status, n in self.rows:
             family.add_metric([group, arch, status], n)

@@ -40,8 +40,9 @@ async def server(
 ) -> AsyncIterator[str]:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    settings = make_settings(db_url, tmp_path, key_file, public_url=base,
-                             listen=f"127.0.0.1:{port}")
+    settings = make_settings(
+        db_url, tmp_path, key_file, public_url=base, listen=f"127.0.0.1:{port}"
+    )
     srv = TestServer(create_app(settings, clock=clock), host="127.0.0.1", port=port)
     await srv.start_server()
     try:
@@ -51,15 +52,17 @@ async def server(
 
 
 async def _omaha(http: aiohttp.ClientSession, base: str, body: bytes) -> etree._Element:
-    async with http.post(f"{base}/v1/update/", data=body,
-                         headers={"Content-Type": "text/xml"}) as resp:
+    async with http.post(
+        f"{base}/v1/update/", data=body, headers={"Content-Type": "text/xml"}
+    ) as resp:
         assert resp.status == 200, await resp.text()
         return etree.fromstring(await resp.read())
 
 
 async def _instance(http: aiohttp.ClientSession, base: str, token: str, machine_id: str) -> dict:
-    async with http.get(f"{base}/api/v1/instances",
-                        headers={"Authorization": f"Bearer {token}"}) as resp:
+    async with http.get(
+        f"{base}/api/v1/instances", headers={"Authorization": f"Bearer {token}"}
+    ) as resp:
         found = [i for i in (await resp.json())["instances"] if i["machine_id"] == machine_id]
     assert len(found) == 1
     return found[0]
@@ -69,8 +72,7 @@ async def test_host_updates_end_to_end(
     server: str, admin_token: str, tmp_path: Path, signing_key: RSAPrivateKey
 ) -> None:
     auth = {"Authorization": f"Bearer {admin_token}"}
-    main = payload_file(tmp_path / "up", "flatcar_production_update.gz", signing_key,
-                        size=300_000)
+    main = payload_file(tmp_path / "up", "flatcar_production_update.gz", signing_key, size=300_000)
     ext = payload_file(tmp_path / "up", "oem-azure.gz", signing_key, size=5_000)
     host = Host(machine_id="dbff85b41ae14f41bde761eefbdafaac", version=OLD, alias="web-1")
 
@@ -78,12 +80,16 @@ async def test_host_updates_end_to_end(
         form = aiohttp.FormData()
         form.add_field("payload", main.read_bytes(), filename=main.name)
         form.add_field("extension", ext.read_bytes(), filename=ext.name)
-        async with http.post(f"{server}/api/v1/packages/upload",
-                             params={"version": NEW, "arch": "amd64"}, data=form,
-                             headers=auth) as resp:
+        async with http.post(
+            f"{server}/api/v1/packages/upload",
+            params={"version": NEW, "arch": "amd64"},
+            data=form,
+            headers=auth,
+        ) as resp:
             assert resp.status == 201, await resp.text()
-        async with http.put(f"{server}/api/v1/channels/stable", headers=auth,
-                            json={"arch": "amd64", "version": NEW}) as resp:
+        async with http.put(
+            f"{server}/api/v1/channels/stable", headers=auth, json={"arch": "amd64", "version": NEW}
+        ) as resp:
             assert resp.status == 200, await resp.text()
 
         # 1. The update check offers NEW, main payload first, the extension after it.
@@ -101,8 +107,9 @@ async def test_host_updates_end_to_end(
 
         # 2. Download started.
         await _omaha(http, server, host.event(13, 1))
-        assert (await _instance(http, server, admin_token, host.machine_id))["status"] == \
-            "downloading"
+        assert (await _instance(http, server, admin_token, host.machine_id))[
+            "status"
+        ] == "downloading"
 
         # 3. The download: cut after the first half, resumed with `Range: bytes=N-`.
         url = codebase + packages[0].get("name")
@@ -125,14 +132,16 @@ async def test_host_updates_end_to_end(
 
         # 4. Download finished, 5./6. installed; then pings while it waits for a reboot.
         await _omaha(http, server, host.event(14, 1))
-        assert (await _instance(http, server, admin_token, host.machine_id))["status"] == \
-            "downloaded"
+        assert (await _instance(http, server, admin_token, host.machine_id))[
+            "status"
+        ] == "downloaded"
         await _omaha(http, server, host.event(3, 1))
         doc = await _omaha(http, server, host.ping())
         assert doc.find("app/ping").get("status") == "ok"
         assert doc.find("app/updatecheck") is None
-        assert (await _instance(http, server, admin_token, host.machine_id))["status"] == \
-            "installed"
+        assert (await _instance(http, server, admin_token, host.machine_id))[
+            "status"
+        ] == "installed"
 
         # 7./8. Rebooted into NEW: new boot id, 3/2 with the old version -> complete.
         host.version = NEW
