@@ -7,6 +7,7 @@ unexpected is logged with its traceback and answered with a bare 500 that shows 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import web
@@ -25,10 +26,29 @@ def _answer(request: web.Request, status: int, message: str, kind: str) -> web.R
     return web.Response(status=status, text=message + "\n")
 
 
-def _is_connection_error(exc: Exception) -> bool:
-    if isinstance(exc, OperationalError | PoolTimeoutError | ConnectionError | OSError):
-        return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+# SQLSTATE classes that mean "the database cannot serve us now", not "this query is wrong":
+# 08 connection exception, 53 insufficient resources, 55 object not in prerequisite state (e.g. a
+# database not accepting connections), 57 operator intervention (shutdown, cannot connect now).
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "55", "57")
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) says the database is unreachable or refusing us."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OperationalError | PoolTimeoutError | ConnectionError | OSError):
+            return True
+        if isinstance(current, asyncio.TimeoutError):
+            return True
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return True
+        sqlstate = getattr(current, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES:
+            return True
+        current = current.__cause__ or getattr(current, "orig", None)
+    return False
 
 
 @web.middleware
@@ -40,7 +60,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except NebulaError as exc:
         return _answer(request, exc.http_status, str(exc), type(exc).__name__)
     except Exception as exc:
-        if _is_connection_error(exc):
+        if _is_unavailable(exc):
             log.error("database unavailable on %s %s: %s", request.method, request.path, exc)
             response = _answer(request, 503, "service unavailable, retry later", "Unavailable")
             response.headers["Retry-After"] = "60"
