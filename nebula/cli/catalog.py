@@ -127,7 +127,8 @@ def package_list(url: str | None, token: str | None, as_json: bool, arch: str | 
     if as_json:
         return emit_json(result)
     table(
-        [(p["version"], p["arch"], p["kind"] if p["kind"] == "full" else f"delta<-{p['from_version']}",
+        [(p["version"], p["arch"],
+          p["kind"] if p["kind"] == "full" else f"delta<-{p['from_version']}",
           len(p["files"]), human_size(sum(f["size"] for f in p["files"])),
           "external" if p["external"] else "stored", p["id"]) for p in result["packages"]],
         ["version", "arch", "kind", "files", "size", "where", "id"],

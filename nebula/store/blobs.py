@@ -12,10 +12,13 @@ import contextlib
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import BinaryIO
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+# An upload writes its temporary file continuously; one untouched this long is abandoned.
+STALE_UPLOAD_SECONDS = 24 * 3600
 
 
 class BlobStore:
@@ -27,10 +30,13 @@ class BlobStore:
     def prepare(self) -> None:
         self.objects.mkdir(parents=True, exist_ok=True)
         self.incoming.mkdir(parents=True, exist_ok=True)
-        # Leftovers of uploads cut short by a crash are never referenced: remove them.
+        # Leftovers of uploads cut short by a crash are never referenced: remove them. Only old
+        # ones: replicas may share this directory, and another may be receiving an upload now.
+        cutoff = time.time() - STALE_UPLOAD_SECONDS
         for stale in self.incoming.iterdir():
             with contextlib.suppress(OSError):
-                stale.unlink()
+                if stale.stat().st_mtime < cutoff:
+                    stale.unlink()
 
     def path(self, sha256_hex: str) -> Path:
         if not _HEX64.match(sha256_hex):

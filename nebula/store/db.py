@@ -2,8 +2,9 @@
 
 Imports only nebula.store.models and nebula.errors. `postgresql://` and `sqlite:///` URLs are
 accepted as written and given their async driver. SQLite runs in WAL mode with foreign keys on,
-and every transaction starts with BEGIN IMMEDIATE: writers queue on SQLite's lock instead of
-failing on a lock upgrade, which also makes limits exact within one process.
+and every writing transaction starts with BEGIN IMMEDIATE: writers queue on SQLite's lock instead
+of failing on a lock upgrade, which also makes limits exact within one process. Sessions made
+with read_only=True begin plain (deferred) transactions, which WAL never blocks.
 """
 
 from __future__ import annotations
@@ -79,10 +80,17 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Readers never block in WAL mode, so only writers need the lock up front.
+        read_only = conn.get_execution_options().get("nebula_read_only", False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
-def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+def session_factory(
+    engine: AsyncEngine, *, read_only: bool = False
+) -> async_sessionmaker[AsyncSession]:
+    """Sessions on `engine`; read_only ones begin deferred transactions on SQLite (see above)."""
+    if read_only:
+        engine = engine.execution_options(nebula_read_only=True)
     return async_sessionmaker(engine, expire_on_commit=False)
 
 

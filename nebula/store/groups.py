@@ -146,7 +146,9 @@ async def create_group(
             select(Group.name).where(
                 Group.app_id == app_id,
                 Group.arch == arch,
-                or_(Group.name == name, Group.track == track),
+                # Crossed too: `find_group` looks a ref up as name or track, so one group's name
+                # equal to another's track would make that ref match two groups.
+                or_(Group.name.in_((name, track)), Group.track.in_((name, track))),
             )
         )
     ).first()

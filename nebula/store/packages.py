@@ -24,6 +24,7 @@ ARCHES = ("amd64", "arm64")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]{0,254}$")
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+MAX_FILE_SIZE = 1 << 63  # the size column is a signed 64-bit integer
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,16 +51,18 @@ def check_arch(arch: str) -> str:
     return arch
 
 
-def check_version(version: str, what: str = "version") -> str:
-    if not is_valid_version(version):
+def check_version(version: object, what: str = "version") -> str:
+    # Exactly as stored and sent to hosts: a string, and no whitespace around it (the parser
+    # tolerates that, but " 4152.2.3" would then be a different package from "4152.2.3").
+    if not isinstance(version, str) or version != version.strip() or not is_valid_version(version):
         raise InvalidInputError(f"{what} {version!r} is not a version like 4152.2.3")
     return version
 
 
 def check_file_spec(spec: FileSpec) -> FileSpec:
     check_file_name(spec.name)
-    if spec.size <= 0:
-        raise InvalidInputError(f"{spec.name}: size must be positive")
+    if not 0 < spec.size < MAX_FILE_SIZE:
+        raise InvalidInputError(f"{spec.name}: size must be positive and below 2**63 bytes")
     if not _HEX40.match(spec.sha1):
         raise InvalidInputError(f"{spec.name}: sha1 must be 40 lower-case hex digits")
     if not _HEX64.match(spec.sha256):
@@ -79,6 +82,15 @@ async def find_package(
     if from_version:
         stmt = stmt.where(Package.from_version == from_version)
     return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def check_new_package(
+    session: AsyncSession, app_id: str, arch: str, version: str, from_version: str | None
+) -> None:
+    """Raise ConflictError if a package for this version (or delta) and arch exists."""
+    if await find_package(session, app_id, arch, version, from_version) is not None:
+        what = f"delta {from_version} -> {version}" if from_version else f"version {version}"
+        raise ConflictError(f"a package for {what} ({arch}) exists already")
 
 
 async def add_package(
@@ -104,9 +116,7 @@ async def add_package(
         raise InvalidInputError(f"file names must differ within a package: {names}")
     for spec in files:
         check_file_spec(spec)
-    if await find_package(session, app_id, arch, version, from_version) is not None:
-        what = f"delta {from_version} -> {version}" if from_version else f"version {version}"
-        raise ConflictError(f"a package for {what} ({arch}) exists already")
+    await check_new_package(session, app_id, arch, version, from_version)
     package = Package(
         id=str(uuid.uuid4()),
         app_id=app_id,

@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.typedefs import Handler
 from sqlalchemy import select
 
@@ -30,7 +30,7 @@ from nebula.store.catalog import bump_stamp
 from nebula.store.db import transaction
 from nebula.store.models import Channel, Group, Instance, InstanceApp
 from nebula.store.tokens import Principal, authenticate
-from nebula.web.keys import BLOBS, CATALOG, CLOCK, METRICS, SESSIONS, SETTINGS, TRUSTED_KEYS
+from nebula.web.keys import READ_SESSIONS, BLOBS, CATALOG, CLOCK, METRICS, SESSIONS, SETTINGS, TRUSTED_KEYS
 from nebula.web.serialize import channel_json, group_json, instance_json, package_json
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthError("the admin API needs 'Authorization: Bearer <token>'")
-    async with transaction(request.app[SESSIONS]) as session:
+    async with transaction(request.app[READ_SESSIONS]) as session:
         principal = await authenticate(session, token.strip())
     if principal is None:
         raise AuthError("unknown or revoked token")
@@ -68,7 +68,9 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > MAX_JSON:
         raise InvalidInputError("JSON body too large")
     try:
-        data = json.loads(await request.content.read(MAX_JSON + 1) or b"{}")
+        # read() gets the whole body (a single content.read(n) may return only part of it);
+        # the app's client_max_size bounds it.
+        data = json.loads(await request.read() or b"{}")
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInputError(f"body is not JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -116,7 +118,7 @@ async def whoami(request: web.Request) -> web.Response:
 @routes.get("/api/v1/packages")
 async def list_packages(request: web.Request) -> web.Response:
     q = request.query
-    async with transaction(request.app[SESSIONS]) as session:
+    async with transaction(request.app[READ_SESSIONS]) as session:
         found = await package_store.list_packages(
             session, arch=q.get("arch"), version=q.get("version")
         )
@@ -126,7 +128,7 @@ async def list_packages(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/packages/{id}")
 async def show_package(request: web.Request) -> web.Response:
-    async with transaction(request.app[SESSIONS]) as session:
+    async with transaction(request.app[READ_SESSIONS]) as session:
         package = await package_store.get_package(session, request.match_info["id"])
         return web.json_response(package_json(package, request.app[SETTINGS].base_url))
 
@@ -151,6 +153,14 @@ async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
         yield chunk
 
 
+async def _next_part(reader: MultipartReader) -> MultipartReader | BodyPartReader | None:
+    # aiohttp raises ValueError (or asserts) on a body that is not the multipart it claims.
+    try:
+        return await reader.next()
+    except (ValueError, AssertionError) as exc:
+        raise InvalidInputError(f"the multipart body does not parse: {exc}") from None
+
+
 async def _drain(request: web.Request) -> None:
     """Read what the client still sends, so that it gets our error instead of a reset."""
     while await request.content.readany():
@@ -169,8 +179,21 @@ async def upload_package(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     ingested: list[Ingested] = []
     try:
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
+        if not request.content_type.startswith("multipart/"):
+            raise InvalidInputError(
+                "send the files as multipart/form-data: a 'payload' part, then 'extension' parts"
+            )
+        # Refuse a duplicate before reading the files: add_package checks again, but by then
+        # the files would be in the payload store, which keeps them although nothing uses them.
+        async with transaction(request.app[READ_SESSIONS]) as session:
+            await package_store.check_new_package(
+                session, group_store.FLATCAR_APP_ID, arch, version, from_version
+            )
+        try:
+            reader = await request.multipart()
+        except ValueError as exc:  # e.g. no boundary in the Content-Type
+            raise InvalidInputError(f"the multipart body does not parse: {exc}") from None
+        while (part := await _next_part(reader)) is not None:
             if not isinstance(part, BodyPartReader) or part.name not in ("payload", "extension"):
                 raise InvalidInputError("parts must be named 'payload' or 'extension'")
             if (part.name == "payload") != (not ingested):
@@ -231,17 +254,21 @@ async def add_external_package(request: web.Request) -> web.Response:
         raise InvalidInputError("files must be a non-empty list, the main payload first")
     specs = []
     for f in raw_files:
-        if not isinstance(f, dict):
-            raise InvalidInputError("each file is an object with name, size, sha1, sha256")
-        try:
-            specs.append(package_store.FileSpec(
-                name=str(f["name"]), size=int(f["size"]), sha1=str(f["sha1"]).lower(),
-                sha256=str(f["sha256"]).lower(), stored=False,
-            ))
-        except (KeyError, TypeError, ValueError):
+        # Exact JSON types: str()/int() would turn null into a file named "None" and cut a
+        # size of 4096.5 to 4096, which hosts would then fail on.
+        if (
+            not isinstance(f, dict)
+            or not all(isinstance(f.get(k), str) for k in ("name", "sha1", "sha256"))
+            or not isinstance(f.get("size"), int)
+            or isinstance(f.get("size"), bool)
+        ):
             raise InvalidInputError(
                 "each file needs name, size (an integer), sha1 and sha256 (hex)"
-            ) from None
+            )
+        specs.append(package_store.FileSpec(
+            name=f["name"], size=f["size"], sha1=f["sha1"].lower(),
+            sha256=f["sha256"].lower(), stored=False,
+        ))
     package = await _change(request, lambda s: package_store.add_package(
         s, app_id=group_store.FLATCAR_APP_ID, version=version, arch=arch,
         from_version=from_version, base_url=base_url, files=specs, actor=_actor(request),
@@ -255,7 +282,7 @@ async def add_external_package(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/channels")
 async def list_channels(request: web.Request) -> web.Response:
-    async with transaction(request.app[SESSIONS]) as session:
+    async with transaction(request.app[READ_SESSIONS]) as session:
         rows = await group_store.list_channels(session)
         return web.json_response({"channels": [channel_json(c, p) for c, p in rows]})
 
@@ -281,7 +308,7 @@ async def _channel_names(session: Any) -> dict[int, str]:
 
 @routes.get("/api/v1/groups")
 async def list_groups(request: web.Request) -> web.Response:
-    async with transaction(request.app[SESSIONS]) as session:
+    async with transaction(request.app[READ_SESSIONS]) as session:
         names = await _channel_names(session)
         found = await group_store.list_groups(session)
         return web.json_response({"groups": [
@@ -306,7 +333,7 @@ async def create_group(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/groups/{ref}")
 async def show_group(request: web.Request) -> web.Response:
-    async with transaction(request.app[SESSIONS]) as session:
+    async with transaction(request.app[READ_SESSIONS]) as session:
         group = await group_store.find_group(
             session, request.match_info["ref"], request.query.get("arch")
         )
@@ -327,7 +354,7 @@ async def list_instances(request: web.Request) -> web.Response:
         offset = max(int(q.get("offset", "0")), 0)
     except ValueError:
         raise InvalidInputError("limit and offset must be integers") from None
-    async with transaction(request.app[SESSIONS]) as session:
+    async with transaction(request.app[READ_SESSIONS]) as session:
         stmt = (
             select(InstanceApp, Instance, Group.name)
             .join(Instance, Instance.id == InstanceApp.instance_id)

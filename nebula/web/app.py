@@ -31,6 +31,7 @@ from nebula.web.keys import (
     CLOCK,
     ENGINE,
     METRICS,
+    READ_SESSIONS,
     SERVICE,
     SESSIONS,
     SETTINGS,
@@ -80,7 +81,9 @@ def create_app(
                 await db.upgrade(eng)
             app[BLOBS].prepare()
             sessions = db.session_factory(eng)
-            catalog = CatalogCache(sessions, settings.base_url, settings.cache_ttl)
+            read_sessions = db.session_factory(eng, read_only=True)
+            catalog = CatalogCache(read_sessions, settings.base_url, settings.cache_ttl)
+            app[READ_SESSIONS] = read_sessions
             app[ENGINE] = eng
             app[SESSIONS] = sessions
             app[CATALOG] = catalog

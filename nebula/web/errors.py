@@ -55,8 +55,15 @@ def _is_unavailable(exc: BaseException) -> bool:
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except web.HTTPException:
-        raise
+    except web.HTTPException as exc:
+        # aiohttp's own answers (unknown route 404, wrong method 405, body too large 413) in
+        # the admin API's JSON shape; successes and redirects pass through as they are.
+        if exc.status < 400 or not request.path.startswith("/api/"):
+            raise
+        response = _answer(request, exc.status, exc.reason, type(exc).__name__)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except NebulaError as exc:
         return _answer(request, exc.http_status, str(exc), type(exc).__name__)
     except Exception as exc:

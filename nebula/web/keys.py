@@ -18,6 +18,8 @@ from nebula.store.catalog import CatalogCache
 SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", AsyncEngine)
 SESSIONS: web.AppKey[async_sessionmaker[AsyncSession]] = web.AppKey("sessions")
+# Sessions for transactions that only read: on SQLite they do not queue behind writers.
+READ_SESSIONS: web.AppKey[async_sessionmaker[AsyncSession]] = web.AppKey("read_sessions")
 CATALOG = web.AppKey("catalog", CatalogCache)
 SERVICE = web.AppKey("service", OmahaService)
 METRICS = web.AppKey("metrics", Metrics)

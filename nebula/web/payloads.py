@@ -11,7 +11,7 @@ from aiohttp import web
 
 from nebula.store.db import transaction
 from nebula.store.packages import find_file
-from nebula.web.keys import BLOBS, METRICS, SESSIONS
+from nebula.web.keys import BLOBS, METRICS, READ_SESSIONS
 
 _UUID_CHARS = frozenset("0123456789abcdef-")
 
@@ -19,15 +19,14 @@ _UUID_CHARS = frozenset("0123456789abcdef-")
 async def handle_payload(request: web.Request) -> web.StreamResponse:
     package_id = request.match_info["package_id"]
     name = request.match_info["name"]
-    metrics = request.app[METRICS]
+    # Requests are counted once, by count_payload_bytes (404s included: HTTPNotFound is prepared
+    # like any response), not here.
     if len(package_id) != 36 or not set(package_id) <= _UUID_CHARS:
-        metrics.payload_requests.labels(status="404").inc()
         raise web.HTTPNotFound(text="no such payload\n")
-    async with transaction(request.app[SESSIONS]) as session:
+    async with transaction(request.app[READ_SESSIONS]) as session:
         file = await find_file(session, package_id, name)
     blobs = request.app[BLOBS]
     if file is None or not file.stored or not blobs.exists(file.sha256):
-        metrics.payload_requests.labels(status="404").inc()
         raise web.HTTPNotFound(text="no such payload\n")
     response = web.FileResponse(blobs.path(file.sha256), chunk_size=256 * 1024)
     response.headers["Cache-Control"] = "public, max-age=31536000, immutable"

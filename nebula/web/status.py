@@ -16,7 +16,7 @@ from sqlalchemy import func, select, text
 
 from nebula.store.db import transaction
 from nebula.store.models import Group, InstanceApp
-from nebula.web.keys import METRICS, SESSIONS
+from nebula.web.keys import METRICS, READ_SESSIONS
 
 _COUNTS_TTL = 10.0
 
@@ -46,7 +46,7 @@ async def _refresh_counts(app: web.Application) -> None:
     counts = app[COUNTS]
     if time.monotonic() - counts.at < _COUNTS_TTL:
         return
-    async with transaction(app[SESSIONS]) as session:
+    async with transaction(app[READ_SESSIONS]) as session:
         stmt = (
             select(Group.name, Group.arch, InstanceApp.status, func.count())
             .join(Group, Group.id == InstanceApp.group_id)
@@ -67,7 +67,7 @@ async def healthz(_request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    async with transaction(request.app[SESSIONS]) as session:
+    async with transaction(request.app[READ_SESSIONS]) as session:
         await session.execute(text("SELECT 1"))
     return web.json_response({"status": "ready"})
 

@@ -1,0 +1,243 @@
+"""Payload downloads (GET/HEAD /v1/payloads/{package_id}/{name}): exact bytes, byte ranges as
+update_engine uses them to resume, 404s, and no token.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import uuid
+from typing import Any
+
+import aiohttp
+import pytest
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from lxml import etree
+from yarl import URL
+
+from tests import crau
+from tests.factories import Host
+
+NEW = "4152.2.3"
+MAIN, AZURE = "flatcar_production_update.gz", "oem-azure.gz"
+SIZE = 40_000  # data bytes of the main payload; the file is a little larger
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def payload(key: RSAPrivateKey, size: int, tag: bytes) -> bytes:
+    # Bytes that differ at every offset, so that a wrong range cannot match by accident.
+    data = b"".join(hashlib.sha256(tag + i.to_bytes(4, "big")).digest() for i in range(size // 32))
+    return crau.build_payload(key, data=data)
+
+
+class Uploaded:
+    def __init__(self, package: dict[str, Any], main: bytes, ext: bytes) -> None:
+        self.package = package
+        self.main = main
+        self.ext = ext
+        # The codebase is under public_url (http://nebula.test); the test client needs the path.
+        self.base = URL(package["codebase"]).path
+        assert self.base.endswith("/")
+
+    def path(self, name: str) -> str:
+        return self.base + name
+
+
+def attr(doc: etree._Element, path: str, name: str) -> str:
+    """The attribute `name` of the first element at `path`; fails the test if either is absent."""
+    element = doc.find(path)
+    assert element is not None, path
+    value = element.get(name)
+    assert value is not None, (path, name)
+    return value
+
+
+@pytest.fixture
+async def uploaded(client: Any, admin_token: str, signing_key: RSAPrivateKey) -> Uploaded:
+    main = payload(signing_key, SIZE, b"main")
+    ext = payload(signing_key, 4096, b"ext")
+    form = aiohttp.FormData()
+    form.add_field("payload", main, filename=MAIN)
+    form.add_field("extension", ext, filename=AZURE)
+    resp = await client.post(
+        "/api/v1/packages/upload",
+        params={"version": NEW, "arch": "amd64"},
+        data=form,
+        headers=auth(admin_token),
+    )
+    assert resp.status == 201, await resp.text()
+    return Uploaded(await resp.json(), main, ext)
+
+
+async def test_get_and_head(client: Any, uploaded: Uploaded) -> None:
+    for name, data in ((MAIN, uploaded.main), (AZURE, uploaded.ext)):
+        resp = await client.get(uploaded.path(name))  # no token: hosts have none
+        assert resp.status == 200, await resp.text()
+        assert await resp.read() == data
+        assert resp.headers["Content-Length"] == str(len(data))
+        assert resp.content_type == "application/octet-stream"
+        assert resp.headers.get("ETag")
+        assert resp.headers.get("Accept-Ranges") == "bytes"
+    # Each file has its own ETag.
+    etags = {(await client.get(uploaded.path(n))).headers["ETag"] for n in (MAIN, AZURE)}
+    assert len(etags) == 2
+
+    # A token is neither needed nor checked: a wrong one changes nothing.
+    resp = await client.get(uploaded.path(AZURE), headers={"Authorization": "Bearer wrong"})
+    assert resp.status == 200
+    assert await resp.read() == uploaded.ext
+
+    # HEAD: the same headers, no body.
+    get = await client.get(uploaded.path(MAIN))
+    await get.read()
+    resp = await client.head(uploaded.path(MAIN))
+    assert resp.status == 200
+    assert resp.headers["Content-Length"] == str(len(uploaded.main))
+    assert resp.headers["ETag"] == get.headers["ETag"]
+    assert resp.content_type == "application/octet-stream"
+    assert await resp.read() == b""
+
+
+async def test_byte_ranges(client: Any, uploaded: Uploaded) -> None:
+    data, size = uploaded.main, len(uploaded.main)
+    url = uploaded.path(MAIN)
+
+    resp = await client.get(url, headers={"Range": "bytes=0-99"})
+    assert resp.status == 206
+    assert await resp.read() == data[:100]
+    assert resp.headers["Content-Range"] == f"bytes 0-99/{size}"
+    assert resp.headers["Content-Length"] == "100"
+
+    for start in (1, 12_345, size - 1):
+        resp = await client.get(url, headers={"Range": f"bytes={start}-"})
+        assert resp.status == 206, start
+        assert await resp.read() == data[start:], start
+        assert resp.headers["Content-Range"] == f"bytes {start}-{size - 1}/{size}", start
+        assert resp.headers["Content-Length"] == str(size - start), start
+
+    resp = await client.get(url, headers={"Range": "bytes=1000-1999"})
+    assert resp.status == 206
+    assert await resp.read() == data[1000:2000]
+    assert resp.headers["Content-Range"] == f"bytes 1000-1999/{size}"
+
+    # An end past the file is cut to the file.
+    resp = await client.get(url, headers={"Range": f"bytes={size - 10}-{size + 500}"})
+    assert resp.status == 206
+    assert await resp.read() == data[-10:]
+    assert resp.headers["Content-Range"] == f"bytes {size - 10}-{size - 1}/{size}"
+
+    # Suffix range: the last N bytes.
+    resp = await client.get(url, headers={"Range": "bytes=-50"})
+    assert resp.status == 206
+    assert await resp.read() == data[-50:]
+
+    # A range that starts past the end: 416, and the size, so the client can start over.
+    for header in (f"bytes={size}-", f"bytes={size + 100}-", f"bytes={size + 1}-{size + 9}"):
+        resp = await client.get(uploaded.path(MAIN), headers={"Range": header})
+        assert resp.status == 416, header
+        assert resp.headers["Content-Range"] == f"bytes */{size}", header
+        assert uploaded.main[:100] not in await resp.read()
+
+
+async def test_resumed_download_matches_the_advertised_hash(
+    client: Any, admin_token: str, uploaded: Uploaded
+) -> None:
+    """As update_engine does it: the offer, a download cut short, then `Range: bytes=N-`."""
+    resp = await client.put(
+        "/api/v1/channels/stable", json={"arch": "amd64", "version": NEW}, headers=auth(admin_token)
+    )
+    assert resp.status == 200, await resp.text()
+    host = Host(machine_id="0123456789abcdef0123456789abcdef", version="3815.2.0")
+    resp = await client.post("/v1/update/", data=host.check(), headers={"Content-Type": "text/xml"})
+    assert resp.status == 200
+    doc = etree.fromstring(await resp.read())
+    assert attr(doc, "app/updatecheck", "status") == "ok"
+    codebase = attr(doc, "app/updatecheck/urls/url", "codebase")
+    package = "app/updatecheck/manifest/packages/package"
+    size = int(attr(doc, package, "size"))
+    url = URL(codebase + attr(doc, package, "name")).path
+
+    cut = size // 2 + 7
+    first = await (await client.get(url, headers={"Range": f"bytes=0-{cut - 1}"})).read()
+    assert len(first) == cut
+    resp = await client.get(url, headers={"Range": f"bytes={cut}-"})
+    assert resp.status == 206
+    got = first + await resp.read()
+
+    assert got == uploaded.main
+    assert len(got) == size
+    action = "app/updatecheck/manifest/actions/action"
+    assert base64.b64encode(hashlib.sha256(got).digest()).decode() == attr(doc, action, "sha256")
+    assert hashlib.sha256(got).hexdigest() == attr(doc, package, "hash_sha256")
+    assert base64.b64encode(hashlib.sha1(got).digest()).decode() == attr(doc, package, "hash")
+
+
+async def test_unknown_or_foreign_files_are_404(
+    client: Any, admin_token: str, uploaded: Uploaded
+) -> None:
+    other_id = str(uuid.uuid4())
+    for path in (
+        f"/v1/payloads/{other_id}/{MAIN}",  # no such package
+        f"/v1/payloads/not-a-uuid/{MAIN}",
+        uploaded.path("flatcar-zfs.gz"),  # no such file in the package
+        uploaded.path(MAIN + ".sig"),
+    ):
+        for method in ("GET", "HEAD"):
+            resp = await client.request(method, path)
+            assert resp.status == 404, (method, path)
+
+    # A package whose files live elsewhere is never served here, even when the payload store
+    # happens to hold a file with the same hash.
+    main_file = uploaded.package["files"][0]
+    resp = await client.post(
+        "/api/v1/packages",
+        json={
+            "version": "4152.2.4",
+            "arch": "amd64",
+            "base_url": "https://cdn.example/x/",
+            "files": [{k: main_file[k] for k in ("name", "size", "sha1", "sha256")}],
+        },
+        headers=auth(admin_token),
+    )
+    assert resp.status == 201, await resp.text()
+    external = await resp.json()
+    resp = await client.get(f"/v1/payloads/{external['id']}/{MAIN}")
+    assert resp.status == 404
+
+    # A deleted package's files are gone from this URL (though the bytes may stay stored).
+    resp = await client.delete(
+        f"/api/v1/packages/{uploaded.package['id']}", headers=auth(admin_token)
+    )
+    assert resp.status == 204
+    assert (await client.get(uploaded.path(MAIN))).status == 404
+
+
+def _metric(text: str, name: str, labels: str = "") -> float:
+    """The value of one sample in Prometheus text format (0 when absent)."""
+    wanted = f"{name}{{{labels}}}" if labels else name
+    for line in text.splitlines():
+        key, _, value = line.rpartition(" ")
+        if key == wanted:
+            return float(value)
+    return 0.0
+
+
+async def test_downloads_are_counted_once(client: Any, uploaded: Uploaded) -> None:
+    size = len(uploaded.main)
+    assert (await client.get(uploaded.path(MAIN))).status == 200
+    resp = await client.get(uploaded.path(MAIN), headers={"Range": "bytes=100-"})
+    assert resp.status == 206
+    await resp.read()
+    assert (await client.get(uploaded.path("nosuch.gz"))).status == 404
+    assert (await client.get(f"/v1/payloads/{uuid.uuid4()}/{MAIN}")).status == 404
+    assert (await client.get(f"/v1/payloads/not-a-uuid/{MAIN}")).status == 404
+
+    text = await (await client.get("/metrics")).text()
+    requests = "nebula_payload_requests_total"
+    assert _metric(text, requests, 'status="200"') == 1
+    assert _metric(text, requests, 'status="206"') == 1
+    assert _metric(text, requests, 'status="404"') == 3
+    assert _metric(text, "nebula_payload_bytes_sent_total") == size + (size - 100)
