@@ -8,7 +8,14 @@ scrape time by nebula.web.status (see `InstanceCollector`).
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+)
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 
 KNOWN_EVENT_TYPES = frozenset({"3", "13", "14"})
 KNOWN_RESULTS = frozenset({"0", "1", "2"})
@@ -19,9 +26,14 @@ KNOWN_ERROR_CODES = frozenset({"5", "9", "10", "11", "18", "34", "44"})
 class Metrics:
     """One set of metrics on its own registry, so that tests and several apps do not collide."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, version: str = "") -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        # process_* (CPU, memory, open files) and python_info, as the default registry has them.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.build = Info("nebula_build", "Nebula's version", registry=r)
+        self.build.info({"version": version})
         self.omaha_requests = Counter(
             "nebula_omaha_requests_total",
             "Omaha requests by outcome",

@@ -15,6 +15,7 @@ from pathlib import Path
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from nebula import __version__
 from nebula.config import Settings
 from nebula.errors import ConfigError
 from nebula.metrics import Metrics
@@ -68,7 +69,7 @@ def create_app(
         middlewares=[error_middleware, admin.auth_middleware], client_max_size=1 << 20
     )
     app[SETTINGS] = settings
-    app[METRICS] = Metrics()
+    app[METRICS] = Metrics(version=__version__)
     app[CLOCK] = clock
     app[TRUSTED_KEYS] = load_keys(settings)
     app[BLOBS] = BlobStore(settings.payload_dir)
