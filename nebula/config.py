@@ -66,7 +66,8 @@ class Settings:
 def split_listen(listen: str) -> tuple[str, int]:
     """'HOST:PORT' (or '[::1]:PORT', or ':PORT') -> (host, port)."""
     host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    # isascii: str.isdigit() also accepts digits int() cannot read ("²").
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ConfigError(f"listen must be HOST:PORT, got {listen!r}")
     return host.strip("[]"), int(port)
 
@@ -135,11 +136,32 @@ def load_settings(
     values = {name: _coerce(name, known[name], value) for name, value in merged.items()}
     settings = Settings(**values)
     split_listen(settings.listen)  # fail early on a bad address
+    _check_ranges(settings)
     if settings.public_url and not settings.public_url.startswith(("http://", "https://")):
         raise ConfigError(
             f"public_url must start with http:// or https://, got {settings.public_url!r}"
         )
     return settings
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _check_ranges(settings: Settings) -> None:
+    """Refuse at load what would otherwise fail later: on every update check (a negative
+    poll_interval makes every answer unbuildable), at logging set-up, or in the pool."""
+    if settings.poll_interval < 0:
+        raise ConfigError(
+            f"poll_interval must be 0 (unset) or seconds > 0, got {settings.poll_interval}"
+        )
+    if settings.cache_ttl < 0:
+        raise ConfigError(f"cache_ttl must be seconds >= 0, got {settings.cache_ttl}")
+    if settings.db_pool_size < 1:
+        raise ConfigError(f"db_pool_size must be at least 1, got {settings.db_pool_size}")
+    if settings.log_level.lower() not in LOG_LEVELS:
+        raise ConfigError(
+            f"log_level must be one of {', '.join(LOG_LEVELS)}, got {settings.log_level!r}"
+        )
 
 
 def client_env(environ: Mapping[str, str] | None = None) -> tuple[str | None, str | None]:

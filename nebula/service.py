@@ -17,6 +17,7 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from nebula import lifecycle
+from nebula.errors import ProtocolError
 from nebula.metrics import Metrics
 from nebula.omaha.model import (
     AppRequest,
@@ -33,7 +34,11 @@ from nebula.policy import Decision, GroupPolicy, HostState, Verdict, decide
 from nebula.store.catalog import Catalog, CatalogCache, GroupEntry
 from nebula.store.db import transaction
 from nebula.store.hosts import (
+    MACHINE_ID_MAX,
+    STATE_LIMITS,
+    VERSION_MAX,
     HostFacts,
+    clip,
     lock_instance_app,
     new_instance_app,
     record_event,
@@ -115,6 +120,12 @@ class OmahaService:
         if not app.machine_id:
             # Nothing to record state against; answer as for a host that is up to date.
             return _AppOutcome(self._answer(app, None))
+        # What state is keyed and decided on cannot be clipped to fit the database: refuse it
+        # (400) rather than fail on PostgreSQL's length check (500) or merge distinct hosts.
+        if len(app.machine_id) > MACHINE_ID_MAX:
+            raise ProtocolError(f"machineid is longer than {MACHINE_ID_MAX} characters")
+        if app.version is not None and len(app.version) > VERSION_MAX:
+            raise ProtocolError(f"app version is longer than {VERSION_MAX} characters")
         await upsert_instance(
             session,
             HostFacts(
@@ -133,9 +144,13 @@ class OmahaService:
             state = new_instance_app(app.machine_id, app.app_id, now)
             session.add(state)
         state.group_id = group.id
-        state.track = app.track
+        state.track = clip(app.track, STATE_LIMITS["track"])
         if app.boot_id:
-            state.boot_id = app.boot_id
+            state.boot_id = clip(app.boot_id, STATE_LIMITS["boot_id"])
+        if app.version:
+            # Every request names the running version; update_engine_stub (diskless hosts)
+            # only ever sends events, so recording it at checks only would never learn it.
+            state.version = app.version
         for event in app.events:
             self._apply_event(
                 session,
@@ -150,8 +165,6 @@ class OmahaService:
             )
         if not app.update_check:
             return _AppOutcome(self._answer(app, None), group=group)
-        if app.version:
-            state.version = app.version
         state.last_check_at = now
         if lifecycle.completes(state.status, state.granted_version, app.version):
             _set_status(state, "complete", now)

@@ -12,8 +12,12 @@ import functools
 import re
 from dataclasses import dataclass
 
+# ASCII only: `\d` would also match other scripts' digits, which int() then reads as numbers.
+# Dot-separated identifiers are never empty ("1.0.0-." is not a prerelease of 1.0.0).
 _VERSION_RE = re.compile(
-    r"^(?P<nums>\d{1,9}(?:\.\d{1,9}){0,5})(?:-(?P<pre>[0-9A-Za-z.-]+))?(?:\+(?P<build>[0-9A-Za-z.+-]+))?$"
+    r"^(?P<nums>[0-9]{1,9}(?:\.[0-9]{1,9}){0,5})"
+    r"(?:-(?P<pre>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?"
+    r"(?:\+(?P<build>[0-9A-Za-z-]+(?:[.+][0-9A-Za-z-]+)*))?\Z"
 )
 
 

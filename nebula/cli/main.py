@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from nebula import __version__
+from nebula.bench import bench
 from nebula.cli.catalog import channel_group, group_group, instance_group, package_group
 from nebula.cli.sample import sample_payload
 from nebula.cli.server import db_group, serve, token_group
@@ -25,5 +26,6 @@ for command in (
     group_group,
     instance_group,
     sample_payload,
+    bench,
 ):
     main.add_command(command)

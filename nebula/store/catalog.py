@@ -103,6 +103,23 @@ def _entry(package: Package, base_url: str) -> PackageEntry:
     )
 
 
+def _complete_deltas(
+    deltas: dict[str, PackageEntry], target: PackageEntry
+) -> dict[str, PackageEntry]:
+    """The deltas that list every extension payload of the full target.
+
+    Post-install looks extensions up in the response the host was given (contract §6); a delta
+    uploaded without them would send an air-gapped host to Flatcar's server (error 5), so such a
+    host gets the full package instead.
+    """
+    needed = {f.name for f in target.manifest.packages[1:]}
+    return {
+        source: delta
+        for source, delta in deltas.items()
+        if needed <= {f.name for f in delta.manifest.packages[1:]}
+    }
+
+
 async def read_stamp(session: AsyncSession) -> int:
     return int((await session.execute(select(ConfigStamp.stamp))).scalar_one())
 
@@ -145,7 +162,9 @@ async def load_catalog(session: AsyncSession, base_url: str) -> Catalog:
             allow_downgrade=g.allow_downgrade,
             pin_version=g.pin_version,
             target=target,
-            deltas=deltas.get((g.app_id, g.arch, target.version), {}) if target else {},
+            deltas=_complete_deltas(deltas.get((g.app_id, g.arch, target.version), {}), target)
+            if target
+            else {},
         )
         # A group answers to its track and to its id (the legacy CoreOS group UUIDs).
         for track in (g.track, g.id):

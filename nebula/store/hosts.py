@@ -10,11 +10,33 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import String, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nebula.store.models import Event, Instance, InstanceApp
+from nebula.store.models import Base, Event, Instance, InstanceApp
+
+
+def _lengths(model: type[Base]) -> dict[str, int]:
+    return {
+        c.name: c.type.length
+        for c in model.__table__.columns
+        if isinstance(c.type, String) and c.type.length
+    }
+
+
+# Column sizes, read from the models. Hosts fill every attribute themselves (MACHINE_ALIAS is
+# free text): PostgreSQL refuses an over-long value where SQLite stores it, so values that are
+# only recorded are clipped, and identifiers that cannot be clipped are checked by the caller.
+INSTANCE_LIMITS = _lengths(Instance)
+STATE_LIMITS = _lengths(InstanceApp)
+EVENT_LIMITS = _lengths(Event)
+MACHINE_ID_MAX = INSTANCE_LIMITS["id"]
+VERSION_MAX = min(STATE_LIMITS["version"], EVENT_LIMITS["version"])
+
+
+def clip(value: str | None, limit: int) -> str | None:
+    return value if value is None or len(value) <= limit else value[:limit]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,14 +56,14 @@ async def upsert_instance(session: AsyncSession, facts: HostFacts, now: datetime
     """Insert the host or refresh what it reports, in one statement on either database."""
     values: dict[str, Any] = {
         "id": facts.machine_id,
-        "ip": facts.ip,
+        "ip": clip(facts.ip, INSTANCE_LIMITS["ip"]),
         "last_seen_at": now,
     }
     # Hosts that omit an attribute (old clients, the stub) must not erase what others reported.
     for name in ("alias", "oem", "oem_version", "aleph_version", "board"):
         value = getattr(facts, name)
         if value is not None:
-            values[name] = value
+            values[name] = clip(value, INSTANCE_LIMITS[name])
     insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
     stmt = insert(Instance).values(created_at=now, **values)
     update_cols = {k: stmt.excluded[k] for k in values if k != "id"}
@@ -96,8 +118,8 @@ def record_event(
             error_code=error_code,
             base_code=None if error_code is None else error_code & 0x0FFFFFFF,
             flags=None if error_code is None else error_code & ~0x0FFFFFFF & 0xFFFFFFFF,
-            version=version,
-            previous_version=previous_version,
-            boot_id=boot_id,
+            version=clip(version, EVENT_LIMITS["version"]),
+            previous_version=clip(previous_version, EVENT_LIMITS["previous_version"]),
+            boot_id=clip(boot_id, EVENT_LIMITS["boot_id"]),
         )
     )

@@ -30,7 +30,16 @@ from nebula.store.catalog import bump_stamp
 from nebula.store.db import transaction
 from nebula.store.models import Channel, Group, Instance, InstanceApp
 from nebula.store.tokens import Principal, authenticate
-from nebula.web.keys import READ_SESSIONS, BLOBS, CATALOG, CLOCK, METRICS, SESSIONS, SETTINGS, TRUSTED_KEYS
+from nebula.web.keys import (
+    BLOBS,
+    CATALOG,
+    CLOCK,
+    METRICS,
+    READ_SESSIONS,
+    SESSIONS,
+    SETTINGS,
+    TRUSTED_KEYS,
+)
 from nebula.web.serialize import channel_json, group_json, instance_json, package_json
 
 log = logging.getLogger(__name__)
