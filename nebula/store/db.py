@@ -9,7 +9,9 @@ with read_only=True begin plain (deferred) transactions, which WAL never blocks.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -94,12 +96,35 @@ def session_factory(
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+# SQLite writers of one process queue here rather than in SQLite's busy handler, which sleeps
+# in growing steps and made the tail latency of concurrent checks about a second.
+_SQLITE_WRITERS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _writer_lock(sessions: async_sessionmaker[AsyncSession]) -> asyncio.Lock | None:
+    bind = sessions.kw.get("bind")
+    if not isinstance(bind, AsyncEngine) or bind.dialect.name != "sqlite":
+        return None
+    if bind.get_execution_options().get("nebula_read_only", False):
+        return None
+    pool = bind.sync_engine.pool  # shared by the engine and its read-only view
+    lock = _SQLITE_WRITERS.get(pool)
+    if lock is None:
+        lock = _SQLITE_WRITERS[pool] = asyncio.Lock()
+    return lock
+
+
 @asynccontextmanager
 async def transaction(
     sessions: async_sessionmaker[AsyncSession],
 ) -> AsyncIterator[AsyncSession]:
     """One unit of work: commit on success, roll back on any exception."""
-    async with sessions() as session, session.begin():
+    lock = _writer_lock(sessions)
+    if lock is None:
+        async with sessions() as session, session.begin():
+            yield session
+        return
+    async with lock, sessions() as session, session.begin():
         yield session
 
 
