@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 IN_PROGRESS = frozenset({"granted", "downloading", "downloaded", "installed"})
 FAILED = frozenset({"error", "rolled_back", "timed_out"})
+_CAN_COMPLETE = IN_PROGRESS | {"error", "timed_out"}
 STATUSES = (
     "new",
     "idle",
@@ -65,9 +66,14 @@ def after_event(
 
 
 def completes(status: str, granted_version: str | None, reported_version: str | None) -> bool:
-    """A host in an update Nebula granted that now runs the granted version has completed it."""
+    """A host in an update Nebula granted that now runs the granted version has completed it.
+
+    Also from `error` and `timed_out`: a host that reported a failure (or went quiet) but is now
+    running the granted version did update, and the record must say what the host runs. Not from
+    `rolled_back`: that host came back on its old version.
+    """
     return (
-        status in IN_PROGRESS
+        status in _CAN_COMPLETE
         and granted_version is not None
         and reported_version == granted_version
     )

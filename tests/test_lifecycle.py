@@ -147,9 +147,11 @@ COMPLETES = [
     ("new", "4152.2.3", "4152.2.3", False),
     ("idle", None, "4152.2.3", False),
     ("complete", "4152.2.3", "4152.2.3", False),  # already done: no second completion
-    ("error", "4152.2.3", "4152.2.3", False),
+    # A failure was reported (or the host went quiet), yet it runs the granted version: done.
+    ("error", "4152.2.3", "4152.2.3", True),
+    ("timed_out", "4152.2.3", "4152.2.3", True),
+    ("error", "4152.2.3", "3815.2.0", False),
     ("rolled_back", "4152.2.3", "4152.2.3", False),
-    ("timed_out", "4152.2.3", "4152.2.3", False),
 ]
 
 
