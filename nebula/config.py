@@ -8,6 +8,7 @@ operators script against them, so keep them. Imports only nebula.errors.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -41,6 +42,8 @@ class Settings:
     # How long the in-process cache of channels/groups/packages may be stale on another replica.
     cache_ttl: float = 5.0
     db_pool_size: int = 10
+    # Reverse proxies (addresses or CIDRs) whose X-Forwarded-For is believed for hosts' IPs.
+    trusted_proxy: tuple[str, ...] = ()
 
     @property
     def host(self) -> str:
@@ -72,6 +75,7 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+_LIST_SEPARATORS = {"trusted_proxy": ","}
 _BOOL_TRUE = {"1", "true", "yes", "on"}
 _BOOL_FALSE = {"0", "false", "no", "off"}
 
@@ -93,8 +97,10 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
             return float(value)
         if kind in ("tuple[str, ...]",):
             if isinstance(value, str):
-                # The environment holds a list as a path list: "a.pem:b.pem" (os.pathsep).
-                return tuple(p for p in value.split(os.pathsep) if p)
+                # The environment holds a list as one string: key files as a path list
+                # ("a.pem:b.pem"), addresses comma-separated (IPv6 has colons).
+                sep = _LIST_SEPARATORS.get(name, os.pathsep)
+                return tuple(p.strip() for p in value.split(sep) if p.strip())
             return tuple(str(v) for v in value)
         return str(value)
     except (TypeError, ValueError) as exc:
@@ -158,6 +164,11 @@ def _check_ranges(settings: Settings) -> None:
         raise ConfigError(f"cache_ttl must be seconds >= 0, got {settings.cache_ttl}")
     if settings.db_pool_size < 1:
         raise ConfigError(f"db_pool_size must be at least 1, got {settings.db_pool_size}")
+    for proxy in settings.trusted_proxy:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError(f"trusted_proxy: {proxy!r} is not an address or CIDR") from None
     if settings.log_level.lower() not in LOG_LEVELS:
         raise ConfigError(
             f"log_level must be one of {', '.join(LOG_LEVELS)}, got {settings.log_level!r}"

@@ -17,8 +17,9 @@ ARCH = click.Choice(["amd64", "arm64"])
 
 def api_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--token", help="Admin API token [NEBULA_TOKEN]")(f)
-    f = click.option("--server", "url",
-                     help="Nebula's URL [NEBULA_URL, default http://127.0.0.1:8000]")(f)
+    f = click.option(
+        "--server", "url", help="Nebula's URL [NEBULA_URL, default http://127.0.0.1:8000]"
+    )(f)
     return f
 
 
@@ -52,12 +53,23 @@ _PATH = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.argument("payload", type=_PATH)
 @click.option("--version", required=True, help="The OS version of the payload, e.g. 4152.2.3")
 @click.option("--arch", type=ARCH, required=True)
-@click.option("--extension", multiple=True, type=_PATH,
-              help="An extension payload of this version (oem-*.gz, flatcar-*.gz); repeatable")
+@click.option(
+    "--extension",
+    multiple=True,
+    type=_PATH,
+    help="An extension payload of this version (oem-*.gz, flatcar-*.gz); repeatable",
+)
 @click.option("--from-version", help="For a delta payload: the version it applies to")
-def package_upload(url: str | None, token: str | None, as_json: bool, payload: Path,
-                   version: str, arch: str, extension: tuple[Path, ...],
-                   from_version: str | None) -> None:
+def package_upload(
+    url: str | None,
+    token: str | None,
+    as_json: bool,
+    payload: Path,
+    version: str,
+    arch: str,
+    extension: tuple[Path, ...],
+    from_version: str | None,
+) -> None:
     """Upload a signed payload (and its extensions) to Nebula's payload store."""
     params = {"version": version, "arch": arch}
     if from_version:
@@ -73,8 +85,7 @@ def _describe_file(path: Path) -> dict[str, Any]:
             sha1.update(chunk)
             sha256.update(chunk)
             size += len(chunk)
-    return {"name": path.name, "size": size, "sha1": sha1.hexdigest(),
-            "sha256": sha256.hexdigest()}
+    return {"name": path.name, "size": size, "sha1": sha1.hexdigest(), "sha256": sha256.hexdigest()}
 
 
 def _parse_file_spec(text: str) -> dict[str, Any]:
@@ -88,18 +99,35 @@ def _parse_file_spec(text: str) -> dict[str, Any]:
 @api_options
 @json_option
 @click.argument("files", nargs=-1, type=_PATH)
-@click.option("--url", "base_url", required=True,
-              help="Base URL the files are served from (a CDN, Flatcar's release server)")
+@click.option(
+    "--url",
+    "base_url",
+    required=True,
+    help="Base URL the files are served from (a CDN, Flatcar's release server)",
+)
 @click.option("--version", required=True)
 @click.option("--arch", type=ARCH, required=True)
 @click.option("--from-version", help="For a delta payload: the version it applies to")
 @click.option("--extension", multiple=True, type=_PATH, help="A local copy of an extension")
-@click.option("--file", "specs", multiple=True,
-              help="NAME:SIZE:SHA1HEX:SHA256HEX of a file without a local copy; repeatable, "
-                   "main payload first")
-def package_add(url: str | None, token: str | None, as_json: bool, files: tuple[Path, ...],
-                base_url: str, version: str, arch: str, from_version: str | None,
-                extension: tuple[Path, ...], specs: tuple[str, ...]) -> None:
+@click.option(
+    "--file",
+    "specs",
+    multiple=True,
+    help="NAME:SIZE:SHA1HEX:SHA256HEX of a file without a local copy; repeatable, "
+    "main payload first",
+)
+def package_add(
+    url: str | None,
+    token: str | None,
+    as_json: bool,
+    files: tuple[Path, ...],
+    base_url: str,
+    version: str,
+    arch: str,
+    from_version: str | None,
+    extension: tuple[Path, ...],
+    specs: tuple[str, ...],
+) -> None:
     """Register a package hosted elsewhere, with each file's size and hashes.
 
     Give local copies of the files (FILES, main payload first, and --extension) to have the
@@ -109,8 +137,13 @@ def package_add(url: str | None, token: str | None, as_json: bool, files: tuple[
     described += [_parse_file_spec(s) for s in specs]
     if not described:
         raise click.UsageError("give the files (local copies) or --file specs")
-    body = {"version": version, "arch": arch, "from_version": from_version,
-            "base_url": base_url, "files": described}
+    body = {
+        "version": version,
+        "arch": arch,
+        "from_version": from_version,
+        "base_url": base_url,
+        "files": described,
+    }
     result = ApiClient(url, token).send("POST", "/api/v1/packages", body)
     emit_json(result) if as_json else _print_package(result)
 
@@ -120,17 +153,26 @@ def package_add(url: str | None, token: str | None, as_json: bool, files: tuple[
 @json_option
 @click.option("--arch", type=ARCH)
 @click.option("--version")
-def package_list(url: str | None, token: str | None, as_json: bool, arch: str | None,
-                 version: str | None) -> None:
+def package_list(
+    url: str | None, token: str | None, as_json: bool, arch: str | None, version: str | None
+) -> None:
     """List packages."""
     result = ApiClient(url, token).get("/api/v1/packages", {"arch": arch, "version": version})
     if as_json:
         return emit_json(result)
     table(
-        [(p["version"], p["arch"],
-          p["kind"] if p["kind"] == "full" else f"delta<-{p['from_version']}",
-          len(p["files"]), human_size(sum(f["size"] for f in p["files"])),
-          "external" if p["external"] else "stored", p["id"]) for p in result["packages"]],
+        [
+            (
+                p["version"],
+                p["arch"],
+                p["kind"] if p["kind"] == "full" else f"delta<-{p['from_version']}",
+                len(p["files"]),
+                human_size(sum(f["size"] for f in p["files"])),
+                "external" if p["external"] else "stored",
+                p["id"],
+            )
+            for p in result["packages"]
+        ],
         ["version", "arch", "kind", "files", "size", "where", "id"],
     )
 
@@ -160,8 +202,13 @@ def channel_list(url: str | None, token: str | None, as_json: bool) -> None:
     result = ApiClient(url, token).get("/api/v1/channels")
     if as_json:
         return emit_json(result)
-    table([(c["name"], c["arch"], c["version"] or "-", c["updated_at"], c["updated_by"])
-           for c in result["channels"]], ["channel", "arch", "version", "updated", "by"])
+    table(
+        [
+            (c["name"], c["arch"], c["version"] or "-", c["updated_at"], c["updated_by"])
+            for c in result["channels"]
+        ],
+        ["channel", "arch", "version", "updated", "by"],
+    )
 
 
 @channel_group.command("set")
@@ -170,11 +217,13 @@ def channel_list(url: str | None, token: str | None, as_json: bool) -> None:
 @click.argument("channel")
 @click.option("--arch", type=ARCH, required=True)
 @click.option("--version", required=True, help="A version uploaded or added before")
-def channel_set(url: str | None, token: str | None, as_json: bool, channel: str, arch: str,
-                version: str) -> None:
+def channel_set(
+    url: str | None, token: str | None, as_json: bool, channel: str, arch: str, version: str
+) -> None:
     """Point CHANNEL at VERSION: hosts of its groups are offered it."""
-    result = ApiClient(url, token).send("PUT", f"/api/v1/channels/{channel}",
-                                        {"arch": arch, "version": version})
+    result = ApiClient(url, token).send(
+        "PUT", f"/api/v1/channels/{channel}", {"arch": arch, "version": version}
+    )
     if as_json:
         return emit_json(result)
     click.echo(f"{result['name']} ({result['arch']}) now offers {result['version']}")
@@ -196,9 +245,20 @@ def group_list(url: str | None, token: str | None, as_json: bool) -> None:
     result = ApiClient(url, token).get("/api/v1/groups")
     if as_json:
         return emit_json(result)
-    table([(g["name"], g["track"], g["arch"], g["channel"] or "-",
-            "on" if g["policy"]["updates_enabled"] else "paused", g["id"])
-           for g in result["groups"]], ["name", "track", "arch", "channel", "updates", "id"])
+    table(
+        [
+            (
+                g["name"],
+                g["track"],
+                g["arch"],
+                g["channel"] or "-",
+                "on" if g["policy"]["updates_enabled"] else "paused",
+                g["id"],
+            )
+            for g in result["groups"]
+        ],
+        ["name", "track", "arch", "channel", "updates", "id"],
+    )
 
 
 @group_group.command("create")
@@ -209,17 +269,34 @@ def group_list(url: str | None, token: str | None, as_json: bool) -> None:
 @click.option("--channel", required=True, help="The channel whose version the group follows")
 @click.option("--track", help="What hosts send as GROUP in update.conf (default: the name)")
 @click.option("--description", default="")
-def group_create(url: str | None, token: str | None, as_json: bool, name: str, arch: str,
-                 channel: str, track: str | None, description: str) -> None:
+def group_create(
+    url: str | None,
+    token: str | None,
+    as_json: bool,
+    name: str,
+    arch: str,
+    channel: str,
+    track: str | None,
+    description: str,
+) -> None:
     """Create a group."""
-    result = ApiClient(url, token).send("POST", "/api/v1/groups", {
-        "name": name, "arch": arch, "channel": channel, "track": track,
-        "description": description,
-    })
+    result = ApiClient(url, token).send(
+        "POST",
+        "/api/v1/groups",
+        {
+            "name": name,
+            "arch": arch,
+            "channel": channel,
+            "track": track,
+            "description": description,
+        },
+    )
     if as_json:
         return emit_json(result)
-    click.echo(f"group {result['name']} ({result['arch']}) track {result['track']} "
-               f"follows {result['channel']}: {result['id']}")
+    click.echo(
+        f"group {result['name']} ({result['arch']}) track {result['track']} "
+        f"follows {result['channel']}: {result['id']}"
+    )
 
 
 @group_group.command("show")
@@ -227,8 +304,9 @@ def group_create(url: str | None, token: str | None, as_json: bool, name: str, a
 @json_option
 @click.argument("group")
 @click.option("--arch", type=ARCH, help="Needed when the name exists for both arches")
-def group_show(url: str | None, token: str | None, as_json: bool, group: str,
-               arch: str | None) -> None:
+def group_show(
+    url: str | None, token: str | None, as_json: bool, group: str, arch: str | None
+) -> None:
     """Show a group, its policy and its hosts by status."""
     g = ApiClient(url, token).get(f"/api/v1/groups/{group}", {"arch": arch})
     if as_json:
@@ -263,6 +341,19 @@ def instance_list(url: str | None, token: str | None, as_json: bool, **filters: 
     result = ApiClient(url, token).get("/api/v1/instances", filters)
     if as_json:
         return emit_json(result)
-    table([(i["machine_id"], i["alias"], i["ip"], i["group"], i["version"], i["status"],
-            i["granted_version"], i["last_check_at"]) for i in result["instances"]],
-          ["machine id", "alias", "ip", "group", "version", "status", "granted", "last check"])
+    table(
+        [
+            (
+                i["machine_id"],
+                i["alias"],
+                i["ip"],
+                i["group"],
+                i["version"],
+                i["status"],
+                i["granted_version"],
+                i["last_check_at"],
+            )
+            for i in result["instances"]
+        ],
+        ["machine id", "alias", "ip", "group", "version", "status", "granted", "last check"],
+    )

@@ -63,10 +63,12 @@ class ApiClient:
                 for field, path in [("payload", payload), *(("extension", e) for e in extensions)]:
                     handle = path.open("rb")
                     handles.append(handle)
-                    form.add_field(field, handle, filename=path.name,
-                                   content_type="application/octet-stream")
-                return await self._request("POST", "/api/v1/packages/upload", params=params,
-                                           data=form)
+                    form.add_field(
+                        field, handle, filename=path.name, content_type="application/octet-stream"
+                    )
+                return await self._request(
+                    "POST", "/api/v1/packages/upload", params=params, data=form
+                )
             finally:
                 for handle in handles:
                     handle.close()

@@ -211,8 +211,9 @@ async def upload_package(request: web.Request) -> web.Response:
             if any(i.name == name for i in ingested):
                 raise InvalidInputError(f"two files named {name}")
             try:
-                ingested.append(await ingest(name, _part_chunks(part), blobs,
-                                             request.app[TRUSTED_KEYS]))
+                ingested.append(
+                    await ingest(name, _part_chunks(part), blobs, request.app[TRUSTED_KEYS])
+                )
             except PayloadError as exc:
                 raise type(exc)(f"{name}: {exc}") from None
         if not ingested:
@@ -220,23 +221,38 @@ async def upload_package(request: web.Request) -> web.Response:
         main = ingested[0].info
         if main.is_delta != (from_version is not None):
             raise PayloadError(
-                f"{ingested[0].name} is a delta payload: give --from-version" if main.is_delta
+                f"{ingested[0].name} is a delta payload: give --from-version"
+                if main.is_delta
                 else f"{ingested[0].name} is a full payload, but --from-version was given"
             )
         for item in ingested:
             blobs.commit(item.temp, item.info.sha256_hex)
         specs = [
             package_store.FileSpec(
-                name=i.name, size=i.info.size, sha1=i.info.sha1.hex(),
-                sha256=i.info.sha256_hex, stored=True, signer=i.info.signer.fingerprint,
+                name=i.name,
+                size=i.info.size,
+                sha1=i.info.sha1.hex(),
+                sha256=i.info.sha256_hex,
+                stored=True,
+                signer=i.info.signer.fingerprint,
             )
             for i in ingested
         ]
         app_id = group_store.FLATCAR_APP_ID
-        package = await _change(request, lambda s: package_store.add_package(
-            s, app_id=app_id, version=version, arch=arch, from_version=from_version,
-            base_url=None, files=specs, actor=_actor(request), now=request.app[CLOCK](),
-        ))
+        package = await _change(
+            request,
+            lambda s: package_store.add_package(
+                s,
+                app_id=app_id,
+                version=version,
+                arch=arch,
+                from_version=from_version,
+                base_url=None,
+                files=specs,
+                actor=_actor(request),
+                now=request.app[CLOCK](),
+            ),
+        )
     except NebulaError:
         metrics.uploads.labels(outcome="refused").inc()
         for item in ingested:
@@ -274,15 +290,29 @@ async def add_external_package(request: web.Request) -> web.Response:
             raise InvalidInputError(
                 "each file needs name, size (an integer), sha1 and sha256 (hex)"
             )
-        specs.append(package_store.FileSpec(
-            name=f["name"], size=f["size"], sha1=f["sha1"].lower(),
-            sha256=f["sha256"].lower(), stored=False,
-        ))
-    package = await _change(request, lambda s: package_store.add_package(
-        s, app_id=group_store.FLATCAR_APP_ID, version=version, arch=arch,
-        from_version=from_version, base_url=base_url, files=specs, actor=_actor(request),
-        now=request.app[CLOCK](),
-    ))
+        specs.append(
+            package_store.FileSpec(
+                name=f["name"],
+                size=f["size"],
+                sha1=f["sha1"].lower(),
+                sha256=f["sha256"].lower(),
+                stored=False,
+            )
+        )
+    package = await _change(
+        request,
+        lambda s: package_store.add_package(
+            s,
+            app_id=group_store.FLATCAR_APP_ID,
+            version=version,
+            arch=arch,
+            from_version=from_version,
+            base_url=base_url,
+            files=specs,
+            actor=_actor(request),
+            now=request.app[CLOCK](),
+        ),
+    )
     return web.json_response(package_json(package, request.app[SETTINGS].base_url), status=201)
 
 
@@ -301,9 +331,17 @@ async def set_channel(request: web.Request) -> web.Response:
     data = await _json_body(request)
     arch = _req(data, "arch")
     version = _req(data, "version")
-    channel, package = await _change(request, lambda s: group_store.set_channel(
-        s, request.match_info["name"], arch, version, _actor(request), request.app[CLOCK](),
-    ))
+    channel, package = await _change(
+        request,
+        lambda s: group_store.set_channel(
+            s,
+            request.match_info["name"],
+            arch,
+            version,
+            _actor(request),
+            request.app[CLOCK](),
+        ),
+    )
     log.info("channel %s (%s) -> %s by %s", channel.name, arch, version, _actor(request))
     return web.json_response(channel_json(channel, package))
 
@@ -320,9 +358,13 @@ async def list_groups(request: web.Request) -> web.Response:
     async with transaction(request.app[READ_SESSIONS]) as session:
         names = await _channel_names(session)
         found = await group_store.list_groups(session)
-        return web.json_response({"groups": [
-            group_json(g, names.get(g.channel_id) if g.channel_id else None) for g in found
-        ]})
+        return web.json_response(
+            {
+                "groups": [
+                    group_json(g, names.get(g.channel_id) if g.channel_id else None) for g in found
+                ]
+            }
+        )
 
 
 @routes.post("/api/v1/groups")
@@ -331,9 +373,13 @@ async def create_group(request: web.Request) -> web.Response:
 
     async def work(session: Any) -> dict[str, Any]:
         group = await group_store.create_group(
-            session, name=_req(data, "name"), track=_opt(data, "track"),
-            arch=_req(data, "arch"), channel=_req(data, "channel"),
-            description=_opt(data, "description") or "", now=request.app[CLOCK](),
+            session,
+            name=_req(data, "name"),
+            track=_opt(data, "track"),
+            arch=_req(data, "arch"),
+            channel=_req(data, "channel"),
+            description=_opt(data, "description") or "",
+            now=request.app[CLOCK](),
         )
         return group_json(group, data["channel"])
 
@@ -381,8 +427,11 @@ async def list_instances(request: web.Request) -> web.Response:
             stmt = stmt.where(InstanceApp.version == q["version"])
         rows = (await session.execute(stmt)).all()
         return web.json_response(
-            {"instances": [instance_json(s, i, g) for s, i, g in rows], "limit": limit,
-             "offset": offset}
+            {
+                "instances": [instance_json(s, i, g) for s, i, g in rows],
+                "limit": limit,
+                "offset": offset,
+            }
         )
 
 

@@ -26,6 +26,7 @@ from nebula.store.blobs import BlobStore
 from nebula.store.catalog import CatalogCache
 from nebula.web import admin, omaha, payloads, status
 from nebula.web.errors import error_middleware
+from nebula.web.forwarded import parse_networks
 from nebula.web.keys import (
     BLOBS,
     CATALOG,
@@ -37,6 +38,7 @@ from nebula.web.keys import (
     SESSIONS,
     SETTINGS,
     TRUSTED_KEYS,
+    TRUSTED_PROXIES,
 )
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,7 @@ def create_app(
     app[CLOCK] = clock
     app[TRUSTED_KEYS] = load_keys(settings)
     app[BLOBS] = BlobStore(settings.payload_dir)
+    app[TRUSTED_PROXIES] = parse_networks(settings.trusted_proxy)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         own_engine = engine is None

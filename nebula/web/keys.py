@@ -14,6 +14,7 @@ from nebula.payload import TrustedKey
 from nebula.service import OmahaService
 from nebula.store.blobs import BlobStore
 from nebula.store.catalog import CatalogCache
+from nebula.web.forwarded import Network
 
 SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", AsyncEngine)
@@ -25,4 +26,5 @@ SERVICE = web.AppKey("service", OmahaService)
 METRICS = web.AppKey("metrics", Metrics)
 BLOBS = web.AppKey("blobs", BlobStore)
 TRUSTED_KEYS: web.AppKey[Sequence[TrustedKey]] = web.AppKey("trusted_keys")
+TRUSTED_PROXIES: web.AppKey[tuple[Network, ...]] = web.AppKey("trusted_proxies")
 CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("clock")

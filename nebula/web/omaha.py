@@ -13,7 +13,8 @@ from aiohttp import web
 from nebula.errors import ProtocolError, RequestTooLargeError
 from nebula.omaha.build import build_response
 from nebula.omaha.parse import MAX_BODY, parse_request
-from nebula.web.keys import CLOCK, METRICS, SERVICE
+from nebula.web.forwarded import Network, client_address
+from nebula.web.keys import CLOCK, METRICS, SERVICE, TRUSTED_PROXIES
 
 
 async def _read_body(request: web.Request) -> bytes:
@@ -39,7 +40,9 @@ async def handle_update(request: web.Request) -> web.Response:
     try:
         body = await _read_body(request)
         parsed = parse_request(body)
-        response = await request.app[SERVICE].handle(parsed, request.remote, request.app[CLOCK]())
+        proxies: tuple[Network, ...] = request.app[TRUSTED_PROXIES]
+        ip = client_address(request.remote, request.headers.get("X-Forwarded-For"), proxies)
+        response = await request.app[SERVICE].handle(parsed, ip, request.app[CLOCK]())
         outcome = "ok"
         return web.Response(body=build_response(response), content_type="text/xml", charset="utf-8")
     except RequestTooLargeError:

@@ -31,13 +31,18 @@ async def test_seed_has_flatcar_channels_and_legacy_groups(engine: AsyncEngine) 
     async with db.transaction(db.session_factory(engine)) as session:
         channels = {(c.name, c.arch) for c in (await session.execute(select(Channel))).scalars()}
         groups = {g.id: (g.track, g.arch) for g in (await session.execute(select(Group))).scalars()}
-    assert channels == {(n, a) for n in ("alpha", "beta", "stable", "lts")
-                        for a in ("amd64", "arm64")}
+    assert channels == {
+        (n, a) for n in ("alpha", "beta", "stable", "lts") for a in ("amd64", "arm64")
+    }
     assert groups["9a2deb70-37be-4026-853f-bfdd6b347bbe"] == ("stable", "amd64")
     assert groups["11a585f6-9418-4df0-8863-78b2fd3240f8"] == ("stable", "arm64")
     assert groups["5b810680-e36a-4879-b98a-4f989e80b899"] == ("alpha", "amd64")
     assert sorted(t for t, a in groups.values() if a == "amd64") == [
-        "alpha", "beta", "lts", "stable"]
+        "alpha",
+        "beta",
+        "lts",
+        "stable",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -51,13 +56,25 @@ async def test_database_refuses_bad_file_rows(engine: AsyncEngine, bad: dict[str
 
     from nebula.store.models import Package
 
-    row = {"position": 0, "name": "f.gz", "size": 1, "sha1": "0" * 40, "sha256": "0" * 64,
-           "stored": True} | bad
+    row = {
+        "position": 0,
+        "name": "f.gz",
+        "size": 1,
+        "sha1": "0" * 40,
+        "sha256": "0" * 64,
+        "stored": True,
+    } | bad
     with pytest.raises(IntegrityError):
         async with db.transaction(db.session_factory(engine)) as session:
-            session.add(Package(
-                id="00000000-0000-0000-0000-000000000001",
-                app_id="e96281a6-d1af-4bde-9a0a-97b76e56dc57", version="1.0.0", arch="amd64",
-                kind="full", created_at=datetime.now(UTC), created_by="test",
-                files=[PackageFile(**row)],
-            ))
+            session.add(
+                Package(
+                    id="00000000-0000-0000-0000-000000000001",
+                    app_id="e96281a6-d1af-4bde-9a0a-97b76e56dc57",
+                    version="1.0.0",
+                    arch="amd64",
+                    kind="full",
+                    created_at=datetime.now(UTC),
+                    created_by="test",
+                    files=[PackageFile(**row)],
+                )
+            )
