@@ -1,17 +1,29 @@
-"""Rollout policy: decide whether one host may be offered its group's target version now.
+"""Rollout policy: which version a host should go to, and whether it may have it now.
 
-Pure: imports only nebula.versions and nebula.lifecycle (both pure); time and per-group
-statistics come in as arguments. "No" is a value (a Decision with a reason), never an exception.
-The caller (nebula.service) applies the decision inside the request's transaction.
+Pure: imports only nebula.versions, nebula.lifecycle and nebula.windows (all pure). Time,
+hashing inputs and per-group statistics come in as arguments, so every rule is a table of cases.
+"No" is a value (a Decision with a reason), never an exception; a host held back by any rule is
+answered `noupdate`, and the reason is recorded on its state.
+
+Two steps, because the limits need the group's row locked (see nebula.service):
+- `screen` applies every rule that needs no statistics (versions, holds, pause, window,
+  percentage); it returns None when the host is eligible;
+- `decide` = `screen`, then the limits (rate, concurrency, safe mode) from `RolloutStats`
+  counted inside the grant's transaction.
+`failure_gate` says whether a group must pause itself after a failure.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from nebula.lifecycle import IN_PROGRESS
-from nebula.versions import Version, try_parse_version
+from nebula.versions import try_parse_version
+from nebula.windows import Window, is_open
 
 
 class Verdict(enum.Enum):
@@ -26,10 +38,15 @@ class HoldReason(enum.Enum):
     # The host rolled back from this very target: offering it again would loop (install, reboot,
     # roll back) until an operator looks at it.
     ROLLED_BACK = "rolled_back"
+    OUTSIDE_WINDOW = "outside_window"
+    PERCENTAGE = "percentage"  # not (yet) among the staged percentage of hosts
+    RATE_LIMIT = "rate_limit"  # the group's updates per period are used up
+    CONCURRENCY = "concurrency"  # as many hosts as allowed are updating now
+    CANARY = "canary"  # safe mode: waiting for the first host of this version to complete
 
 
 class NoUpdateReason(enum.Enum):
-    NO_TARGET = "no_target"  # the group's channel points at no package
+    NO_TARGET = "no_target"  # the group's channel (or pin) points at no package
     CURRENT = "current"
     NEWER = "newer"  # the host runs a newer version; never offered a downgrade by default
     UNKNOWN_VERSION = "unknown_version"  # the host sent no (parseable) version
@@ -37,10 +54,19 @@ class NoUpdateReason(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class GroupPolicy:
-    """The rules of one group that decide() reads."""
+    """The rules of one group."""
 
     updates_enabled: bool = True
     allow_downgrade: bool = False
+    max_updates_per_period: int | None = None
+    period_seconds: int | None = None
+    max_concurrent: int | None = None
+    update_timeout_seconds: int | None = None
+    safe_mode: bool = False
+    pause_on_failed_hosts: int | None = None
+    pause_on_failed_percent: float | None = None
+    windows: tuple[Window, ...] = ()
+    percentage: float = 100.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +77,17 @@ class HostState:
     status: str = "new"
     granted_version: str | None = None
     held: bool = False
+    machine_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutStats:
+    """Counts in one group at one moment, read under the group's lock."""
+
+    grants_in_period: int = 0  # new grants within the last period_seconds
+    in_flight: int = 0  # hosts between grant and complete, not timed out (any version)
+    target_completed: int = 0  # hosts that completed the target version
+    target_in_flight: int = 0  # hosts in flight to the target version
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +103,35 @@ class Decision:
         return self.verdict is Verdict.GRANT
 
 
-def decide(host: HostState, policy: GroupPolicy, target: str | None) -> Decision:
-    """Whether `host` gets `target` now, and if not, why."""
+def choose_target(
+    host_version: str | None, target: str | None, floors: Sequence[str] = ()
+) -> str | None:
+    """The version this host goes to next: the lowest floor above it that is below the target
+    (floors are stepping stones a host must pass through), else the target itself."""
+    have = try_parse_version(host_version)
+    want = try_parse_version(target)
+    if have is None or want is None:
+        return target
+    steps = sorted(
+        (v, f) for f in floors if (v := try_parse_version(f)) is not None and have < v < want
+    )
+    return steps[0][1] if steps else target
+
+
+def rollout_bucket(machine_id: str, target: str) -> float:
+    """Where a host falls in [0, 100) for `target`: stable, so raising the percentage only adds
+    hosts and a host never flaps; different per version, so the same hosts are not always first."""
+    digest = hashlib.sha256(f"{machine_id}\x00{target}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 * 100
+
+
+def screen(
+    host: HostState, policy: GroupPolicy, target: str | None, now: datetime
+) -> Decision | None:
+    """Every rule that needs no statistics. None: eligible, subject to the limits."""
     if target is None:
         return Decision(Verdict.NO_UPDATE, NoUpdateReason.NO_TARGET)
-    want: Version | None = try_parse_version(target)
+    want = try_parse_version(target)
     have = try_parse_version(host.version)
     if want is None or have is None:
         return Decision(Verdict.NO_UPDATE, NoUpdateReason.UNKNOWN_VERSION, target)
@@ -79,7 +140,8 @@ def decide(host: HostState, policy: GroupPolicy, target: str | None) -> Decision
     if have > want and not policy.allow_downgrade:
         return Decision(Verdict.NO_UPDATE, NoUpdateReason.NEWER, target)
     if host.status in IN_PROGRESS and host.granted_version == target:
-        # Already granted (the host retries after a failed download or a restart): same answer.
+        # Already granted (the host retries after a failed download or a restart): same answer,
+        # whatever the limits say now; it holds its slot already.
         return Decision(Verdict.GRANT, None, target, regrant=True)
     if host.status == "rolled_back" and host.granted_version == target:
         return Decision(Verdict.HOLD, HoldReason.ROLLED_BACK, target)
@@ -87,4 +149,50 @@ def decide(host: HostState, policy: GroupPolicy, target: str | None) -> Decision
         return Decision(Verdict.HOLD, HoldReason.HOST_HOLD, target)
     if not policy.updates_enabled:
         return Decision(Verdict.HOLD, HoldReason.PAUSED, target)
+    if not is_open(policy.windows, now):
+        return Decision(Verdict.HOLD, HoldReason.OUTSIDE_WINDOW, target)
+    if policy.percentage < 100 and rollout_bucket(host.machine_id, target) >= policy.percentage:
+        return Decision(Verdict.HOLD, HoldReason.PERCENTAGE, target)
+    return None
+
+
+def decide(
+    host: HostState, policy: GroupPolicy, target: str | None, now: datetime, stats: RolloutStats
+) -> Decision:
+    """Whether `host` gets `target` now, and if not, why."""
+    screened = screen(host, policy, target, now)
+    if screened is not None:
+        return screened
+    if (
+        policy.max_updates_per_period is not None
+        and stats.grants_in_period >= policy.max_updates_per_period
+    ):
+        return Decision(Verdict.HOLD, HoldReason.RATE_LIMIT, target)
+    if policy.max_concurrent is not None and stats.in_flight >= policy.max_concurrent:
+        return Decision(Verdict.HOLD, HoldReason.CONCURRENCY, target)
+    # Safe mode: one host takes a new version first; the rest wait until it completed. After a
+    # failed canary (the failure gate paused the group) a resume picks the next canary.
+    if policy.safe_mode and stats.target_completed == 0 and stats.target_in_flight > 0:
+        return Decision(Verdict.HOLD, HoldReason.CANARY, target)
     return Decision(Verdict.GRANT, None, target)
+
+
+def failure_gate(policy: GroupPolicy, *, failed: int, attempted: int, completed: int) -> str | None:
+    """Why the group must pause itself now, or None. Counts are of the current target version:
+    hosts that failed (error, rollback, timeout), were granted it, and completed it."""
+    if failed <= 0:
+        return None
+    if policy.safe_mode and completed == 0:
+        return f"safe mode: the first host to update failed ({failed} failed, none completed)"
+    if policy.pause_on_failed_hosts is not None and failed >= policy.pause_on_failed_hosts:
+        return f"{failed} hosts failed (limit {policy.pause_on_failed_hosts})"
+    if (
+        policy.pause_on_failed_percent is not None
+        and attempted > 0
+        and failed * 100 >= policy.pause_on_failed_percent * attempted
+    ):
+        return (
+            f"{failed} of {attempted} hosts failed ({failed * 100 / attempted:.0f}%, "
+            f"limit {policy.pause_on_failed_percent:g}%)"
+        )
+    return None

@@ -30,8 +30,17 @@ from nebula.omaha.model import (
     UpdateStatus,
     arch_of,
 )
-from nebula.policy import Decision, GroupPolicy, HostState, Verdict, decide
-from nebula.store.catalog import Catalog, CatalogCache, GroupEntry
+from nebula.policy import (
+    Decision,
+    HoldReason,
+    HostState,
+    Verdict,
+    choose_target,
+    decide,
+    screen,
+)
+from nebula.store import rollouts
+from nebula.store.catalog import Catalog, CatalogCache, GroupEntry, bump_stamp
 from nebula.store.db import transaction
 from nebula.store.hosts import (
     MACHINE_ID_MAX,
@@ -126,6 +135,17 @@ class OmahaService:
             raise ProtocolError(f"machineid is longer than {MACHINE_ID_MAX} characters")
         if app.version is not None and len(app.version) > VERSION_MAX:
             raise ProtocolError(f"app version is longer than {VERSION_MAX} characters")
+        # The group's row is locked before the host's (the lock order of nebula.store.rollouts)
+        # when this request may need it: a check that could be granted (judged on the cached
+        # policy; the decision itself is made on the locked row) or a failure to count.
+        target = self._target_for(group, app.version)
+        may_grant = app.update_check and (
+            screen(HostState(app.version, machine_id=app.machine_id), group.policy, target, now)
+            is None
+        )
+        may_fail = any(e.result == lifecycle.RESULT_ERROR for e in app.events)
+        locked = await rollouts.lock_group(session, group.id) if may_grant or may_fail else None
+        policy = rollouts.policy_of(locked) if locked is not None else group.policy
         await upsert_instance(
             session,
             HostFacts(
@@ -151,8 +171,9 @@ class OmahaService:
             # Every request names the running version; update_engine_stub (diskless hosts)
             # only ever sends events, so recording it at checks only would never learn it.
             state.version = app.version
+        failed = False
         for event in app.events:
-            self._apply_event(
+            failed |= self._apply_event(
                 session,
                 state,
                 group,
@@ -163,28 +184,47 @@ class OmahaService:
                 event.previous_version,
                 now,
             )
+        if failed and locked is not None and state.granted_version:
+            await session.flush()  # the counts below must see this host's new status
+            reason = await rollouts.apply_failure_gate(session, locked, state.granted_version, now)
+            if reason is not None:
+                await bump_stamp(session)  # every replica's catalog must learn of the pause
+                policy = rollouts.policy_of(locked)
+                log.warning("group %s paused: %s", group.name, reason)
         if not app.update_check:
             return _AppOutcome(self._answer(app, None), group=group)
         state.last_check_at = now
         if lifecycle.completes(state.status, state.granted_version, app.version):
             _set_status(state, "complete", now)
             state.completed_at = now
-        decision = decide(
-            HostState(app.version, state.status, state.granted_version, state.held),
-            GroupPolicy(
-                updates_enabled=group.updates_enabled, allow_downgrade=group.allow_downgrade
-            ),
-            group.target.version if group.target else None,
+        host = HostState(
+            app.version, state.status, state.granted_version, state.held, app.machine_id
         )
+        decision = screen(host, policy, target, now)
+        if decision is None:
+            # Eligible: only now count, under the group lock taken above (screen on the cached
+            # policy said "eligible" for this host too, so `locked` is set).
+            if locked is None or target is None:
+                decision = Decision(Verdict.HOLD, HoldReason.PAUSED, target)
+            else:
+                stats = await rollouts.rollout_stats(
+                    session, group.id, policy, target, now, app.machine_id
+                )
+                decision = decide(host, policy, target, now, stats)
         manifest: Manifest | None = None
-        if decision.verdict is Verdict.GRANT and group.target is not None:
-            delta = group.deltas.get(app.version or "") if app.delta_okay else None
-            chosen = delta or group.target
+        chosen = (
+            group.package_for(target, app.version, app.delta_okay)
+            if decision.grant and target is not None
+            else None
+        )
+        if chosen is not None:
             manifest = chosen.manifest
             if not decision.regrant:
                 state.granted_version = chosen.version
                 state.granted_at = now
+                state.completed_at = None
                 _set_status(state, "granted", now)
+                rollouts.record_grant(session, group.id, app.machine_id, chosen.version, now)
             state.granted_package_id = chosen.id
             state.hold_reason = None
         else:
@@ -208,7 +248,8 @@ class OmahaService:
         error_code: int | None,
         previous_version: str | None,
         now: datetime,
-    ) -> None:
+    ) -> bool:
+        """Log one event and move the host's status; True if it moved to a failed status."""
         record_event(
             session,
             now=now,
@@ -225,11 +266,20 @@ class OmahaService:
         self._metrics.count_event(event_type, result, error_code)
         transition = lifecycle.after_event(state.status, event_type, result, error_code)
         if transition is None:
-            return
+            return False
         _set_status(state, transition.status, now)
-        if transition.error_code is not None or transition.status in lifecycle.FAILED:
+        if transition.status in lifecycle.FAILED:
             state.last_error_code = transition.error_code
             state.last_error_at = now
+            return True
+        return False
+
+    @staticmethod
+    def _target_for(group: GroupEntry, host_version: str | None) -> str | None:
+        """The group's target, or the lowest floor between the host and it."""
+        if group.target is None:
+            return None
+        return choose_target(host_version, group.target.version, group.floors)
 
     def _answer(self, app: AppRequest, manifest: Manifest | None) -> AppResponse:
         check = None

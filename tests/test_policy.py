@@ -5,6 +5,8 @@ Pure: no database. Each row names the wrong implementation it catches in its com
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from nebula.lifecycle import IN_PROGRESS
@@ -14,9 +16,12 @@ from nebula.policy import (
     HoldReason,
     HostState,
     NoUpdateReason,
+    RolloutStats,
     Verdict,
     decide,
 )
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 OLD, TARGET, NEWER = "3815.2.0", "4152.2.3", "4230.0.0"
 OPEN = GroupPolicy()
@@ -175,7 +180,7 @@ REGRANTS = [
 def test_decide(
     host: HostState, policy: GroupPolicy, target: str | None, expected: Decision
 ) -> None:
-    assert decide(host, policy, target) == expected
+    assert decide(host, policy, target, NOW, RolloutStats()) == expected
 
 
 @pytest.mark.parametrize(
@@ -187,7 +192,7 @@ def test_grant_property(verdict: Verdict, is_grant: bool) -> None:
 
 
 def test_hold_is_a_value_not_an_exception() -> None:
-    decision = decide(HostState(OLD), PAUSED, TARGET)
+    decision = decide(HostState(OLD), PAUSED, TARGET, NOW, RolloutStats())
     assert decision.verdict is Verdict.HOLD
     assert decision.reason is HoldReason.PAUSED
     assert decision.reason.value == "paused"

@@ -3,7 +3,8 @@
 Every Omaha request reads it; none queries these tables. A snapshot is rebuilt when the single-row
 config stamp changes: an admin change bumps the stamp in its own transaction, drops this
 process's snapshot at once, and every other replica notices within `cache_ttl` seconds (it polls
-the stamp, one indexed single-row read). Imports nebula.store, nebula.omaha.model, nebula.versions.
+the stamp, one indexed single-row read). Imports nebula.store, nebula.omaha.model, nebula.policy
+and nebula.versions.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from nebula.omaha.model import Manifest, PackageFile
-from nebula.store.models import Application, Channel, ConfigStamp, Group, Package
+from nebula.policy import GroupPolicy
+from nebula.store.models import Application, Channel, ChannelFloor, ConfigStamp, Group, Package
+from nebula.store.rollouts import policy_of
+from nebula.versions import parse_version, try_parse_version
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +42,26 @@ class GroupEntry:
     track: str
     arch: str
     channel_name: str | None
-    updates_enabled: bool
-    allow_downgrade: bool
+    policy: GroupPolicy
     pin_version: str | None
     target: PackageEntry | None  # the full package hosts of this group are offered
-    # Deltas into the target, keyed by the version they apply to.
-    deltas: dict[str, PackageEntry] = field(default_factory=dict)
+    # Floors below the target that have a full package: stepping stones, lowest first.
+    floors: tuple[str, ...] = ()
+    # Full packages by version: the target and the floors.
+    stops: dict[str, PackageEntry] = field(default_factory=dict)
+    # Deltas into each stop, keyed by the stop's version, then by the version they apply to.
+    deltas: dict[str, dict[str, PackageEntry]] = field(default_factory=dict)
+
+    def package_for(
+        self, version: str, host_version: str | None, delta_okay: bool
+    ) -> PackageEntry | None:
+        """The package that takes a host from `host_version` to `version`: a delta when the host
+        takes deltas and one exists for its exact version, else the full package."""
+        if delta_okay and host_version:
+            delta = self.deltas.get(version, {}).get(host_version)
+            if delta is not None:
+                return delta
+        return self.stops.get(version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +151,9 @@ async def load_catalog(session: AsyncSession, base_url: str) -> Catalog:
     stamp = await read_stamp(session)
     apps = frozenset((await session.execute(select(Application.id))).scalars())
     channels = {c.id: c for c in (await session.execute(select(Channel))).scalars()}
+    floors_by_channel: dict[int, list[str]] = {}
+    for floor in (await session.execute(select(ChannelFloor))).scalars():
+        floors_by_channel.setdefault(floor.channel_id, []).append(floor.version)
     packages = list((await session.execute(select(Package))).scalars())
     by_id = {p.id: p for p in packages}
     full = {(p.app_id, p.arch, p.version): p for p in packages if p.kind == "full"}
@@ -151,6 +172,18 @@ async def load_catalog(session: AsyncSession, base_url: str) -> Catalog:
         elif channel is not None and channel.package_id is not None:
             target_pkg = by_id.get(channel.package_id)
         target = _entry(target_pkg, base_url) if target_pkg and target_pkg.files else None
+        stops: dict[str, PackageEntry] = {}
+        floor_versions: list[str] = []
+        if target is not None:
+            stops[target.version] = target
+            want = parse_version(target.version)
+            for version in floors_by_channel.get(g.channel_id or -1, []):
+                floor_pkg = full.get((g.app_id, g.arch, version))
+                parsed = try_parse_version(version)
+                if floor_pkg and floor_pkg.files and parsed is not None and parsed < want:
+                    stops[version] = _entry(floor_pkg, base_url)
+                    floor_versions.append(version)
+        floor_versions.sort(key=parse_version)
         entry = GroupEntry(
             id=g.id,
             app_id=g.app_id,
@@ -158,13 +191,15 @@ async def load_catalog(session: AsyncSession, base_url: str) -> Catalog:
             track=g.track,
             arch=g.arch,
             channel_name=channel.name if channel else None,
-            updates_enabled=g.updates_enabled,
-            allow_downgrade=g.allow_downgrade,
+            policy=policy_of(g),
             pin_version=g.pin_version,
             target=target,
-            deltas=_complete_deltas(deltas.get((g.app_id, g.arch, target.version), {}), target)
-            if target
-            else {},
+            floors=tuple(floor_versions),
+            stops=stops,
+            deltas={
+                version: _complete_deltas(deltas.get((g.app_id, g.arch, version), {}), stop)
+                for version, stop in stops.items()
+            },
         )
         # A group answers to its track and to its id (the legacy CoreOS group UUIDs).
         for track in (g.track, g.id):

@@ -307,3 +307,45 @@ class ConfigStamp(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     stamp: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Grant(Base):
+    """Every new grant: the rate limit counts these in a sliding window, and status reports read
+    the pace of a rollout from them."""
+
+    __tablename__ = "grants"
+    __table_args__ = (Index("ix_grants_group_time", "group_id", "granted_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    group_id: Mapped[str] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"))
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
+    version: Mapped[str] = mapped_column(String(64))
+    granted_at: Mapped[datetime]
+
+
+class ChannelFloor(Base):
+    """A version every host of the channel must pass through on its way to newer ones."""
+
+    __tablename__ = "channel_floors"
+    __table_args__ = (UniqueConstraint("channel_id", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    channel_id: Mapped[int] = mapped_column(ForeignKey("channels.id", ondelete="CASCADE"))
+    version: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(100), default="")
+
+
+class Activity(Base):
+    """The activity log: pauses, resumes (automatic and manual), policy and channel changes."""
+
+    __tablename__ = "activity"
+    __table_args__ = (Index("ix_activity_group_time", "group_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime]
+    group_id: Mapped[str | None] = mapped_column(ForeignKey("groups.id", ondelete="SET NULL"))
+    actor: Mapped[str] = mapped_column(String(100))  # a token's name, or "nebula" for automatic
+    action: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text, default="")
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

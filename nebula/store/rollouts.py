@@ -1,0 +1,225 @@
+"""Rollout state in the database: group locks, the counts the limits need, grants, the failure
+gate, pauses and resumes, the activity log, and timeouts.
+
+Every limit is enforced under the group's row lock (`lock_group`, SELECT ... FOR UPDATE on
+PostgreSQL; on SQLite every writing transaction holds the database lock), so that with any number
+of replicas and concurrent checks the counts a grant is decided on are the counts it commits
+against. Lock order, everywhere: the group row before any host's state row.
+Query functions take the session first and never commit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from nebula.lifecycle import FAILED, IN_PROGRESS
+from nebula.policy import GroupPolicy, RolloutStats, failure_gate
+from nebula.store.models import Activity, Grant, Group, InstanceApp
+from nebula.windows import WindowError, window_from_json
+
+AUTOMATIC = "nebula"  # the actor of automatic pauses
+
+
+def policy_of(group: Group) -> GroupPolicy:
+    windows = []
+    for raw in group.windows or []:
+        try:
+            windows.append(window_from_json(raw))
+        except WindowError:
+            continue  # written by an older version or by hand; the API never stores one
+    return GroupPolicy(
+        updates_enabled=group.updates_enabled,
+        allow_downgrade=group.allow_downgrade,
+        max_updates_per_period=group.max_updates_per_period,
+        period_seconds=group.period_seconds,
+        max_concurrent=group.max_concurrent,
+        update_timeout_seconds=group.update_timeout_seconds,
+        safe_mode=group.safe_mode,
+        pause_on_failed_hosts=group.pause_on_failed_hosts,
+        pause_on_failed_percent=group.pause_on_failed_percent,
+        windows=tuple(windows),
+        percentage=group.percentage,
+    )
+
+
+async def lock_group(session: AsyncSession, group_id: str) -> Group:
+    """The group's row, locked until the transaction ends, and fresh from the database."""
+    stmt = (
+        select(Group)
+        .where(Group.id == group_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return (await session.execute(stmt)).scalar_one()
+
+
+def _in_flight(policy: GroupPolicy, now: datetime) -> Any:
+    """Hosts between grant and complete that still hold a slot (not past the update timeout)."""
+    in_progress = InstanceApp.status.in_(IN_PROGRESS)
+    if not policy.update_timeout_seconds:
+        return in_progress
+    cutoff = now - timedelta(seconds=policy.update_timeout_seconds)
+    return in_progress & (InstanceApp.granted_at > cutoff)
+
+
+async def _count(session: AsyncSession, stmt: Any) -> int:
+    return int((await session.execute(stmt)).scalar_one())
+
+
+async def rollout_stats(
+    session: AsyncSession,
+    group_id: str,
+    policy: GroupPolicy,
+    target: str,
+    now: datetime,
+    exclude_machine: str,
+) -> RolloutStats:
+    """The counts decide() needs, only those the group's policy uses. The asking host is left
+    out: its own earlier grant must not stand in its way."""
+    base = (
+        select(func.count())
+        .select_from(InstanceApp)
+        .where(InstanceApp.group_id == group_id, InstanceApp.instance_id != exclude_machine)
+    )
+    grants = in_flight = target_completed = target_in_flight = 0
+    if policy.max_updates_per_period is not None and policy.period_seconds:
+        since = now - timedelta(seconds=policy.period_seconds)
+        grants = await _count(
+            session,
+            select(func.count())
+            .select_from(Grant)
+            .where(Grant.group_id == group_id, Grant.granted_at > since),
+        )
+    if policy.max_concurrent is not None:
+        in_flight = await _count(session, base.where(_in_flight(policy, now)))
+    if policy.safe_mode:
+        on_target = base.where(InstanceApp.granted_version == target)
+        target_completed = await _count(session, on_target.where(InstanceApp.status == "complete"))
+        target_in_flight = await _count(session, on_target.where(_in_flight(policy, now)))
+    return RolloutStats(grants, in_flight, target_completed, target_in_flight)
+
+
+def record_grant(
+    session: AsyncSession, group_id: str, machine_id: str, version: str, now: datetime
+) -> None:
+    session.add(Grant(group_id=group_id, instance_id=machine_id, version=version, granted_at=now))
+
+
+def log_activity(
+    session: AsyncSession,
+    now: datetime,
+    actor: str,
+    action: str,
+    message: str,
+    group_id: str | None = None,
+    **detail: Any,
+) -> None:
+    session.add(
+        Activity(
+            created_at=now,
+            group_id=group_id,
+            actor=actor,
+            action=action,
+            message=message,
+            detail=detail,
+        )
+    )
+
+
+def pause(group: Group, session: AsyncSession, now: datetime, actor: str, reason: str) -> None:
+    group.updates_enabled = False
+    group.paused_reason = reason
+    group.paused_by = actor
+    group.paused_at = now
+    action = "auto_pause" if actor == AUTOMATIC else "pause"
+    log_activity(session, now, actor, action, reason, group.id)
+
+
+def resume(group: Group, session: AsyncSession, now: datetime, actor: str, reason: str) -> None:
+    was = group.paused_reason
+    group.updates_enabled = True
+    group.paused_reason = None
+    group.paused_by = None
+    group.paused_at = None
+    log_activity(session, now, actor, "resume", reason or "resumed", group.id, was_paused_for=was)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetCounts:
+    failed: int
+    attempted: int
+    completed: int
+
+
+async def target_counts(session: AsyncSession, group_id: str, version: str) -> TargetCounts:
+    stmt = (
+        select(InstanceApp.status, func.count())
+        .where(InstanceApp.group_id == group_id, InstanceApp.granted_version == version)
+        .group_by(InstanceApp.status)
+    )
+    by_status = {s: int(n) for s, n in (await session.execute(stmt)).all()}
+    return TargetCounts(
+        failed=sum(n for s, n in by_status.items() if s in FAILED),
+        attempted=sum(by_status.values()),
+        completed=by_status.get("complete", 0),
+    )
+
+
+async def apply_failure_gate(
+    session: AsyncSession, group: Group, version: str, now: datetime
+) -> str | None:
+    """Pause `group` (locked by the caller) if failures updating to `version` reached its limits.
+    Returns the reason when it paused."""
+    if not group.updates_enabled:
+        return None
+    counts = await target_counts(session, group.id, version)
+    reason = failure_gate(
+        policy_of(group),
+        failed=counts.failed,
+        attempted=counts.attempted,
+        completed=counts.completed,
+    )
+    if reason is None:
+        return None
+    reason = f"failure gate, updating to {version}: {reason}"
+    pause(group, session, now, AUTOMATIC, reason)
+    return reason
+
+
+async def mark_timeouts(session: AsyncSession, now: datetime) -> list[tuple[str, str]]:
+    """Mark hosts past their group's update timeout `timed_out`; return the (group, version)
+    pairs that got new timeouts, for the failure gate."""
+    groups = (
+        await session.execute(
+            select(Group.id, Group.update_timeout_seconds).where(
+                Group.update_timeout_seconds.is_not(None)
+            )
+        )
+    ).all()
+    touched: list[tuple[str, str]] = []
+    for group_id, timeout in groups:
+        cutoff = now - timedelta(seconds=timeout)
+        stale = (
+            InstanceApp.status.in_(IN_PROGRESS)
+            & (InstanceApp.granted_at <= cutoff)
+            & (InstanceApp.group_id == group_id)
+        )
+        versions = (
+            await session.execute(select(InstanceApp.granted_version).where(stale).distinct())
+        ).scalars()
+        found = [v for v in versions if v is not None]
+        if not found:
+            continue
+        await session.execute(
+            update(InstanceApp)
+            .where(stale)
+            .values(status="timed_out", status_changed_at=now, last_error_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        touched.extend((group_id, v) for v in found)
+    return touched
