@@ -7,18 +7,14 @@ Payload uploads stream: see `upload_package`.
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import BodyPartReader, MultipartReader, web
-from aiohttp.typedefs import Handler
 from sqlalchemy import select
 
 from nebula.errors import (
-    AuthError,
-    ForbiddenError,
     InvalidInputError,
     NebulaError,
     PayloadError,
@@ -26,93 +22,23 @@ from nebula.errors import (
 from nebula.ingest import Ingested, ingest
 from nebula.store import groups as group_store
 from nebula.store import packages as package_store
-from nebula.store.catalog import bump_stamp
 from nebula.store.db import transaction
 from nebula.store.models import Channel, Group, Instance, InstanceApp
-from nebula.store.tokens import Principal, authenticate
+from nebula.store.tokens import Principal
+from nebula.web.api import PRINCIPAL, actor, change, json_body, opt, req
 from nebula.web.keys import (
     BLOBS,
-    CATALOG,
     CLOCK,
     METRICS,
     READ_SESSIONS,
-    SESSIONS,
     SETTINGS,
     TRUSTED_KEYS,
 )
 from nebula.web.serialize import channel_json, group_json, instance_json, package_json
 
 log = logging.getLogger(__name__)
-PRINCIPAL = web.RequestKey("principal", Principal)
-MAX_JSON = 1 << 20
 
 routes = web.RouteTableDef()
-
-
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every /api/ route needs a token; only admins may change anything."""
-    if not request.path.startswith("/api/"):
-        return await handler(request)
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise AuthError("the admin API needs 'Authorization: Bearer <token>'")
-    async with transaction(request.app[READ_SESSIONS]) as session:
-        principal = await authenticate(session, token.strip())
-    if principal is None:
-        raise AuthError("unknown or revoked token")
-    if request.method not in ("GET", "HEAD") and not principal.can_write:
-        raise ForbiddenError(f"token {principal.name} has role {principal.role}: read only")
-    request[PRINCIPAL] = principal
-    return await handler(request)
-
-
-def _actor(request: web.Request) -> str:
-    principal: Principal = request[PRINCIPAL]
-    return principal.name
-
-
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    if request.content_length is not None and request.content_length > MAX_JSON:
-        raise InvalidInputError("JSON body too large")
-    try:
-        # read() gets the whole body (a single content.read(n) may return only part of it);
-        # the app's client_max_size bounds it.
-        data = json.loads(await request.read() or b"{}")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(f"body is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidInputError("body must be a JSON object")
-    return data
-
-
-def _opt(data: dict[str, Any], key: str) -> str | None:
-    value = data.get(key)
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise InvalidInputError(f"{key} must be a string")
-    return value
-
-
-def _req(data: dict[str, Any], key: str) -> str:
-    value = _opt(data, key)
-    if value is None:
-        raise InvalidInputError(f"{key} is required")
-    return value
-
-
-async def _change(request: web.Request, work: Callable[[Any], Awaitable[Any]]) -> Any:
-    """Run an admin change in one transaction with the stamp bump; refresh the catalog."""
-    async with transaction(request.app[SESSIONS]) as session:
-        result = await work(session)
-        await bump_stamp(session)
-    request.app[CATALOG].invalidate()
-    return result
-
-
-# -- identity ------------------------------------------------------------------------------------
 
 
 @routes.get("/api/v1/whoami")
@@ -144,7 +70,7 @@ async def show_package(request: web.Request) -> web.Response:
 
 @routes.delete("/api/v1/packages/{id}")
 async def delete_package(request: web.Request) -> web.Response:
-    await _change(request, lambda s: package_store.delete_package(s, request.match_info["id"]))
+    await change(request, lambda s: package_store.delete_package(s, request.match_info["id"]))
     return web.Response(status=204)
 
 
@@ -239,7 +165,7 @@ async def upload_package(request: web.Request) -> web.Response:
             for i in ingested
         ]
         app_id = group_store.FLATCAR_APP_ID
-        package = await _change(
+        package = await change(
             request,
             lambda s: package_store.add_package(
                 s,
@@ -249,7 +175,7 @@ async def upload_package(request: web.Request) -> web.Response:
                 from_version=from_version,
                 base_url=None,
                 files=specs,
-                actor=_actor(request),
+                actor=actor(request),
                 now=request.app[CLOCK](),
             ),
         )
@@ -260,16 +186,16 @@ async def upload_package(request: web.Request) -> web.Response:
         await _drain(request)
         raise
     metrics.uploads.labels(outcome="stored").inc()
-    log.info("package %s %s (%s) uploaded by %s", version, arch, package.kind, _actor(request))
+    log.info("package %s %s (%s) uploaded by %s", version, arch, package.kind, actor(request))
     return web.json_response(package_json(package, request.app[SETTINGS].base_url), status=201)
 
 
 @routes.post("/api/v1/packages")
 async def add_external_package(request: web.Request) -> web.Response:
     """A package whose files are hosted elsewhere: base_url plus each file's size and hashes."""
-    data = await _json_body(request)
+    data = await json_body(request)
     version, arch, from_version = _package_target(data)
-    base_url = _req(data, "base_url")
+    base_url = req(data, "base_url")
     if not base_url.startswith(("http://", "https://")):
         raise InvalidInputError("base_url must be an http:// or https:// URL")
     if not base_url.endswith("/"):
@@ -299,7 +225,7 @@ async def add_external_package(request: web.Request) -> web.Response:
                 stored=False,
             )
         )
-    package = await _change(
+    package = await change(
         request,
         lambda s: package_store.add_package(
             s,
@@ -309,7 +235,7 @@ async def add_external_package(request: web.Request) -> web.Response:
             from_version=from_version,
             base_url=base_url,
             files=specs,
-            actor=_actor(request),
+            actor=actor(request),
             now=request.app[CLOCK](),
         ),
     )
@@ -328,21 +254,21 @@ async def list_channels(request: web.Request) -> web.Response:
 
 @routes.put("/api/v1/channels/{name}")
 async def set_channel(request: web.Request) -> web.Response:
-    data = await _json_body(request)
-    arch = _req(data, "arch")
-    version = _req(data, "version")
-    channel, package = await _change(
+    data = await json_body(request)
+    arch = req(data, "arch")
+    version = req(data, "version")
+    channel, package = await change(
         request,
         lambda s: group_store.set_channel(
             s,
             request.match_info["name"],
             arch,
             version,
-            _actor(request),
+            actor(request),
             request.app[CLOCK](),
         ),
     )
-    log.info("channel %s (%s) -> %s by %s", channel.name, arch, version, _actor(request))
+    log.info("channel %s (%s) -> %s by %s", channel.name, arch, version, actor(request))
     return web.json_response(channel_json(channel, package))
 
 
@@ -369,21 +295,21 @@ async def list_groups(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/groups")
 async def create_group(request: web.Request) -> web.Response:
-    data = await _json_body(request)
+    data = await json_body(request)
 
     async def work(session: Any) -> dict[str, Any]:
         group = await group_store.create_group(
             session,
-            name=_req(data, "name"),
-            track=_opt(data, "track"),
-            arch=_req(data, "arch"),
-            channel=_req(data, "channel"),
-            description=_opt(data, "description") or "",
+            name=req(data, "name"),
+            track=opt(data, "track"),
+            arch=req(data, "arch"),
+            channel=req(data, "channel"),
+            description=opt(data, "description") or "",
             now=request.app[CLOCK](),
         )
         return group_json(group, data["channel"])
 
-    return web.json_response(await _change(request, work), status=201)
+    return web.json_response(await change(request, work), status=201)
 
 
 @routes.get("/api/v1/groups/{ref}")

@@ -25,6 +25,7 @@ from nebula.store import db
 from nebula.store.blobs import BlobStore
 from nebula.store.catalog import CatalogCache
 from nebula.web import admin, omaha, payloads, status
+from nebula.web.api import auth_middleware
 from nebula.web.errors import error_middleware
 from nebula.web.forwarded import parse_networks
 from nebula.web.keys import (
@@ -68,7 +69,7 @@ def create_app(
     clock: Callable[[], datetime] = utcnow,
 ) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware, admin.auth_middleware], client_max_size=1 << 20
+        middlewares=[error_middleware, auth_middleware], client_max_size=1 << 20
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics(version=__version__)

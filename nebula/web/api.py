@@ -1,0 +1,87 @@
+"""What every admin API route shares: the token check, the acting principal, JSON bodies, and
+`change`, which runs a change in one transaction together with the catalog stamp bump.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from nebula.errors import AuthError, ForbiddenError, InvalidInputError
+from nebula.store.catalog import bump_stamp
+from nebula.store.db import transaction
+from nebula.store.tokens import Principal, authenticate
+from nebula.web.keys import CATALOG, READ_SESSIONS, SESSIONS
+
+PRINCIPAL = web.RequestKey("principal", Principal)
+MAX_JSON = 1 << 20
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every /api/ route needs a token; only admins may change anything."""
+    if not request.path.startswith("/api/"):
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("the admin API needs 'Authorization: Bearer <token>'")
+    async with transaction(request.app[READ_SESSIONS]) as session:
+        principal = await authenticate(session, token.strip())
+    if principal is None:
+        raise AuthError("unknown or revoked token")
+    if request.method not in ("GET", "HEAD") and not principal.can_write:
+        raise ForbiddenError(f"token {principal.name} has role {principal.role}: read only")
+    request[PRINCIPAL] = principal
+    return await handler(request)
+
+
+def actor(request: web.Request) -> str:
+    principal: Principal = request[PRINCIPAL]
+    return principal.name
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > MAX_JSON:
+        raise InvalidInputError("JSON body too large")
+    try:
+        # read() gets the whole body (a single content.read(n) may return only part of it);
+        # the app's client_max_size bounds it.
+        data = json.loads(await request.read() or b"{}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidInputError("body must be a JSON object")
+    return data
+
+
+def opt(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{key} must be a string")
+    return value
+
+
+def req(data: dict[str, Any], key: str) -> str:
+    value = opt(data, key)
+    if value is None:
+        raise InvalidInputError(f"{key} is required")
+    return value
+
+
+async def change(request: web.Request, work: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Run an admin change in one transaction with the stamp bump; refresh the catalog."""
+    async with transaction(request.app[SESSIONS]) as session:
+        result = await work(session)
+        await bump_stamp(session)
+    request.app[CATALOG].invalidate()
+    return result
+
+
+# -- identity ------------------------------------------------------------------------------------
