@@ -42,6 +42,8 @@ class Settings:
     # How long the in-process cache of channels/groups/packages may be stale on another replica.
     cache_ttl: float = 5.0
     db_pool_size: int = 10
+    # Seconds between sweeps for hosts past their group's update timeout.
+    sweep_interval: float = 30.0
     # Reverse proxies (addresses or CIDRs) whose X-Forwarded-For is believed for hosts' IPs.
     trusted_proxy: tuple[str, ...] = ()
 
@@ -160,6 +162,8 @@ def _check_ranges(settings: Settings) -> None:
         raise ConfigError(
             f"poll_interval must be 0 (unset) or seconds > 0, got {settings.poll_interval}"
         )
+    if settings.sweep_interval <= 0:
+        raise ConfigError(f"sweep_interval must be seconds > 0, got {settings.sweep_interval}")
     if settings.cache_ttl < 0:
         raise ConfigError(f"cache_ttl must be seconds >= 0, got {settings.cache_ttl}")
     if settings.db_pool_size < 1:

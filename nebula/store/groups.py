@@ -14,8 +14,9 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nebula.errors import ConflictError, InvalidInputError, NotFoundError
-from nebula.store.models import Channel, Group, InstanceApp, Package
+from nebula.store.models import Channel, ChannelFloor, Group, InstanceApp, Package
 from nebula.store.packages import check_arch, find_package
+from nebula.versions import parse_version
 
 FLATCAR_APP_ID = "e96281a6-d1af-4bde-9a0a-97b76e56dc57"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -181,3 +182,43 @@ async def status_counts(session: AsyncSession, group_id: str) -> dict[str, int]:
         .group_by(InstanceApp.status)
     )
     return {status: int(n) for status, n in (await session.execute(stmt)).all()}
+
+
+async def channel_floors(session: AsyncSession, channel_id: int) -> list[str]:
+    stmt = select(ChannelFloor.version).where(ChannelFloor.channel_id == channel_id)
+    return sorted((await session.execute(stmt)).scalars(), key=parse_version)
+
+
+async def add_floor(
+    session: AsyncSession, channel: Channel, version: str, actor: str, now: datetime
+) -> None:
+    """Mark `version` a floor of `channel`: hosts below it pass through it first."""
+    if await find_package(session, channel.app_id, channel.arch, version) is None:
+        raise NotFoundError(
+            f"no {channel.arch} package of version {version}: a floor must be a version hosts "
+            "can be given"
+        )
+    exists = (
+        await session.execute(
+            select(ChannelFloor.id).where(
+                ChannelFloor.channel_id == channel.id, ChannelFloor.version == version
+            )
+        )
+    ).first()
+    if exists is None:
+        session.add(
+            ChannelFloor(channel_id=channel.id, version=version, created_at=now, created_by=actor)
+        )
+
+
+async def remove_floor(session: AsyncSession, channel: Channel, version: str) -> None:
+    floor = (
+        await session.execute(
+            select(ChannelFloor).where(
+                ChannelFloor.channel_id == channel.id, ChannelFloor.version == version
+            )
+        )
+    ).scalar_one_or_none()
+    if floor is None:
+        raise NotFoundError(f"{version} is not a floor of channel {channel.name} ({channel.arch})")
+    await session.delete(floor)

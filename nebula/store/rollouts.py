@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from nebula.errors import InvalidInputError
 from nebula.lifecycle import FAILED, IN_PROGRESS
 from nebula.policy import GroupPolicy, RolloutStats, failure_gate
 from nebula.store.models import Activity, Grant, Group, InstanceApp
@@ -223,3 +224,147 @@ async def mark_timeouts(session: AsyncSession, now: datetime) -> list[tuple[str,
         )
         touched.extend((group_id, v) for v in found)
     return touched
+
+
+# -- operator changes ----------------------------------------------------------------------------
+
+POLICY_FIELDS = (
+    "max_updates_per_period",
+    "period_seconds",
+    "max_concurrent",
+    "update_timeout_seconds",
+    "safe_mode",
+    "pause_on_failed_hosts",
+    "pause_on_failed_percent",
+    "windows",
+    "percentage",
+    "pin_version",
+    "allow_downgrade",
+)
+
+
+def change_policy(
+    session: AsyncSession, group: Group, changes: dict[str, Any], actor: str, now: datetime
+) -> dict[str, list[Any]]:
+    """Apply validated `changes` to `group` and log them. Returns {field: [old, new]}."""
+    diff: dict[str, list[Any]] = {}
+    for name, value in changes.items():
+        if name not in POLICY_FIELDS:
+            raise ValueError(f"not a policy field: {name}")
+        old = getattr(group, name)
+        if old != value:
+            setattr(group, name, value)
+            diff[name] = [old, value]
+    if group.max_updates_per_period is not None and not group.period_seconds:
+        raise InvalidInputError("a limit of updates per period needs the period (--period 1h)")
+    if diff:
+        message = ", ".join(f"{k} {_show(v[0])} -> {_show(v[1])}" for k, v in diff.items())
+        log_activity(session, now, actor, "policy", message, group.id, changes=diff)
+    return diff
+
+
+def _show(value: Any) -> str:
+    return "none" if value is None else str(value)
+
+
+# -- rollout status ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutStatus:
+    target: str | None
+    total: int
+    complete: int  # hosts running the target
+    in_progress: int
+    failed: int
+    timed_out: int
+    held: dict[str, int]  # hosts behind the target held back, by reason
+    not_yet_eligible: int  # held by the staged percentage
+    remaining: int  # hosts behind the target, not updating now
+    grants_last_hour: int
+    rate_per_hour: float | None  # what the ETA assumes
+    eta_seconds: float | None
+
+
+async def rollout_status(
+    session: AsyncSession, group: Group, target: str | None, now: datetime
+) -> RolloutStatus:
+    """The state of the group's rollout to `target`, from one grouped query over its hosts."""
+    policy = policy_of(group)
+    timeout_cutoff = (
+        now - timedelta(seconds=policy.update_timeout_seconds)
+        if policy.update_timeout_seconds
+        else None
+    )
+    # Booleans are computed in a subquery and grouped by name: PostgreSQL would not match a
+    # GROUP BY expression to the selected one when each carries its own bound parameter.
+    no: Any = literal(False)
+    rows = (
+        select(
+            InstanceApp.status.label("status"),
+            InstanceApp.hold_reason.label("hold"),
+            (InstanceApp.version == target if target else no).label("on_target"),
+            (InstanceApp.granted_version == target if target else no).label("granted_target"),
+            (InstanceApp.granted_at <= timeout_cutoff if timeout_cutoff else no).label("late"),
+        )
+        .where(InstanceApp.group_id == group.id)
+        .subquery()
+    )
+    names = (rows.c.status, rows.c.hold, rows.c.on_target, rows.c.granted_target, rows.c.late)
+    stmt = select(*names, func.count()).group_by(*names)
+    total = complete = in_progress = failed = timed_out = remaining = 0
+    held: dict[str, int] = {}
+    for status, hold, on_target, granted_target, past_timeout, n in (
+        await session.execute(stmt)
+    ).all():
+        total += n
+        if on_target:
+            complete += n
+        elif status in IN_PROGRESS and granted_target and not past_timeout:
+            in_progress += n
+        else:
+            if granted_target and (
+                status == "timed_out" or (status in IN_PROGRESS and past_timeout)
+            ):
+                timed_out += n
+            elif granted_target and status in FAILED:
+                failed += n
+            elif hold:
+                held[hold] = held.get(hold, 0) + n
+            remaining += n
+    hour_ago = now - timedelta(hours=1)
+    grants_last_hour = await _count(
+        session,
+        select(func.count())
+        .select_from(Grant)
+        .where(Grant.group_id == group.id, Grant.granted_at > hour_ago),
+    )
+    rate: float | None = None
+    if policy.max_updates_per_period and policy.period_seconds:
+        rate = policy.max_updates_per_period * 3600 / policy.period_seconds
+    if grants_last_hour and (rate is None or grants_last_hour < rate):
+        rate = float(grants_last_hour)
+    eta = remaining / rate * 3600 if rate and remaining and group.updates_enabled else None
+    return RolloutStatus(
+        target=target,
+        total=total,
+        complete=complete,
+        in_progress=in_progress,
+        failed=failed,
+        timed_out=timed_out,
+        held=held,
+        not_yet_eligible=held.get("percentage", 0),
+        remaining=remaining,
+        grants_last_hour=grants_last_hour,
+        rate_per_hour=rate,
+        eta_seconds=eta,
+    )
+
+
+async def recent_activity(
+    session: AsyncSession, group_id: str | None, limit: int = 50
+) -> list[Activity]:
+    stmt = select(Activity).order_by(Activity.created_at.desc(), Activity.id.desc()).limit(limit)
+    if group_id is not None:
+        stmt = stmt.where(Activity.group_id == group_id)
+    return list((await session.execute(stmt)).scalars())

@@ -7,6 +7,8 @@ everything on shutdown. Tests hand in their own engine and clock.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -24,7 +26,8 @@ from nebula.service import OmahaService
 from nebula.store import db
 from nebula.store.blobs import BlobStore
 from nebula.store.catalog import CatalogCache
-from nebula.web import admin, omaha, payloads, status
+from nebula.sweeper import run_sweeper
+from nebula.web import admin, omaha, payloads, rollout, status
 from nebula.web.api import auth_middleware
 from nebula.web.errors import error_middleware
 from nebula.web.forwarded import parse_networks
@@ -68,9 +71,7 @@ def create_app(
     engine: AsyncEngine | None = None,
     clock: Callable[[], datetime] = utcnow,
 ) -> web.Application:
-    app = web.Application(
-        middlewares=[error_middleware, auth_middleware], client_max_size=1 << 20
-    )
+    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=1 << 20)
     app[SETTINGS] = settings
     app[METRICS] = Metrics(version=__version__)
     app[CLOCK] = clock
@@ -94,7 +95,15 @@ def create_app(
             app[CATALOG] = catalog
             app[SERVICE] = OmahaService(sessions, catalog, app[METRICS], settings.poll_interval)
             await catalog.get()  # fail at start, not on the first host, if the schema is wrong
-            yield
+            sweeper = asyncio.create_task(
+                run_sweeper(sessions, catalog, clock, settings.sweep_interval)
+            )
+            try:
+                yield
+            finally:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
         finally:
             if own_engine:
                 await eng.dispose()
@@ -104,4 +113,5 @@ def create_app(
     payloads.add_routes(app)
     status.add_routes(app)
     admin.add_routes(app)
+    rollout.add_routes(app)
     return app

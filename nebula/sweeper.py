@@ -1,0 +1,59 @@
+"""The timeout sweeper: marks hosts that outlived their group's update timeout `timed_out`, and
+runs the failure gate for the rollouts they belonged to.
+
+Every replica runs it; the work is idempotent (an UPDATE of rows still in progress), so several
+sweepers at once only repeat each other. The grant path never waits for it: it counts a host past
+its timeout as not in flight by itself. Imports nebula.store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from nebula.store import rollouts
+from nebula.store.catalog import CatalogCache, bump_stamp
+from nebula.store.db import transaction
+
+log = logging.getLogger(__name__)
+
+
+async def sweep_once(sessions: async_sessionmaker[AsyncSession], now: datetime) -> list[str]:
+    """One pass; returns the reasons of the pauses it caused."""
+    async with transaction(sessions) as session:
+        touched = await rollouts.mark_timeouts(session, now)
+    paused: list[str] = []
+    for group_id, version in touched:
+        # One transaction per group: the group lock first, as everywhere.
+        async with transaction(sessions) as session:
+            group = await rollouts.lock_group(session, group_id)
+            reason = await rollouts.apply_failure_gate(session, group, version, now)
+            if reason is not None:
+                await bump_stamp(session)
+                paused.append(reason)
+                log.warning("group %s paused: %s", group.name, reason)
+    return paused
+
+
+async def run_sweeper(
+    sessions: async_sessionmaker[AsyncSession],
+    catalog: CatalogCache,
+    clock: Callable[[], datetime],
+    interval: float,
+) -> None:
+    """Sweep every `interval` seconds (with jitter, so replicas spread out) until cancelled."""
+    while True:
+        await asyncio.sleep(interval * random.uniform(0.8, 1.2))
+        try:
+            if await sweep_once(sessions, clock()):
+                catalog.invalidate()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A lost database must not end the loop: the next pass tries again.
+            log.exception("timeout sweep failed")

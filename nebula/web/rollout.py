@@ -1,0 +1,388 @@
+"""Admin API for rollouts: policy, pause and resume, rollout status, the activity log, per-host
+holds and channel floors. Every change is logged in the activity log with who made it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import select
+
+from nebula.durations import format_duration, parse_duration
+from nebula.errors import InvalidInputError, NotFoundError
+from nebula.store import groups as group_store
+from nebula.store import rollouts
+from nebula.store.db import transaction
+from nebula.store.models import Channel, Group, InstanceApp
+from nebula.store.packages import check_version, find_package
+from nebula.web.api import actor, change, json_body
+from nebula.web.keys import CATALOG, CLOCK, READ_SESSIONS
+from nebula.web.serialize import iso
+from nebula.windows import WindowError, next_opening, parse_window, window_from_json
+
+routes = web.RouteTableDef()
+
+
+# -- parsing a policy change ---------------------------------------------------------------------
+
+
+def _limit(value: Any, name: str) -> int | None:
+    """A positive integer, or None (JSON null, or "none") to lift the limit."""
+    if value is None or value == "none":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidInputError(f"{name} must be a positive integer or null")
+    return value
+
+
+def _duration(value: Any, name: str) -> int | None:
+    if value is None or value == "none":
+        return None
+    try:
+        return parse_duration(value)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInputError(f"{name}: {exc}") from None
+
+
+def _flag(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value in ("on", "true"):
+        return True
+    if value in ("off", "false"):
+        return False
+    raise InvalidInputError(f"{name} must be true or false (on/off)")
+
+
+def _percent(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInputError(f"{name} must be a number from 0 to 100")
+    if not math.isfinite(value) or not 0 <= value <= 100:
+        raise InvalidInputError(f"{name} must be from 0 to 100, got {value}")
+    return float(value)
+
+
+def _failure_limits(value: Any) -> dict[str, Any]:
+    """'pause_on_failures': a list of "N" (hosts) and/or "P%" (of attempts), or null for none."""
+    out: dict[str, Any] = {"pause_on_failed_hosts": None, "pause_on_failed_percent": None}
+    items = [] if value is None or value == "none" else value
+    if isinstance(items, str | int):
+        items = [items]
+    if not isinstance(items, list):
+        raise InvalidInputError('pause_on_failures must be a list like ["3", "10%"]')
+    for item in items:
+        text = str(item).strip()
+        if text.endswith("%"):
+            try:
+                out["pause_on_failed_percent"] = _percent(float(text[:-1]), "pause_on_failures")
+            except ValueError:
+                raise InvalidInputError(f"pause_on_failures: {text!r} is not P%") from None
+            if out["pause_on_failed_percent"] == 0:
+                raise InvalidInputError("pause_on_failures: 0% would pause on any failure; say 1")
+        elif text.isascii() and text.isdigit() and int(text) > 0:
+            out["pause_on_failed_hosts"] = int(text)
+        else:
+            raise InvalidInputError(f"pause_on_failures: {text!r} is neither N hosts nor P%")
+    return out
+
+
+def parse_policy(data: dict[str, Any]) -> dict[str, Any]:
+    """JSON from the API -> validated values of Group's policy columns."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "max_updates_per_period":
+            out[key] = _limit(value, key)
+        elif key == "period":
+            out["period_seconds"] = _duration(value, key)
+        elif key == "max_concurrent":
+            out[key] = _limit(value, key)
+        elif key == "update_timeout":
+            out["update_timeout_seconds"] = _duration(value, key)
+        elif key in ("safe_mode", "allow_downgrade"):
+            out[key] = _flag(value, key)
+        elif key == "pause_on_failures":
+            out.update(_failure_limits(value))
+        elif key == "windows":
+            if not isinstance(value, list) or not all(isinstance(w, str) for w in value):
+                raise InvalidInputError('windows must be a list like ["Mon-Fri 02:00-05:00 UTC"]')
+            try:
+                out[key] = [parse_window(w).to_json() for w in value]
+            except WindowError as exc:
+                raise InvalidInputError(f"window: {exc}") from None
+        elif key == "percentage":
+            out[key] = _percent(value, key)
+        elif key == "pin_version":
+            out[key] = None if value in (None, "none", "") else check_version(str(value), "pin")
+        else:
+            raise InvalidInputError(f"unknown policy field {key!r}")
+    return out
+
+
+def policy_json(group: Group) -> dict[str, Any]:
+    windows = []
+    for raw in group.windows or []:
+        try:
+            windows.append(str(window_from_json(raw)))
+        except WindowError:
+            windows.append(f"invalid: {raw!r}")
+    return {
+        "updates_enabled": group.updates_enabled,
+        "paused_reason": group.paused_reason,
+        "paused_by": group.paused_by,
+        "paused_at": iso(group.paused_at),
+        "max_updates_per_period": group.max_updates_per_period,
+        "period": format_duration(group.period_seconds) if group.period_seconds else None,
+        "max_concurrent": group.max_concurrent,
+        "update_timeout": (
+            format_duration(group.update_timeout_seconds) if group.update_timeout_seconds else None
+        ),
+        "safe_mode": group.safe_mode,
+        "pause_on_failed_hosts": group.pause_on_failed_hosts,
+        "pause_on_failed_percent": group.pause_on_failed_percent,
+        "windows": windows,
+        "percentage": group.percentage,
+        "pin_version": group.pin_version,
+        "allow_downgrade": group.allow_downgrade,
+    }
+
+
+# -- routes --------------------------------------------------------------------------------------
+
+
+async def _group(session: Any, request: web.Request, lock: bool = False) -> Group:
+    group = await group_store.find_group(
+        session, request.match_info["ref"], request.query.get("arch")
+    )
+    return await rollouts.lock_group(session, group.id) if lock else group
+
+
+async def _floors(session: Any, group: Group) -> list[str]:
+    if group.channel_id is None:
+        return []
+    return await group_store.channel_floors(session, group.channel_id)
+
+
+@routes.get("/api/v1/groups/{ref}/policy")
+async def show_policy(request: web.Request) -> web.Response:
+    async with transaction(request.app[READ_SESSIONS]) as session:
+        group = await _group(session, request)
+        body = policy_json(group)
+        body["floors"] = await _floors(session, group)
+        return web.json_response({"group": group.name, "arch": group.arch, "policy": body})
+
+
+@routes.patch("/api/v1/groups/{ref}/policy")
+async def set_policy(request: web.Request) -> web.Response:
+    changes = parse_policy(await json_body(request))
+    now = request.app[CLOCK]()
+
+    async def work(session: Any) -> dict[str, Any]:
+        group = await _group(session, request, lock=True)
+        pin = changes.get("pin_version")
+        if pin and await find_package(session, group.app_id, group.arch, pin) is None:
+            raise NotFoundError(f"no {group.arch} package of version {pin} to pin to")
+        diff = rollouts.change_policy(session, group, changes, actor(request), now)
+        body = policy_json(group)
+        body["floors"] = await _floors(session, group)
+        return {"group": group.name, "arch": group.arch, "policy": body, "changed": sorted(diff)}
+
+    return web.json_response(await change(request, work))
+
+
+async def _pause_or_resume(request: web.Request, paused: bool) -> web.Response:
+    data = await json_body(request)
+    reason = data.get("reason") or ""
+    if not isinstance(reason, str):
+        raise InvalidInputError("reason must be a string")
+    now = request.app[CLOCK]()
+
+    async def work(session: Any) -> dict[str, Any]:
+        group = await _group(session, request, lock=True)
+        if paused and group.updates_enabled:
+            rollouts.pause(group, session, now, actor(request), reason or "paused by operator")
+        elif not paused and not group.updates_enabled:
+            rollouts.resume(group, session, now, actor(request), reason)
+        return {"group": group.name, "arch": group.arch, "policy": policy_json(group)}
+
+    return web.json_response(await change(request, work))
+
+
+@routes.post("/api/v1/groups/{ref}/pause")
+async def pause_group(request: web.Request) -> web.Response:
+    return await _pause_or_resume(request, paused=True)
+
+
+@routes.post("/api/v1/groups/{ref}/resume")
+async def resume_group(request: web.Request) -> web.Response:
+    return await _pause_or_resume(request, paused=False)
+
+
+@routes.get("/api/v1/groups/{ref}/rollout")
+async def rollout_status(request: web.Request) -> web.Response:
+    now = request.app[CLOCK]()
+    catalog = await request.app[CATALOG].get()
+    async with transaction(request.app[READ_SESSIONS]) as session:
+        group = await _group(session, request)
+        entry = catalog.groups.get((group.app_id, group.id, group.arch))
+        target = entry.target.version if entry is not None and entry.target else None
+        status = await rollouts.rollout_status(session, group, target, now)
+        opening = next_opening(rollouts.policy_of(group).windows, now)
+        return web.json_response(
+            {
+                "group": group.name,
+                "arch": group.arch,
+                "target": target,
+                "floors": list(entry.floors) if entry else [],
+                "updates_enabled": group.updates_enabled,
+                "paused_reason": group.paused_reason,
+                "hosts": {
+                    "total": status.total,
+                    "complete": status.complete,
+                    "in_progress": status.in_progress,
+                    "failed": status.failed,
+                    "timed_out": status.timed_out,
+                    "held": status.held,
+                    "not_yet_eligible": status.not_yet_eligible,
+                    "remaining": status.remaining,
+                },
+                "grants_last_hour": status.grants_last_hour,
+                "rate_per_hour": status.rate_per_hour,
+                "eta_seconds": status.eta_seconds,
+                "next_window_opens": iso(opening),
+            }
+        )
+
+
+@routes.get("/api/v1/groups/{ref}/activity")
+async def group_activity(request: web.Request) -> web.Response:
+    try:
+        limit = min(max(int(request.query.get("limit", "50")), 1), 1000)
+    except ValueError:
+        raise InvalidInputError("limit must be an integer") from None
+    async with transaction(request.app[READ_SESSIONS]) as session:
+        group = await _group(session, request)
+        entries = await rollouts.recent_activity(session, group.id, limit)
+        return web.json_response(
+            {
+                "activity": [
+                    {
+                        "at": iso(a.created_at),
+                        "actor": a.actor,
+                        "action": a.action,
+                        "message": a.message,
+                        "detail": a.detail,
+                    }
+                    for a in entries
+                ]
+            }
+        )
+
+
+async def _hold_or_release(request: web.Request, held: bool) -> web.Response:
+    data = await json_body(request)
+    reason = data.get("reason") or ""
+    machine_id = request.match_info["machine_id"].strip().lower()
+    now = request.app[CLOCK]()
+
+    async def work(session: Any) -> dict[str, Any]:
+        states = list(
+            (
+                await session.execute(
+                    select(InstanceApp)
+                    .where(InstanceApp.instance_id == machine_id)
+                    .with_for_update()
+                )
+            ).scalars()
+        )
+        if not states:
+            raise NotFoundError(f"no host {machine_id} has checked in")
+        for state in states:
+            state.held = held
+            if not held and state.hold_reason == "host_hold":
+                state.hold_reason = None
+            rollouts.log_activity(
+                session,
+                now,
+                actor(request),
+                "hold" if held else "release",
+                f"host {machine_id} {'held' if held else 'released'}"
+                + (f": {reason}" if reason else ""),
+                state.group_id,
+                machine_id=machine_id,
+            )
+        return {"machine_id": machine_id, "held": held}
+
+    return web.json_response(await change(request, work))
+
+
+@routes.post("/api/v1/instances/{machine_id}/hold")
+async def hold_instance(request: web.Request) -> web.Response:
+    return await _hold_or_release(request, held=True)
+
+
+@routes.post("/api/v1/instances/{machine_id}/release")
+async def release_instance(request: web.Request) -> web.Response:
+    return await _hold_or_release(request, held=False)
+
+
+async def _channel(session: Any, request: web.Request, arch: str | None) -> Channel:
+    if not arch:
+        raise InvalidInputError("say which architecture: arch")
+    return await group_store.get_channel(session, request.match_info["name"], arch)
+
+
+@routes.post("/api/v1/channels/{name}/floors")
+async def add_floor(request: web.Request) -> web.Response:
+    data = await json_body(request)
+    version = check_version(str(data.get("version") or ""), "floor")
+    now = request.app[CLOCK]()
+
+    async def work(session: Any) -> dict[str, Any]:
+        channel = await _channel(session, request, data.get("arch"))
+        await group_store.add_floor(session, channel, version, actor(request), now)
+        rollouts.log_activity(
+            session,
+            now,
+            actor(request),
+            "floor",
+            f"{version} is a floor of {channel.name} ({channel.arch})",
+        )
+        await session.flush()
+        return {
+            "channel": channel.name,
+            "arch": channel.arch,
+            "floors": await group_store.channel_floors(session, channel.id),
+        }
+
+    return web.json_response(await change(request, work))
+
+
+@routes.delete("/api/v1/channels/{name}/floors/{version}")
+async def remove_floor(request: web.Request) -> web.Response:
+    version = request.match_info["version"]
+    now = request.app[CLOCK]()
+
+    async def work(session: Any) -> dict[str, Any]:
+        channel = await _channel(session, request, request.query.get("arch"))
+        await group_store.remove_floor(session, channel, version)
+        rollouts.log_activity(
+            session,
+            now,
+            actor(request),
+            "floor",
+            f"{version} is no longer a floor of {channel.name} ({channel.arch})",
+        )
+        await session.flush()
+        return {
+            "channel": channel.name,
+            "arch": channel.arch,
+            "floors": await group_store.channel_floors(session, channel.id),
+        }
+
+    return web.json_response(await change(request, work))
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_routes(routes)
