@@ -351,9 +351,20 @@ def instance_list(url: str | None, token: str | None, as_json: bool, **filters: 
                 i["version"],
                 i["status"],
                 i["granted_version"],
+                "held" if i["held"] else (i["hold_reason"] or ""),
                 i["last_check_at"],
             )
             for i in result["instances"]
         ],
-        ["machine id", "alias", "ip", "group", "version", "status", "granted", "last check"],
+        [
+            "machine id",
+            "alias",
+            "ip",
+            "group",
+            "version",
+            "status",
+            "granted",
+            "hold",
+            "last check",
+        ],
     )

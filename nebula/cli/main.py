@@ -7,6 +7,7 @@ import click
 from nebula import __version__
 from nebula.bench import bench
 from nebula.cli.catalog import channel_group, group_group, instance_group, package_group
+from nebula.cli.rollout import policy_group, rollout_group
 from nebula.cli.sample import sample_payload
 from nebula.cli.server import db_group, serve, token_group
 
@@ -27,5 +28,7 @@ for command in (
     instance_group,
     sample_payload,
     bench,
+    policy_group,
+    rollout_group,
 ):
     main.add_command(command)

@@ -1,0 +1,305 @@
+"""`nebula policy show|set`, `nebula rollout status|pause|resume`, `nebula instance hold|release`:
+the operator's rollout commands over the admin API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from nebula.cli.catalog import ARCH, api_options, instance_group, json_option
+from nebula.cli.client import ApiClient
+from nebula.cli.output import emit_json
+from nebula.durations import format_duration
+
+
+def _group_path(group: str) -> str:
+    return f"/api/v1/groups/{group}"
+
+
+def _print_policy(body: dict[str, Any]) -> None:
+    p = body["policy"]
+    state = "on" if p["updates_enabled"] else f"PAUSED ({p['paused_reason']}, by {p['paused_by']})"
+    click.echo(f"group {body['group']} ({body['arch']}): updates {state}")
+    rate = (
+        f"{p['max_updates_per_period']} per {p['period']}"
+        if p["max_updates_per_period"]
+        else "none"
+    )
+    failures = [
+        *([f"{p['pause_on_failed_hosts']} hosts"] if p["pause_on_failed_hosts"] else []),
+        *([f"{p['pause_on_failed_percent']:g}%"] if p["pause_on_failed_percent"] else []),
+    ]
+    rows = [
+        ("updates per period", rate),
+        ("max concurrent", p["max_concurrent"] or "none"),
+        ("update timeout", p["update_timeout"] or "none"),
+        ("safe mode", "on" if p["safe_mode"] else "off"),
+        ("pause on failures", " or ".join(failures) or "never"),
+        ("windows", "; ".join(p["windows"]) or "always"),
+        ("percentage", f"{p['percentage']:g}%"),
+        ("floors", ", ".join(p.get("floors", [])) or "none"),
+        ("pin", p["pin_version"] or "none (follows its channel)"),
+        ("allow downgrade", "on" if p["allow_downgrade"] else "off"),
+    ]
+    for name, value in rows:
+        click.echo(f"  {name:<20} {value}")
+
+
+@click.group("policy")
+def policy_group() -> None:
+    """A group's rollout rules."""
+
+
+@policy_group.command("show")
+@api_options
+@json_option
+@click.argument("group")
+@click.option("--arch", type=ARCH, help="Needed when the name exists for both arches")
+def policy_show(
+    url: str | None, token: str | None, as_json: bool, group: str, arch: str | None
+) -> None:
+    """Show GROUP's rollout rules."""
+    body = ApiClient(url, token).get(f"{_group_path(group)}/policy", {"arch": arch})
+    emit_json(body) if as_json else _print_policy(body)
+
+
+def _limit(value: str | None) -> Any:
+    if value is None:
+        return None
+    if value.lower() == "none":
+        return "none"
+    if not value.isdigit() or int(value) < 1:
+        raise click.BadParameter(f"{value!r}: a positive number, or none")
+    return int(value)
+
+
+def _on_off(value: str | None) -> bool | None:
+    return None if value is None else value == "on"
+
+
+ON_OFF = click.Choice(["on", "off"])
+
+
+@policy_group.command("set")
+@api_options
+@json_option
+@click.argument("group")
+@click.option("--arch", type=ARCH, help="Needed when the name exists for both arches")
+@click.option("--max-updates-per-period", help="At most N new updates in any --period (or none)")
+@click.option("--period", help="The sliding window of --max-updates-per-period, e.g. 1h")
+@click.option("--max-concurrent", help="At most N hosts updating at once (or none)")
+@click.option(
+    "--update-timeout",
+    help="A host not complete this long after its grant has timed out, e.g. 2h (or none)",
+)
+@click.option("--safe-mode", type=ON_OFF, help="A new version goes to one host first")
+@click.option(
+    "--pause-on-failures",
+    multiple=True,
+    help="Pause the group at N failed hosts or P%% of attempts; repeat for both; 'none' for never",
+)
+@click.option(
+    "--window",
+    "windows",
+    multiple=True,
+    help="'Mon-Fri 02:00-05:00 Europe/Berlin'; repeatable; 'none' for always",
+)
+@click.option("--percentage", type=click.FloatRange(0, 100), help="Share of hosts eligible")
+@click.option(
+    "--floor",
+    "floors",
+    multiple=True,
+    help="Mark VERSION a floor of the group's channel (hosts below it pass through it); repeatable",
+)
+@click.option("--remove-floor", "removed_floors", multiple=True, help="Unmark a floor")
+@click.option("--pin", help="Offer this version instead of the channel's, or none")
+@click.option("--allow-downgrade", type=ON_OFF, help="Allow offering a lower version (with --pin)")
+def policy_set(
+    url: str | None, token: str | None, as_json: bool, group: str, arch: str | None, **opts: Any
+) -> None:
+    """Change GROUP's rollout rules; options not given stay as they are."""
+    client = ApiClient(url, token)
+    patch: dict[str, Any] = {}
+    for name in ("max_updates_per_period", "max_concurrent"):
+        if opts[name] is not None:
+            patch[name] = _limit(opts[name])
+    for name in ("period", "update_timeout"):
+        if opts[name] is not None:
+            patch[name] = opts[name]
+    for name in ("safe_mode", "allow_downgrade"):
+        if opts[name] is not None:
+            patch[name] = _on_off(opts[name])
+    if opts["pause_on_failures"]:
+        given = list(opts["pause_on_failures"])
+        patch["pause_on_failures"] = None if given == ["none"] else given
+    if opts["windows"]:
+        patch["windows"] = [] if list(opts["windows"]) == ["none"] else list(opts["windows"])
+    if opts["percentage"] is not None:
+        patch["percentage"] = opts["percentage"]
+    if opts["pin"] is not None:
+        patch["pin_version"] = None if opts["pin"].lower() == "none" else opts["pin"]
+    floors, removed = opts["floors"], opts["removed_floors"]
+    if not patch and not floors and not removed:
+        raise click.UsageError("nothing to change: give at least one option (see --help)")
+    params = {"arch": arch} if arch else None
+    body = None
+    if patch:
+        body = client.call("PATCH", f"{_group_path(group)}/policy", json=patch, params=params)
+    if floors or removed:
+        info = client.get(_group_path(group), {"arch": arch})
+        if not info.get("channel"):
+            raise click.ClickException(f"group {group} follows no channel: floors need one")
+        channel = f"/api/v1/channels/{info['channel']}/floors"
+        for version in floors:
+            client.send("POST", channel, {"arch": info["arch"], "version": version})
+        for version in removed:
+            client.call("DELETE", f"{channel}/{version}", params={"arch": info["arch"]})
+        body = client.get(f"{_group_path(group)}/policy", {"arch": arch})
+    if body is not None:
+        emit_json(body) if as_json else _print_policy(body)
+
+
+@click.group("rollout")
+def rollout_group() -> None:
+    """Follow, pause and resume a group's rollout."""
+
+
+def _eta(seconds: float | None) -> str:
+    return "unknown" if seconds is None else format_duration(max(60, round(seconds)))
+
+
+@rollout_group.command("status")
+@api_options
+@json_option
+@click.argument("group")
+@click.option("--arch", type=ARCH)
+def rollout_status(
+    url: str | None, token: str | None, as_json: bool, group: str, arch: str | None
+) -> None:
+    """Where GROUP's rollout stands."""
+    s = ApiClient(url, token).get(f"{_group_path(group)}/rollout", {"arch": arch})
+    if as_json:
+        return emit_json(s)
+    h = s["hosts"]
+    state = "running" if s["updates_enabled"] else f"PAUSED: {s['paused_reason']}"
+    click.echo(f"group {s['group']} ({s['arch']}) -> {s['target'] or 'no target'}: {state}")
+    if s["floors"]:
+        click.echo(f"  floors       {', '.join(s['floors'])}")
+    click.echo(f"  hosts        {h['total']}")
+    click.echo(f"  complete     {h['complete']}")
+    click.echo(f"  in progress  {h['in_progress']}")
+    click.echo(f"  failed       {h['failed']}")
+    click.echo(f"  timed out    {h['timed_out']}")
+    held = ", ".join(f"{k} {v}" for k, v in sorted(h["held"].items())) or "none"
+    click.echo(f"  held         {held}")
+    click.echo(f"  not yet eligible {h['not_yet_eligible']}")
+    click.echo(f"  remaining    {h['remaining']}")
+    rate = s["rate_per_hour"]
+    click.echo(
+        f"  pace         {s['grants_last_hour']} grants in the last hour"
+        + (f"; assuming {rate:g}/h" if rate else "")
+    )
+    click.echo(f"  finishes in  {_eta(s['eta_seconds'])} (if windows and limits allow)")
+    if s["next_window_opens"]:
+        click.echo(f"  next window  {s['next_window_opens']}")
+
+
+def _pause_resume(
+    action: str,
+    url: str | None,
+    token: str | None,
+    as_json: bool,
+    group: str,
+    arch: str | None,
+    reason: str | None,
+) -> None:
+    params = {"arch": arch} if arch else None
+    body = ApiClient(url, token).call(
+        "POST", f"{_group_path(group)}/{action}", json={"reason": reason or ""}, params=params
+    )
+    emit_json(body) if as_json else _print_policy(body)
+
+
+@rollout_group.command("pause")
+@api_options
+@json_option
+@click.argument("group")
+@click.option("--arch", type=ARCH)
+@click.option("--reason", help="Recorded in the activity log")
+def rollout_pause(
+    url: str | None,
+    token: str | None,
+    as_json: bool,
+    group: str,
+    arch: str | None,
+    reason: str | None,
+) -> None:
+    """Stop granting updates in GROUP (hosts already updating finish)."""
+    _pause_resume("pause", url, token, as_json, group, arch, reason)
+
+
+@rollout_group.command("resume")
+@api_options
+@json_option
+@click.argument("group")
+@click.option("--arch", type=ARCH)
+@click.option("--reason", help="Recorded in the activity log")
+def rollout_resume(
+    url: str | None,
+    token: str | None,
+    as_json: bool,
+    group: str,
+    arch: str | None,
+    reason: str | None,
+) -> None:
+    """Grant updates in GROUP again."""
+    _pause_resume("resume", url, token, as_json, group, arch, reason)
+
+
+@rollout_group.command("activity")
+@api_options
+@json_option
+@click.argument("group")
+@click.option("--arch", type=ARCH)
+@click.option("--limit", type=int, default=20, show_default=True)
+def rollout_activity(
+    url: str | None, token: str | None, as_json: bool, group: str, arch: str | None, limit: int
+) -> None:
+    """GROUP's activity log: pauses, resumes, policy changes."""
+    body = ApiClient(url, token).get(
+        f"{_group_path(group)}/activity", {"arch": arch, "limit": limit}
+    )
+    if as_json:
+        return emit_json(body)
+    for a in body["activity"]:
+        click.echo(f"{a['at']}  {a['actor']:<12} {a['action']:<10} {a['message']}")
+
+
+def _hold(
+    action: str, url: str | None, token: str | None, machine_id: str, reason: str | None
+) -> None:
+    ApiClient(url, token).send(
+        "POST", f"/api/v1/instances/{machine_id}/{action}", {"reason": reason or ""}
+    )
+    click.echo(f"{machine_id} {'held' if action == 'hold' else 'released'}")
+
+
+@instance_group.command("hold")
+@api_options
+@click.argument("machine_id")
+@click.option("--reason")
+def instance_hold(url: str | None, token: str | None, machine_id: str, reason: str | None) -> None:
+    """Exclude a host from updates until released."""
+    _hold("hold", url, token, machine_id, reason)
+
+
+@instance_group.command("release")
+@api_options
+@click.argument("machine_id")
+@click.option("--reason")
+def instance_release(
+    url: str | None, token: str | None, machine_id: str, reason: str | None
+) -> None:
+    """Let a held host update again."""
+    _hold("release", url, token, machine_id, reason)
