@@ -22,10 +22,12 @@ _COUNTS_TTL = 10.0
 
 
 class InstanceCounts(Collector):
-    """nebula_instances{group, arch, status}: filled by `refresh`, read by the registry."""
+    """nebula_instances{group, arch, status} and nebula_group_paused{group, arch}: filled by
+    `_refresh_counts`, read by the registry."""
 
     def __init__(self) -> None:
         self.rows: list[tuple[str, str, str, int]] = []
+        self.paused: list[tuple[str, str, bool]] = []
         self.at = 0.0
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -37,6 +39,14 @@ class InstanceCounts(Collector):
         for group, arch, status, n in self.rows:
             family.add_metric([group, arch, status], n)
         yield family
+        paused = GaugeMetricFamily(
+            "nebula_group_paused",
+            "1 while a group's updates are paused (by an operator or the failure gate)",
+            labels=["group", "arch"],
+        )
+        for group, arch, is_paused in self.paused:
+            paused.add_metric([group, arch], 1 if is_paused else 0)
+        yield paused
 
 
 COUNTS = web.AppKey("instance_counts", InstanceCounts)
@@ -53,6 +63,8 @@ async def _refresh_counts(app: web.Application) -> None:
             .group_by(Group.name, Group.arch, InstanceApp.status)
         )
         counts.rows = [(g, a, s, int(n)) for g, a, s, n in (await session.execute(stmt)).all()]
+        groups = select(Group.name, Group.arch, Group.updates_enabled)
+        counts.paused = [(g, a, not on) for g, a, on in (await session.execute(groups)).all()]
     counts.at = time.monotonic()
 
 
