@@ -42,6 +42,9 @@ class Settings:
     # How long the in-process cache of channels/groups/packages may be stale on another replica.
     cache_ttl: float = 5.0
     db_pool_size: int = 10
+    # HOST:PORT of a second listener that alone serves /api/ and /metrics (empty: the main one
+    # serves them too). Hosts then cannot reach the admin API even without a proxy in front.
+    admin_listen: str = ""
     # Seconds between sweeps for hosts past their group's update timeout.
     sweep_interval: float = 30.0
     # Reverse proxies (addresses or CIDRs) whose X-Forwarded-For is believed for hosts' IPs.
@@ -144,6 +147,8 @@ def load_settings(
     values = {name: _coerce(name, known[name], value) for name, value in merged.items()}
     settings = Settings(**values)
     split_listen(settings.listen)  # fail early on a bad address
+    if settings.admin_listen and split_listen(settings.admin_listen)[1] == settings.port:
+        raise ConfigError("admin_listen needs a port of its own, not the one of listen")
     _check_ranges(settings)
     if settings.public_url and not settings.public_url.startswith(("http://", "https://")):
         raise ConfigError(

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import click
 
-from nebula.config import Settings, load_settings
+from nebula.config import Settings, load_settings, split_listen
 from nebula.errors import NebulaError
 from nebula.store import db
 from nebula.store import tokens as token_store
@@ -58,6 +59,11 @@ def settings_from(**flags: Any) -> Settings:
     "[NEBULA_TRUSTED_KEY, ':'-separated]",
 )
 @click.option(
+    "--admin-listen",
+    help="HOST:PORT of a second listener that alone serves /api/ and /metrics "
+    "[NEBULA_ADMIN_LISTEN]",
+)
+@click.option(
     "--migrate/--no-migrate",
     default=None,
     help="Migrate the database on start (default on) [NEBULA_MIGRATE]",
@@ -86,14 +92,28 @@ def serve(**flags: Any) -> None:
         app = create_app(settings)
     except NebulaError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"nebula listening on http://{settings.listen} (database {_safe(settings.db)})")
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        print=None,
-        access_log_format='%a "%r" %s %b %Tfs',
-    )
+    sockets = [_bind(settings.listen)]
+    where = f"http://{settings.listen}"
+    if settings.admin_listen:
+        sockets.append(_bind(settings.admin_listen))
+        where += f", admin API and /metrics only on http://{settings.admin_listen}"
+    click.echo(f"nebula listening on {where} (database {_safe(settings.db)})")
+    web.run_app(app, sock=sockets, print=None, access_log_format='%a "%r" %s %b %Tfs')
+
+
+def _bind(listen: str) -> socket.socket:
+    host, port = split_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host or "0.0.0.0", port))
+    except OSError as exc:
+        sock.close()
+        raise click.ClickException(f"cannot listen on {listen}: {exc.strerror}") from None
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
 
 
 def _safe(url: str) -> str:

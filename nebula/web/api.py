@@ -11,14 +11,30 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from nebula.config import split_listen
 from nebula.errors import AuthError, ForbiddenError, InvalidInputError
 from nebula.store.catalog import bump_stamp
 from nebula.store.db import transaction
 from nebula.store.tokens import Principal, authenticate
-from nebula.web.keys import CATALOG, READ_SESSIONS, SESSIONS
+from nebula.web.keys import CATALOG, READ_SESSIONS, SESSIONS, SETTINGS
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 MAX_JSON = 1 << 20
+
+
+ADMIN_PATHS = ("/api/", "/metrics")
+
+
+@web.middleware
+async def listener_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """With admin_listen set, the admin API and /metrics answer only on that listener."""
+    admin = request.app[SETTINGS].admin_listen
+    if admin and request.path.startswith(ADMIN_PATHS):
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        port = sockname[1] if isinstance(sockname, tuple) and len(sockname) >= 2 else None
+        if port != split_listen(admin)[1]:
+            raise web.HTTPNotFound()
+    return await handler(request)
 
 
 @web.middleware

@@ -28,7 +28,7 @@ from nebula.store.blobs import BlobStore
 from nebula.store.catalog import CatalogCache
 from nebula.sweeper import run_sweeper
 from nebula.web import admin, omaha, payloads, rollout, status
-from nebula.web.api import auth_middleware
+from nebula.web.api import auth_middleware, listener_middleware
 from nebula.web.errors import error_middleware
 from nebula.web.forwarded import parse_networks
 from nebula.web.keys import (
@@ -71,7 +71,10 @@ def create_app(
     engine: AsyncEngine | None = None,
     clock: Callable[[], datetime] = utcnow,
 ) -> web.Application:
-    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=1 << 20)
+    app = web.Application(
+        middlewares=[listener_middleware, error_middleware, auth_middleware],
+        client_max_size=1 << 20,
+    )
     app[SETTINGS] = settings
     app[METRICS] = Metrics(version=__version__)
     app[CLOCK] = clock
