@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -118,11 +119,15 @@ def choose_target(
     return steps[0][1] if steps else target
 
 
+_BELOW_100 = math.nextafter(100.0, 0.0)
+
+
 def rollout_bucket(machine_id: str, target: str) -> float:
     """Where a host falls in [0, 100) for `target`: stable, so raising the percentage only adds
     hosts and a host never flaps; different per version, so the same hosts are not always first."""
     digest = hashlib.sha256(f"{machine_id}\x00{target}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 * 100
+    # The top 2**-54 of the 64-bit range rounds to 1.0 as a float: keep those below 100.
+    return min(int.from_bytes(digest[:8], "big") / 2**64 * 100, _BELOW_100)
 
 
 def screen(

@@ -19,7 +19,9 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_TIME = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+_DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+# ASCII digits only: `\d` also matches other scripts' digits, which int() reads as numbers.
+_TIME = re.compile(r"^([01]?[0-9]|2[0-3]):([0-5][0-9])\Z")
 
 
 class WindowError(ValueError):
@@ -69,20 +71,25 @@ def _parse_days(text: str) -> frozenset[int]:
         return frozenset(range(7))
     days: set[int] = set()
     for part in text.split(","):
-        first, _, last = part.partition("-")
-        try:
-            a = DAYS.index(first[:3]) if len(first) >= 3 and first[:3] in DAYS else -1
-            b = DAYS.index(last[:3]) if last else a
-        except ValueError:
-            a = b = -1
-        if a < 0 or b < 0:
+        # One day or one range; each end a day's name or its start, at least 3 letters ("Mon",
+        # "Tues", "Thursday"), so "Monkey", "Mon-" or "Mon-Fri-Sun" are errors, not Mon or Mon-Fri.
+        ends = part.split("-")
+        if len(ends) > 2:
             raise WindowError(f"{part!r} is not a day or day range like Mon-Fri")
+        a, b = _day(ends[0], part), _day(ends[-1], part)
         d = a
         days.add(d)
         while d != b:  # ranges wrap around the week: Fri-Mon is Fri, Sat, Sun, Mon
             d = (d + 1) % 7
             days.add(d)
     return frozenset(days)
+
+
+def _day(text: str, part: str) -> int:
+    for i, name in enumerate(_DAY_NAMES):
+        if len(text) >= 3 and name.startswith(text):
+            return i
+    raise WindowError(f"{part!r} is not a day or day range like Mon-Fri")
 
 
 def _parse_time(text: str) -> time:
@@ -117,10 +124,15 @@ def parse_window(text: str) -> Window:
 
 def window_from_json(data: dict[str, Any]) -> Window:
     try:
-        days = frozenset(int(d) for d in data["days"])
+        raw_days = list(data["days"])
+        if not all(isinstance(d, int) and not isinstance(d, bool) for d in raw_days):
+            raise WindowError(f"days must be numbers 0 (Monday) to 6, got {raw_days!r}")
+        days = frozenset(raw_days)
         if not days or not days <= frozenset(range(7)):
             raise WindowError(f"days must be 0 (Monday) to 6, got {sorted(days)}")
         start, end = _parse_time(str(data["start"])), _parse_time(str(data["end"]))
+        if start == end:
+            raise WindowError(f"{start:%H:%M}-{end:%H:%M} is empty: start and end are the same")
         return Window(days, start, end, _check_zone(str(data["tz"])))
     except (KeyError, TypeError) as exc:
         raise WindowError(f"a window needs days, start, end and tz: {exc}") from None
@@ -133,11 +145,12 @@ def is_open(windows: Sequence[Window], now: datetime) -> bool:
 
 def next_opening(windows: Sequence[Window], now: datetime) -> datetime | None:
     """When the next window opens (None if open now or there are none); for status displays.
-    Scans minute steps of the coming week, which is cheap enough for an admin request."""
+    Scans minute steps of the coming week, which is cheap enough for an admin request. A week
+    that ends daylight saving is an hour longer than 7 * 24 hours, so the scan covers 8 days."""
     if is_open(windows, now):
         return None
     t = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
-    for _ in range(7 * 24 * 60 + 1):
+    for _ in range(8 * 24 * 60):
         if is_open(windows, t):
             return t
         t += timedelta(minutes=1)
