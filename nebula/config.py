@@ -3,7 +3,7 @@
 This is the only module that reads os.environ. Precedence, highest first: command-line flags,
 `NEBULA_<NAME>` environment variables, the TOML file (`--config` / `NEBULA_CONFIG`), defaults.
 The names (db, listen, public_url, payload_dir, trusted_key, ...) are a public interface:
-operators script against them, so keep them. Imports only nebula.errors.
+operators script against them, so keep them. Imports only nebula.errors and nebula.durations.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from nebula.durations import parse_duration
 from nebula.errors import ConfigError
 
 DEFAULT_DB = "sqlite+aiosqlite:///nebula.db"
@@ -45,6 +46,8 @@ class Settings:
     # HOST:PORT of a second listener that alone serves /api/ and /metrics (empty: the main one
     # serves them too). Hosts then cannot reach the admin API even without a proxy in front.
     admin_listen: str = ""
+    # How long events are kept, e.g. "90d"; empty keeps them forever.
+    event_retention: str = "90d"
     # Seconds between sweeps for hosts past their group's update timeout.
     sweep_interval: float = 30.0
     # Reverse proxies (addresses or CIDRs) whose X-Forwarded-For is believed for hosts' IPs.
@@ -167,6 +170,11 @@ def _check_ranges(settings: Settings) -> None:
         raise ConfigError(
             f"poll_interval must be 0 (unset) or seconds > 0, got {settings.poll_interval}"
         )
+    if settings.event_retention:
+        try:
+            parse_duration(settings.event_retention)
+        except ValueError as exc:
+            raise ConfigError(f"event_retention: {exc}") from None
     if settings.sweep_interval <= 0:
         raise ConfigError(f"sweep_interval must be seconds > 0, got {settings.sweep_interval}")
     if settings.cache_ttl < 0:

@@ -19,9 +19,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from nebula import __version__
 from nebula.config import Settings
+from nebula.durations import parse_duration
 from nebula.errors import ConfigError
 from nebula.metrics import Metrics
 from nebula.payload import TrustedKey, default_trusted_keys, load_trusted_key
+from nebula.retention import run_retention
 from nebula.service import OmahaService
 from nebula.store import db
 from nebula.store.blobs import BlobStore
@@ -98,15 +100,20 @@ def create_app(
             app[CATALOG] = catalog
             app[SERVICE] = OmahaService(sessions, catalog, app[METRICS], settings.poll_interval)
             await catalog.get()  # fail at start, not on the first host, if the schema is wrong
-            sweeper = asyncio.create_task(
-                run_sweeper(sessions, catalog, clock, settings.sweep_interval)
-            )
+            tasks = [
+                asyncio.create_task(run_sweeper(sessions, catalog, clock, settings.sweep_interval))
+            ]
+            if settings.event_retention:
+                keep = parse_duration(settings.event_retention)
+                tasks.append(asyncio.create_task(run_retention(sessions, clock, keep)))
             try:
                 yield
             finally:
-                sweeper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sweeper
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
         finally:
             if own_engine:
                 await eng.dispose()
