@@ -131,9 +131,17 @@ def rollout_bucket(machine_id: str, target: str) -> float:
 
 
 def screen(
-    host: HostState, policy: GroupPolicy, target: str | None, now: datetime
+    host: HostState,
+    policy: GroupPolicy,
+    target: str | None,
+    now: datetime,
+    rollout_version: str | None = None,
 ) -> Decision | None:
-    """Every rule that needs no statistics. None: eligible, subject to the limits."""
+    """Every rule that needs no statistics. None: eligible, subject to the limits.
+
+    `rollout_version` is the version the group rolls out (the final target, when `target` is a
+    floor on the way): the staged percentage picks its hosts by it, so that a host in the chosen
+    share stays in it at every floor along the way."""
     if target is None:
         return Decision(Verdict.NO_UPDATE, NoUpdateReason.NO_TARGET)
     want = try_parse_version(target)
@@ -156,16 +164,25 @@ def screen(
         return Decision(Verdict.HOLD, HoldReason.PAUSED, target)
     if not is_open(policy.windows, now):
         return Decision(Verdict.HOLD, HoldReason.OUTSIDE_WINDOW, target)
-    if policy.percentage < 100 and rollout_bucket(host.machine_id, target) >= policy.percentage:
+    bucket_version = rollout_version or target
+    if (
+        policy.percentage < 100
+        and rollout_bucket(host.machine_id, bucket_version) >= policy.percentage
+    ):
         return Decision(Verdict.HOLD, HoldReason.PERCENTAGE, target)
     return None
 
 
 def decide(
-    host: HostState, policy: GroupPolicy, target: str | None, now: datetime, stats: RolloutStats
+    host: HostState,
+    policy: GroupPolicy,
+    target: str | None,
+    now: datetime,
+    stats: RolloutStats,
+    rollout_version: str | None = None,
 ) -> Decision:
     """Whether `host` gets `target` now, and if not, why."""
-    screened = screen(host, policy, target, now)
+    screened = screen(host, policy, target, now, rollout_version)
     if screened is not None:
         return screened
     if (

@@ -139,8 +139,15 @@ class OmahaService:
         # when this request may need it: a check that could be granted (judged on the cached
         # policy; the decision itself is made on the locked row) or a failure to count.
         target = self._target_for(group, app.version)
+        final = group.target.version if group.target else None  # what the group rolls out
         may_grant = app.update_check and (
-            screen(HostState(app.version, machine_id=app.machine_id), group.policy, target, now)
+            screen(
+                HostState(app.version, machine_id=app.machine_id),
+                group.policy,
+                target,
+                now,
+                final,
+            )
             is None
         )
         may_fail = any(e.result == lifecycle.RESULT_ERROR for e in app.events)
@@ -200,7 +207,7 @@ class OmahaService:
         host = HostState(
             app.version, state.status, state.granted_version, state.held, app.machine_id
         )
-        decision = screen(host, policy, target, now)
+        decision = screen(host, policy, target, now, final)
         if decision is None:
             # Eligible: only now count, under the group lock taken above (screen on the cached
             # policy said "eligible" for this host too, so `locked` is set).
@@ -210,7 +217,7 @@ class OmahaService:
                 stats = await rollouts.rollout_stats(
                     session, group.id, policy, target, now, app.machine_id
                 )
-                decision = decide(host, policy, target, now, stats)
+                decision = decide(host, policy, target, now, stats, final)
         manifest: Manifest | None = None
         chosen = (
             group.package_for(target, app.version, app.delta_okay)

@@ -894,3 +894,22 @@ def test_failure_gate_reasons(
     assert message in (
         failure_gate(policy, failed=failed, attempted=attempted, completed=completed) or ""
     )
+
+
+def test_percentage_follows_the_final_target_through_floors() -> None:
+    """A host in the staged share of the version being rolled out stays in it at every floor on
+    the way: the share is drawn by the final target, not by the step."""
+    from nebula.policy import rollout_bucket, screen
+
+    floor, final, share = "4081.2.0", "4152.2.3", 50.0
+    # A host inside the share for the final target but outside it for the floor.
+    machine = next(
+        m
+        for m in (f"{i:032x}" for i in range(10_000))
+        if rollout_bucket(m, final) < share <= rollout_bucket(m, floor)
+    )
+    host = HostState("3815.2.0", machine_id=machine)
+    policy = GroupPolicy(percentage=share)
+    assert screen(host, policy, floor, NOW, final) is None
+    held = screen(host, policy, floor, NOW)  # drawn by the step: the host would flap
+    assert held is not None and held.reason is HoldReason.PERCENTAGE

@@ -10,8 +10,9 @@ Query functions take the session first and never commit.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import func, literal, select, update
@@ -21,9 +22,11 @@ from nebula.errors import InvalidInputError
 from nebula.lifecycle import FAILED, IN_PROGRESS
 from nebula.policy import GroupPolicy, RolloutStats, failure_gate
 from nebula.store.models import Activity, Grant, Group, InstanceApp
-from nebula.windows import WindowError, window_from_json
+from nebula.versions import try_parse_version
+from nebula.windows import Window, WindowError, window_from_json
 
 AUTOMATIC = "nebula"  # the actor of automatic pauses
+NEVER_OPEN = Window(frozenset(), time(0, 0), time(0, 1), "UTC")
 
 
 def policy_of(group: Group) -> GroupPolicy:
@@ -32,7 +35,9 @@ def policy_of(group: Group) -> GroupPolicy:
         try:
             windows.append(window_from_json(raw))
         except WindowError:
-            continue  # written by an older version or by hand; the API never stores one
+            # Written by hand or by an older version (the API never stores one): fail closed,
+            # a window that never opens, rather than dropping it and opening the group always.
+            windows.append(NEVER_OPEN)
     return GroupPolicy(
         updates_enabled=group.updates_enabled,
         allow_downgrade=group.allow_downgrade,
@@ -101,7 +106,12 @@ async def rollout_stats(
     if policy.safe_mode:
         on_target = base.where(InstanceApp.granted_version == target)
         target_completed = await _count(session, on_target.where(InstanceApp.status == "complete"))
-        target_in_flight = await _count(session, on_target.where(_in_flight(policy, now)))
+        # Not cut off at the update timeout, unlike a concurrency slot: a canary past it has
+        # failed, and nobody else may take the version before the sweeper marks it timed out
+        # and the failure gate pauses the group for it.
+        target_in_flight = await _count(
+            session, on_target.where(InstanceApp.status.in_(IN_PROGRESS))
+        )
     return RolloutStats(grants, in_flight, target_completed, target_in_flight)
 
 
@@ -287,9 +297,15 @@ class RolloutStatus:
 
 
 async def rollout_status(
-    session: AsyncSession, group: Group, target: str | None, now: datetime
+    session: AsyncSession,
+    group: Group,
+    target: str | None,
+    now: datetime,
+    floors: Sequence[str] = (),
 ) -> RolloutStatus:
-    """The state of the group's rollout to `target`, from one grouped query over its hosts."""
+    """The state of the group's rollout to `target`, from one grouped query over its hosts.
+    A host granted one of the `floors` (the stepping stones below the target) is on its way
+    too: in progress, failed or timed out like one granted the target."""
     policy = policy_of(group)
     timeout_cutoff = (
         now - timedelta(seconds=policy.update_timeout_seconds)
@@ -303,25 +319,33 @@ async def rollout_status(
         select(
             InstanceApp.status.label("status"),
             InstanceApp.hold_reason.label("hold"),
-            (InstanceApp.version == target if target else no).label("on_target"),
-            (InstanceApp.granted_version == target if target else no).label("granted_target"),
+            InstanceApp.version.label("version"),
+            (InstanceApp.granted_version.in_([target, *floors]) if target else no).label(
+                "granted_target"
+            ),
             (InstanceApp.granted_at <= timeout_cutoff if timeout_cutoff else no).label("late"),
         )
         .where(InstanceApp.group_id == group.id)
         .subquery()
     )
-    names = (rows.c.status, rows.c.hold, rows.c.on_target, rows.c.granted_target, rows.c.late)
+    names = (rows.c.status, rows.c.hold, rows.c.version, rows.c.granted_target, rows.c.late)
     stmt = select(*names, func.count()).group_by(*names)
+    want = try_parse_version(target)
     total = complete = in_progress = failed = timed_out = remaining = 0
     held: dict[str, int] = {}
-    for status, hold, on_target, granted_target, past_timeout, n in (
+    for status, hold, version, granted_target, past_timeout, n in (
         await session.execute(stmt)
     ).all():
         total += n
-        if on_target:
+        # Versions compare as versions (the few distinct ones are grouped on): a host ahead of
+        # the target is not behind it, so not "remaining" (unless downgrades are allowed).
+        have = try_parse_version(version)
+        if target is not None and (version == target or (have is not None and have == want)):
             complete += n
         elif status in IN_PROGRESS and granted_target and not past_timeout:
             in_progress += n
+        elif have is not None and want is not None and have > want and not policy.allow_downgrade:
+            continue
         else:
             if granted_target and (
                 status == "timed_out" or (status in IN_PROGRESS and past_timeout)

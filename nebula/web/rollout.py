@@ -5,6 +5,7 @@ holds and channel floors. Every change is logged in the activity log with who ma
 from __future__ import annotations
 
 import math
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -16,7 +17,7 @@ from nebula.store import groups as group_store
 from nebula.store import rollouts
 from nebula.store.db import transaction
 from nebula.store.models import Channel, Group, InstanceApp
-from nebula.store.packages import check_version, find_package
+from nebula.store.packages import check_arch, check_version, find_package
 from nebula.web.api import actor, change, json_body
 from nebula.web.keys import CATALOG, CLOCK, READ_SESSIONS
 from nebula.web.serialize import iso
@@ -40,6 +41,10 @@ def _limit(value: Any, name: str) -> int | None:
 def _duration(value: Any, name: str) -> int | None:
     if value is None or value == "none":
         return None
+    # parse_duration takes text or whole seconds; anything else from JSON (1.5, a list) is the
+    # client's mistake, not a server error.
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise InvalidInputError(f"{name}: {value!r} is not a duration like 90s, 15m, 2h or 1h30m")
     try:
         return parse_duration(value)
     except (ValueError, TypeError) as exc:
@@ -227,7 +232,8 @@ async def rollout_status(request: web.Request) -> web.Response:
         group = await _group(session, request)
         entry = catalog.groups.get((group.app_id, group.id, group.arch))
         target = entry.target.version if entry is not None and entry.target else None
-        status = await rollouts.rollout_status(session, group, target, now)
+        floors = entry.floors if entry is not None else ()
+        status = await rollouts.rollout_status(session, group, target, now, floors)
         opening = next_opening(rollouts.policy_of(group).windows, now)
         return web.json_response(
             {
@@ -327,10 +333,23 @@ async def release_instance(request: web.Request) -> web.Response:
     return await _hold_or_release(request, held=False)
 
 
-async def _channel(session: Any, request: web.Request, arch: str | None) -> Channel:
+async def _channel(session: Any, request: web.Request, arch: Any) -> Channel:
     if not arch:
         raise InvalidInputError("say which architecture: arch")
-    return await group_store.get_channel(session, request.match_info["name"], arch)
+    # Checked before it reaches a query: PostgreSQL refuses a non-text parameter (a 500).
+    return await group_store.get_channel(session, request.match_info["name"], check_arch(arch))
+
+
+async def _log_floor_change(
+    session: Any, request: web.Request, channel: Channel, message: str, now: datetime
+) -> None:
+    """Logged for every group following the channel: a group's activity log is where operators
+    look (`nebula rollout activity`), and nothing shows entries that belong to no group."""
+    followers = (
+        await session.execute(select(Group.id).where(Group.channel_id == channel.id))
+    ).scalars()
+    for group_id in [*followers] or [None]:
+        rollouts.log_activity(session, now, actor(request), "floor", message, group_id)
 
 
 @routes.post("/api/v1/channels/{name}/floors")
@@ -342,12 +361,12 @@ async def add_floor(request: web.Request) -> web.Response:
     async def work(session: Any) -> dict[str, Any]:
         channel = await _channel(session, request, data.get("arch"))
         await group_store.add_floor(session, channel, version, actor(request), now)
-        rollouts.log_activity(
+        await _log_floor_change(
             session,
-            now,
-            actor(request),
-            "floor",
+            request,
+            channel,
             f"{version} is a floor of {channel.name} ({channel.arch})",
+            now,
         )
         await session.flush()
         return {
@@ -367,12 +386,12 @@ async def remove_floor(request: web.Request) -> web.Response:
     async def work(session: Any) -> dict[str, Any]:
         channel = await _channel(session, request, request.query.get("arch"))
         await group_store.remove_floor(session, channel, version)
-        rollouts.log_activity(
+        await _log_floor_change(
             session,
-            now,
-            actor(request),
-            "floor",
+            request,
+            channel,
             f"{version} is no longer a floor of {channel.name} ({channel.arch})",
+            now,
         )
         await session.flush()
         return {

@@ -1,0 +1,413 @@
+"""`nebula policy`, `nebula rollout` and `nebula instance hold|release` against a real server on
+a real socket (see tests/cli/test_cli.py: the server runs in the test's event loop, each CLI
+command in a worker thread through click's CliRunner). What the CLI did is checked through the
+API, not only through what it printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import socket
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+from click.testing import CliRunner, Result
+from lxml import etree
+
+from nebula.cli.main import main
+from nebula.web.app import create_app
+from tests.conftest import FakeClock
+from tests.factories import Host, make_settings
+
+OLD, FLOOR, NEW = "3815.2.0", "4081.2.0", "4152.2.3"
+STABLE = "/api/v1/groups/stable"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def server(
+    db_url: str, tmp_path: Path, key_file: Path, clock: FakeClock
+) -> AsyncIterator[str]:
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    settings = make_settings(
+        db_url, tmp_path, key_file, public_url=base, listen=f"127.0.0.1:{port}"
+    )
+    srv = TestServer(create_app(settings, clock=clock), host="127.0.0.1", port=port)
+    await srv.start_server()
+    try:
+        yield base
+    finally:
+        await srv.close()
+
+
+_CLEAN_ENV: dict[str, str | None] = {
+    "NEBULA_URL": None,
+    "NEBULA_TOKEN": None,
+    "NEBULA_DB": None,
+    "NEBULA_CONFIG": None,
+}
+
+
+async def nebula(args: Sequence[str], **env: str | None) -> Result:
+    runner = CliRunner()
+    return await asyncio.to_thread(
+        runner.invoke, main, list(args), env={**_CLEAN_ENV, **env}, catch_exceptions=False
+    )
+
+
+def ok(result: Result) -> str:
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def fails(result: Result, code: int, *words: str) -> None:
+    assert result.exit_code == code, result.output
+    for word in words:
+        assert word in result.output, (word, result.output)
+    assert "Traceback" not in result.output
+
+
+def rows(output: str) -> dict[str, str]:
+    """'  name   value' lines of the CLI's key/value displays, by name."""
+    found = {}
+    for line in output.splitlines():
+        if line.startswith("  "):
+            name, _, value = line.strip().partition("  ")
+            found[name.strip()] = value.strip()
+    return found
+
+
+async def api(base: str, token: str, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(
+            method, base + path, headers={"Authorization": f"Bearer {token}"}, **kwargs
+        ) as resp,
+    ):
+        return resp.status, (await resp.json() if resp.content_type == "application/json" else None)
+
+
+async def add_version(base: str, token: str, version: str) -> None:
+    data = f"payload-{version}".encode() * 64
+    body = {
+        "version": version,
+        "arch": "amd64",
+        "base_url": f"https://cdn.example/{version}/",
+        "files": [
+            {
+                "name": "flatcar_production_update.gz",
+                "size": len(data),
+                "sha1": hashlib.sha1(data).hexdigest(),
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
+        ],
+    }
+    status, answer = await api(base, token, "POST", "/api/v1/packages", json=body)
+    assert status == 201, answer
+
+
+async def check(base: str, host: Host) -> str | None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{base}/v1/update/", data=host.check()) as resp,
+    ):
+        assert resp.status == 200
+        uc = etree.fromstring(await resp.read()).find("app/updatecheck")
+    assert uc is not None
+    if uc.get("status") == "noupdate":
+        return None
+    assert uc.get("status") == "ok"
+    return uc.find("manifest").get("version")  # type: ignore[union-attr]
+
+
+@pytest.fixture
+async def env(server: str, admin_token: str) -> dict[str, str]:
+    """NEW as stable amd64's target, FLOOR uploaded too; the CLI's environment."""
+    for version in (FLOOR, NEW):
+        await add_version(server, admin_token, version)
+    status, _ = await api(
+        server,
+        admin_token,
+        "PUT",
+        "/api/v1/channels/stable",
+        json={"arch": "amd64", "version": NEW},
+    )
+    assert status == 200
+    return {"NEBULA_URL": server, "NEBULA_TOKEN": admin_token}
+
+
+# -- policy --------------------------------------------------------------------------------------
+
+
+async def test_policy_set_every_option_and_show(
+    server: str, admin_token: str, env: dict[str, str]
+) -> None:
+    """Catches an option the CLI drops or sends under the wrong name (the server would keep its
+    default), both --pause-on-failures merged wrongly into one, and a show that prints what the
+    server does not hold."""
+    args = [
+        "policy",
+        "set",
+        "stable",
+        "--arch",
+        "amd64",
+        "--max-updates-per-period",
+        "7",
+        "--period",
+        "1h",
+        "--max-concurrent",
+        "3",
+        "--update-timeout",
+        "2h",
+        "--safe-mode",
+        "on",
+        "--pause-on-failures",
+        "5",
+        "--pause-on-failures",
+        "10%",
+        "--window",
+        "Mon-Fri 02:00-05:00 Europe/Berlin",
+        "--percentage",
+        "50",
+        "--floor",
+        FLOOR,
+        "--pin",
+        "none",
+        "--allow-downgrade",
+        "off",
+    ]
+    out = ok(await nebula(args, **env))
+    status, body = await api(server, admin_token, "GET", f"{STABLE}/policy?arch=amd64")
+    assert status == 200
+    policy = body["policy"]
+    assert {k: policy[k] for k in policy if k not in ("windows",)} == {
+        "updates_enabled": True,
+        "paused_reason": None,
+        "paused_by": None,
+        "paused_at": None,
+        "max_updates_per_period": 7,
+        "period": "1h",
+        "max_concurrent": 3,
+        "update_timeout": "2h",
+        "safe_mode": True,
+        "pause_on_failed_hosts": 5,
+        "pause_on_failed_percent": 10.0,
+        "percentage": 50.0,
+        "pin_version": None,
+        "allow_downgrade": False,
+        "floors": [FLOOR],
+    }
+    (window,) = policy["windows"]
+    assert window.endswith("02:00-05:00 Europe/Berlin") and window.startswith("Mon")
+
+    expected_rows = {
+        "updates per period": "7 per 1h",
+        "max concurrent": "3",
+        "update timeout": "2h",
+        "safe mode": "on",
+        "pause on failures": "5 hosts or 10%",
+        "windows": window,
+        "percentage": "50%",
+        "floors": FLOOR,
+        "pin": "none (follows its channel)",
+        "allow downgrade": "off",
+    }
+    assert out.splitlines()[0] == "group stable (amd64): updates on"
+    assert rows(out) == expected_rows
+    shown = ok(await nebula(["policy", "show", "stable", "--arch", "amd64"], **env))
+    assert shown == out
+    as_json = json.loads(
+        ok(await nebula(["policy", "show", "stable", "--arch", "amd64", "--json"], **env))
+    )
+    assert as_json == body
+
+    # Lifting limits with 'none', removing the floor; untouched options stay.
+    out = ok(
+        await nebula(
+            [
+                "policy",
+                "set",
+                "stable",
+                "--arch",
+                "amd64",
+                "--max-concurrent",
+                "none",
+                "--pause-on-failures",
+                "none",
+                "--window",
+                "none",
+                "--remove-floor",
+                FLOOR,
+                "--percentage",
+                "100",
+            ],
+            **env,
+        )
+    )
+    assert rows(out) == {
+        **expected_rows,
+        "max concurrent": "none",
+        "pause on failures": "never",
+        "windows": "always",
+        "percentage": "100%",
+        "floors": "none",
+    }
+    status, body = await api(server, admin_token, "GET", f"{STABLE}/policy?arch=amd64")
+    assert body["policy"]["max_concurrent"] is None and body["policy"]["floors"] == []
+    assert body["policy"]["max_updates_per_period"] == 7
+
+    # The change shows in the activity log as made by the token's owner.
+    out = ok(await nebula(["rollout", "activity", "stable", "--arch", "amd64"], **env))
+    actors = [line.split()[1:3] for line in out.splitlines()]
+    assert ["ops", "policy"] in actors
+
+
+async def test_policy_set_refusals(server: str, admin_token: str, env: dict[str, str]) -> None:
+    """Bad values are refused before or by the server with its message; nothing changes.
+    Catches a CLI that swallows the server's message, exits 0 on a refusal, or half applies a
+    change (a floor added although the PATCH before it failed)."""
+    base = ["policy", "set", "stable", "--arch", "amd64"]
+    fails(await nebula(base, **env), 2, "nothing to change")
+    fails(await nebula([*base, "--percentage", "120"], **env), 2, "120")
+    fails(await nebula([*base, "--max-concurrent", "-1"], **env), 2, "-1")
+    fails(await nebula([*base, "--safe-mode", "maybe"], **env), 2, "maybe")
+    fails(await nebula([*base, "--period", "1x"], **env), 1, "400", "1x")
+    fails(await nebula([*base, "--max-updates-per-period", "5"], **env), 1, "400", "period")
+    fails(await nebula([*base, "--window", "Mon 02:00-25:00 UTC"], **env), 1, "400", "25:00")
+    fails(await nebula([*base, "--pause-on-failures", "x"], **env), 1, "400", "'x'")
+    fails(await nebula([*base, "--pin", "9999.0.0"], **env), 1, "404", "9999.0.0")
+    fails(await nebula([*base, "--floor", "9999.0.0"], **env), 1, "404", "9999.0.0")
+    fails(await nebula([*base, "--period", "1x", "--floor", FLOOR], **env), 1, "400", "1x")
+    fails(await nebula(["policy", "set", "stable", "--max-concurrent", "3"], **env), 1, "--arch")
+    fails(await nebula(["policy", "show", "nightly"], **env), 1, "404", "nightly")
+    status, body = await api(server, admin_token, "GET", f"{STABLE}/policy?arch=amd64")
+    policy = body["policy"]
+    assert (policy["max_concurrent"], policy["period"], policy["windows"], policy["floors"]) == (
+        None,
+        None,
+        [],
+        [],
+    )
+    status, body = await api(server, admin_token, "GET", f"{STABLE}/activity?arch=amd64")
+    assert (status, body["activity"]) == (200, [])
+
+
+# -- rollout ---------------------------------------------------------------------------------------
+
+
+async def test_rollout_status_pause_resume_activity(
+    server: str, admin_token: str, env: dict[str, str]
+) -> None:
+    """Catches a pause that does not reach the server (hosts keep getting updates), a reason
+    that is lost on the way, and a status that prints other numbers than the API's."""
+    updating = Host(machine_id="a" * 32, version=OLD)
+    assert await check(server, updating) == NEW
+    assert await check(server, Host(machine_id="b" * 32, version=NEW)) is None
+
+    out = ok(await nebula(["rollout", "status", "stable", "--arch", "amd64"], **env))
+    assert out.splitlines()[0] == f"group stable (amd64) -> {NEW}: running"
+    shown = rows(out)
+    assert (shown["hosts"], shown["complete"], shown["in progress"], shown["remaining"]) == (
+        "2",
+        "1",
+        "1",
+        "0",
+    )
+    assert shown["pace"].startswith("1 grants in the last hour")
+    status, api_status = await api(server, admin_token, "GET", f"{STABLE}/rollout?arch=amd64")
+    as_json = json.loads(
+        ok(await nebula(["rollout", "status", "stable", "--arch", "amd64", "--json"], **env))
+    )
+    assert as_json == api_status
+
+    out = ok(
+        await nebula(
+            ["rollout", "pause", "stable", "--arch", "amd64", "--reason", "bad kernel"], **env
+        )
+    )
+    assert out.splitlines()[0] == "group stable (amd64): updates PAUSED (bad kernel, by ops)"
+    assert await check(server, Host(machine_id="c" * 32, version=OLD)) is None
+    out = ok(await nebula(["rollout", "status", "stable", "--arch", "amd64"], **env))
+    assert out.splitlines()[0] == f"group stable (amd64) -> {NEW}: PAUSED: bad kernel"
+    assert rows(out)["finishes in"].startswith("unknown")
+
+    out = ok(
+        await nebula(
+            ["rollout", "resume", "stable", "--arch", "amd64", "--reason", "fixed upstream"],
+            **env,
+        )
+    )
+    assert out.splitlines()[0] == "group stable (amd64): updates on"
+    assert await check(server, Host(machine_id="c" * 32, version=OLD)) == NEW
+
+    out = ok(await nebula(["rollout", "activity", "stable", "--arch", "amd64"], **env))
+    lines = out.splitlines()
+    assert len(lines) == 2
+    assert re.match(r"\S+\s+ops\s+resume\s+fixed upstream$", lines[0]), lines[0]
+    assert re.match(r"\S+\s+ops\s+pause\s+bad kernel$", lines[1]), lines[1]
+    listed = json.loads(
+        ok(
+            await nebula(
+                ["rollout", "activity", "stable", "--arch", "amd64", "--limit", "1", "--json"],
+                **env,
+            )
+        )
+    )
+    (entry,) = listed["activity"]
+    assert (entry["actor"], entry["action"], entry["message"]) == (
+        "ops",
+        "resume",
+        "fixed upstream",
+    )
+    assert entry["detail"]["was_paused_for"] == "bad kernel"
+
+    # The arm64 group was never touched; a name for both arches needs --arch.
+    status, body = await api(server, admin_token, "GET", f"{STABLE}/policy?arch=arm64")
+    assert (status, body["policy"]["updates_enabled"]) == (200, True)
+    fails(await nebula(["rollout", "pause", "stable"], **env), 1, "--arch")
+
+
+# -- instance hold|release -----------------------------------------------------------------------
+
+
+async def test_instance_hold_and_release(
+    server: str, admin_token: str, env: dict[str, str]
+) -> None:
+    """Catches a hold that does not reach the host's state, and a release that leaves it held."""
+    mid = "d" * 32
+    fails(await nebula(["instance", "hold", mid], **env), 1, "404", mid)
+
+    host = Host(machine_id=mid, version=NEW)
+    assert await check(server, host) is None
+    out = ok(await nebula(["instance", "hold", mid, "--reason", "database primary"], **env))
+    assert out.strip() == f"{mid} held"
+    host.version = OLD
+    assert await check(server, host) is None
+    status, body = await api(server, admin_token, "GET", "/api/v1/instances")
+    (listed,) = body["instances"]
+    assert (listed["held"], listed["hold_reason"]) == (True, "host_hold")
+    out = ok(await nebula(["instance", "list"], **env))
+    (row,) = [line for line in out.splitlines() if line.startswith(mid)]
+    assert " held " in row
+
+    out = ok(await nebula(["instance", "release", mid], **env))
+    assert out.strip() == f"{mid} released"
+    status, body = await api(server, admin_token, "GET", "/api/v1/instances")
+    assert (status, body["instances"][0]["held"]) == (200, False)
+    assert await check(server, host) == NEW
+
+    out = ok(await nebula(["rollout", "activity", "stable", "--arch", "amd64"], **env))
+    assert "database primary" in out.splitlines()[1] and " hold " in out.splitlines()[1]
