@@ -191,6 +191,16 @@ class OmahaService:
                 event.previous_version,
                 now,
             )
+        if failed and state.granted_version:
+            await rollouts.record_failure(
+                session,
+                group.id,
+                state.granted_version,
+                app.machine_id,
+                state.status,
+                state.last_error_code,
+                now,
+            )
         if failed and locked is not None and state.granted_version:
             await session.flush()  # the counts below must see this host's new status
             reason = await rollouts.apply_failure_gate(session, locked, state.granted_version, now)

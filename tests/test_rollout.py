@@ -441,6 +441,28 @@ async def test_failure_gate_after_resume_counts_new_failures(
     assert log[:3] == [("nebula", "auto_pause"), ("ops", "resume"), ("nebula", "auto_pause")]
 
 
+async def test_failure_gate_remembers_hosts_that_retry(
+    client: Client, admin_token: str, release: str
+) -> None:
+    """A failed host that checks again is granted again (a retry), but it still failed: the gate
+    counts hosts that failed, not hosts failed right now. Catches a count of current statuses,
+    which a bad release retried host by host never trips."""
+    await set_policy(client, admin_token, pause_on_failures=["2"])
+    a, b = hosts(2)
+    assert await check(client, a) == NEW
+    await omaha(client, a.event(3, 0, ERROR_HASH))  # a failed
+    assert await check(client, a) == NEW  # and is granted again: status 'granted' now
+    assert (await get_policy(client, admin_token))["updates_enabled"] is True
+    await omaha(client, a.event(3, 0, ERROR_HASH))  # the same host again: still one host
+    assert (await get_policy(client, admin_token))["updates_enabled"] is True
+    assert await check(client, a) == NEW
+    assert await check(client, b) == NEW
+    await omaha(client, b.event(3, 0, ERROR_HASH))  # a second host: the gate trips
+    policy = await get_policy(client, admin_token)
+    assert policy["updates_enabled"] is False
+    assert "2 hosts failed" in policy["paused_reason"]
+
+
 # -- maintenance windows ---------------------------------------------------------------------------
 
 

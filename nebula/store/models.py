@@ -203,6 +203,9 @@ class Group(Base):
     percentage: Mapped[float] = mapped_column(Float, default=100.0)
     pin_version: Mapped[str | None] = mapped_column(String(64))
     allow_downgrade: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The failure gate counts failures and attempts since the last resume: an operator who
+    # resumes after looking into a pause starts the count afresh.
+    resumed_at: Mapped[datetime | None]
 
 
 class Instance(Base):
@@ -349,3 +352,24 @@ class Activity(Base):
     action: Mapped[str] = mapped_column(String(32))
     message: Mapped[str] = mapped_column(Text, default="")
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Failure(Base):
+    """A host that failed to update a group to a version (error, rollback or timeout), kept even
+    when the host retries: the failure gate counts hosts that failed, not hosts failed right now."""
+
+    __tablename__ = "failures"
+    __table_args__ = (
+        UniqueConstraint("group_id", "version", "instance_id"),
+        CheckConstraint("kind IN ('error', 'rolled_back', 'timed_out')", name="kind"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    group_id: Mapped[str] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"))
+    version: Mapped[str] = mapped_column(String(64))
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    code: Mapped[int | None] = mapped_column(BigInteger)  # base error code, when one was sent
+    first_at: Mapped[datetime]
+    last_at: Mapped[datetime]
+    count: Mapped[int] = mapped_column(Integer, default=1)

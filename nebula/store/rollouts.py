@@ -16,12 +16,13 @@ from datetime import datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import func, literal, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nebula.errors import InvalidInputError
 from nebula.lifecycle import FAILED, IN_PROGRESS
 from nebula.policy import GroupPolicy, RolloutStats, failure_gate
-from nebula.store.models import Activity, Grant, Group, InstanceApp
+from nebula.store.models import Activity, Failure, Grant, Group, InstanceApp
 from nebula.versions import try_parse_version
 from nebula.windows import Window, WindowError, window_from_json
 
@@ -157,6 +158,7 @@ def resume(group: Group, session: AsyncSession, now: datetime, actor: str, reaso
     group.paused_reason = None
     group.paused_by = None
     group.paused_at = None
+    group.resumed_at = now
     log_activity(session, now, actor, "resume", reason or "resumed", group.id, was_paused_for=was)
 
 
@@ -167,17 +169,71 @@ class TargetCounts:
     completed: int
 
 
-async def target_counts(session: AsyncSession, group_id: str, version: str) -> TargetCounts:
-    stmt = (
-        select(InstanceApp.status, func.count())
-        .where(InstanceApp.group_id == group_id, InstanceApp.granted_version == version)
-        .group_by(InstanceApp.status)
+async def record_failure(
+    session: AsyncSession,
+    group_id: str,
+    version: str,
+    machine_id: str,
+    kind: str,
+    code: int | None,
+    now: datetime,
+) -> None:
+    """Remember that this host failed to reach `version` in this group (once per host; later
+    failures of the same host update the row)."""
+    insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+    stmt = insert(Failure).values(
+        group_id=group_id,
+        version=version,
+        instance_id=machine_id,
+        kind=kind,
+        code=code,
+        first_at=now,
+        last_at=now,
+        count=1,
     )
-    by_status = {s: int(n) for s, n in (await session.execute(stmt)).all()}
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["group_id", "version", "instance_id"],
+            set_={
+                "kind": stmt.excluded.kind,
+                "code": stmt.excluded.code,
+                "last_at": stmt.excluded.last_at,
+                "count": Failure.count + 1,
+            },
+        )
+    )
+
+
+async def target_counts(
+    session: AsyncSession, group_id: str, version: str, since: datetime | None = None
+) -> TargetCounts:
+    """Hosts that failed to reach `version` and hosts granted it, since `since` (the group's last
+    resume), whatever they do now: a failed host that retries still counts as failed. Hosts that
+    completed it, ever: once one has, the canary has passed."""
+    failed_q = (
+        select(func.count())
+        .select_from(Failure)
+        .where(Failure.group_id == group_id, Failure.version == version)
+    )
+    attempted_q = select(func.count(func.distinct(Grant.instance_id))).where(
+        Grant.group_id == group_id, Grant.version == version
+    )
+    if since is not None:
+        failed_q = failed_q.where(Failure.last_at >= since)
+        attempted_q = attempted_q.where(Grant.granted_at >= since)
+    completed_q = (
+        select(func.count())
+        .select_from(InstanceApp)
+        .where(
+            InstanceApp.group_id == group_id,
+            InstanceApp.granted_version == version,
+            InstanceApp.status == "complete",
+        )
+    )
     return TargetCounts(
-        failed=sum(n for s, n in by_status.items() if s in FAILED),
-        attempted=sum(by_status.values()),
-        completed=by_status.get("complete", 0),
+        failed=await _count(session, failed_q),
+        attempted=await _count(session, attempted_q),
+        completed=await _count(session, completed_q),
     )
 
 
@@ -188,7 +244,7 @@ async def apply_failure_gate(
     Returns the reason when it paused."""
     if not group.updates_enabled:
         return None
-    counts = await target_counts(session, group.id, version)
+    counts = await target_counts(session, group.id, version, group.resumed_at)
     reason = failure_gate(
         policy_of(group),
         failed=counts.failed,
@@ -220,12 +276,17 @@ async def mark_timeouts(session: AsyncSession, now: datetime) -> list[tuple[str,
             & (InstanceApp.granted_at <= cutoff)
             & (InstanceApp.group_id == group_id)
         )
-        versions = (
-            await session.execute(select(InstanceApp.granted_version).where(stale).distinct())
-        ).scalars()
-        found = [v for v in versions if v is not None]
-        if not found:
+        hosts = (
+            await session.execute(
+                select(InstanceApp.instance_id, InstanceApp.granted_version).where(stale)
+            )
+        ).all()
+        if not hosts:
             continue
+        for machine_id, version in hosts:
+            if version is not None:
+                await record_failure(session, group_id, version, machine_id, "timed_out", None, now)
+        found = sorted({v for _, v in hosts if v is not None})
         await session.execute(
             update(InstanceApp)
             .where(stale)
