@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -219,3 +220,28 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.longrepr = (
             f"CI is set: PostgreSQL test {item.nodeid} must not skip ({report.longrepr})"
         )
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def server(
+    db_url: str, tmp_path: Path, key_file: Path, clock: FakeClock
+) -> AsyncIterator[str]:
+    """The app on a real 127.0.0.1 socket whose URL is also its public URL; yields that URL."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    settings = make_settings(
+        db_url, tmp_path, key_file, public_url=base, listen=f"127.0.0.1:{port}"
+    )
+    srv = TestServer(create_app(settings, clock=clock), host="127.0.0.1", port=port)
+    await srv.start_server()
+    try:
+        yield base
+    finally:
+        await srv.close()

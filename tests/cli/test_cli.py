@@ -6,72 +6,21 @@ click's CliRunner, because the CLI starts its own event loop with asyncio.run.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import re
-import socket
-from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
-from aiohttp.test_utils import TestServer
-from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from nebula.cli.main import main
-from nebula.web.app import create_app
-from tests.conftest import FakeClock
-from tests.factories import Host, make_settings, payload_file
+from tests.cli.runner import nebula, ok
+from tests.conftest import free_port
+from tests.factories import Host, payload_file
 
 NEW = "4152.2.3"
 MAIN, AZURE = "flatcar_production_update.gz", "oem-azure.gz"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-async def server(
-    db_url: str, tmp_path: Path, key_file: Path, clock: FakeClock
-) -> AsyncIterator[str]:
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    settings = make_settings(
-        db_url, tmp_path, key_file, public_url=base, listen=f"127.0.0.1:{port}"
-    )
-    srv = TestServer(create_app(settings, clock=clock), host="127.0.0.1", port=port)
-    await srv.start_server()
-    try:
-        yield base
-    finally:
-        await srv.close()
-
-
-# The CLI reads NEBULA_* from the environment: give it exactly what each test means it to see.
-_CLEAN_ENV: dict[str, str | None] = {
-    "NEBULA_URL": None,
-    "NEBULA_TOKEN": None,
-    "NEBULA_DB": None,
-    "NEBULA_CONFIG": None,
-}
-
-
-async def nebula(args: Sequence[str], **env: str | None) -> Result:
-    runner = CliRunner()
-    return await asyncio.to_thread(
-        runner.invoke, main, list(args), env={**_CLEAN_ENV, **env}, catch_exceptions=False
-    )
-
-
-def ok(result: Result) -> str:
-    assert result.exit_code == 0, result.output
-    return result.stdout
 
 
 async def api(base: str, token: str, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
@@ -438,7 +387,7 @@ async def test_server_errors_show_the_message(
 
 
 async def test_unreachable_server() -> None:
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     result = await nebula(["channel", "list"], NEBULA_URL=url, NEBULA_TOKEN="nbl_any")
     assert result.exit_code == 1
     assert "cannot reach" in result.output and url in result.output

@@ -6,78 +6,20 @@ API, not only through what it printed.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import re
-import socket
-from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
-from click.testing import CliRunner, Result
 from lxml import etree
 
-from nebula.cli.main import main
-from nebula.web.app import create_app
-from tests.conftest import FakeClock
-from tests.factories import Host, make_settings
+from tests.cli.runner import fails, nebula, ok
+from tests.factories import Host
 
 OLD, FLOOR, NEW = "3815.2.0", "4081.2.0", "4152.2.3"
 STABLE = "/api/v1/groups/stable"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-async def server(
-    db_url: str, tmp_path: Path, key_file: Path, clock: FakeClock
-) -> AsyncIterator[str]:
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    settings = make_settings(
-        db_url, tmp_path, key_file, public_url=base, listen=f"127.0.0.1:{port}"
-    )
-    srv = TestServer(create_app(settings, clock=clock), host="127.0.0.1", port=port)
-    await srv.start_server()
-    try:
-        yield base
-    finally:
-        await srv.close()
-
-
-_CLEAN_ENV: dict[str, str | None] = {
-    "NEBULA_URL": None,
-    "NEBULA_TOKEN": None,
-    "NEBULA_DB": None,
-    "NEBULA_CONFIG": None,
-}
-
-
-async def nebula(args: Sequence[str], **env: str | None) -> Result:
-    runner = CliRunner()
-    return await asyncio.to_thread(
-        runner.invoke, main, list(args), env={**_CLEAN_ENV, **env}, catch_exceptions=False
-    )
-
-
-def ok(result: Result) -> str:
-    assert result.exit_code == 0, result.output
-    return result.stdout
-
-
-def fails(result: Result, code: int, *words: str) -> None:
-    assert result.exit_code == code, result.output
-    for word in words:
-        assert word in result.output, (word, result.output)
-    assert "Traceback" not in result.output
 
 
 def rows(output: str) -> dict[str, str]:

@@ -11,44 +11,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import pytest
-from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from lxml import etree
 
-from nebula.web.app import create_app
-from tests.conftest import FakeClock
-from tests.factories import Host, make_settings, payload_file
+from tests.factories import Host, payload_file
 
 OLD, NEW = "3815.2.0", "4152.2.3"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-async def server(
-    db_url: str, tmp_path: Path, key_file: Path, clock: FakeClock
-) -> AsyncIterator[str]:
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    settings = make_settings(
-        db_url, tmp_path, key_file, public_url=base, listen=f"127.0.0.1:{port}"
-    )
-    srv = TestServer(create_app(settings, clock=clock), host="127.0.0.1", port=port)
-    await srv.start_server()
-    try:
-        yield base
-    finally:
-        await srv.close()
 
 
 async def _omaha(http: aiohttp.ClientSession, base: str, body: bytes) -> etree._Element:

@@ -3,7 +3,6 @@ reach the main one, cannot touch them even without a proxy in front."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import aiohttp
@@ -12,13 +11,8 @@ from aiohttp.test_utils import TestServer
 
 from nebula.errors import ConfigError
 from nebula.web.app import create_app
+from tests.conftest import free_port
 from tests.factories import Host, make_settings
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -26,7 +20,7 @@ def _free_port() -> int:
 async def test_admin_routes_only_on_the_admin_listener(
     db_url: str, tmp_path: Path, key_file: Path, admin_token: str, on_admin_port: bool
 ) -> None:
-    port, other = _free_port(), _free_port()
+    port, other = free_port(), free_port()
     # The test server listens on `port`; naming it the admin port makes it the admin listener.
     admin = f"127.0.0.1:{port if on_admin_port else other}"
     listen = f"127.0.0.1:{other if on_admin_port else port}"
