@@ -221,40 +221,26 @@ def _pause_resume(
     emit_json(body) if as_json else _print_policy(body)
 
 
-@rollout_group.command("pause")
-@api_options
-@json_option
-@click.argument("group")
-@click.option("--arch", type=ARCH)
-@click.option("--reason", help="Recorded in the activity log")
-def rollout_pause(
-    url: str | None,
-    token: str | None,
-    as_json: bool,
-    group: str,
-    arch: str | None,
-    reason: str | None,
-) -> None:
-    """Stop granting updates in GROUP (hosts already updating finish)."""
-    _pause_resume("pause", url, token, as_json, group, arch, reason)
+def _pause_resume_command(action: str, doc: str) -> None:
+    @rollout_group.command(action, help=doc)
+    @api_options
+    @json_option
+    @click.argument("group")
+    @click.option("--arch", type=ARCH)
+    @click.option("--reason", help="Recorded in the activity log")
+    def command(
+        url: str | None,
+        token: str | None,
+        as_json: bool,
+        group: str,
+        arch: str | None,
+        reason: str | None,
+    ) -> None:
+        _pause_resume(action, url, token, as_json, group, arch, reason)
 
 
-@rollout_group.command("resume")
-@api_options
-@json_option
-@click.argument("group")
-@click.option("--arch", type=ARCH)
-@click.option("--reason", help="Recorded in the activity log")
-def rollout_resume(
-    url: str | None,
-    token: str | None,
-    as_json: bool,
-    group: str,
-    arch: str | None,
-    reason: str | None,
-) -> None:
-    """Grant updates in GROUP again."""
-    _pause_resume("resume", url, token, as_json, group, arch, reason)
+_pause_resume_command("pause", "Stop granting updates in GROUP (hosts already updating finish).")
+_pause_resume_command("resume", "Grant updates in GROUP again.")
 
 
 @rollout_group.command("activity")

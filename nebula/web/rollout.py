@@ -352,22 +352,21 @@ async def _log_floor_change(
         rollouts.log_activity(session, now, actor(request), "floor", message, group_id)
 
 
-@routes.post("/api/v1/channels/{name}/floors")
-async def add_floor(request: web.Request) -> web.Response:
-    data = await json_body(request)
-    version = check_version(str(data.get("version") or ""), "floor")
+async def _change_floor(
+    request: web.Request, version: str, arch: Any, adding: bool
+) -> web.Response:
+    """Mark or unmark `version` as a floor of the channel in the URL, logged for its groups."""
     now = request.app[CLOCK]()
 
     async def work(session: Any) -> dict[str, Any]:
-        channel = await _channel(session, request, data.get("arch"))
-        await group_store.add_floor(session, channel, version, actor(request), now)
-        await _log_floor_change(
-            session,
-            request,
-            channel,
-            f"{version} is a floor of {channel.name} ({channel.arch})",
-            now,
-        )
+        channel = await _channel(session, request, arch)
+        if adding:
+            await group_store.add_floor(session, channel, version, actor(request), now)
+        else:
+            await group_store.remove_floor(session, channel, version)
+        what = "a floor" if adding else "no longer a floor"
+        message = f"{version} is {what} of {channel.name} ({channel.arch})"
+        await _log_floor_change(session, request, channel, message, now)
         await session.flush()
         return {
             "channel": channel.name,
@@ -376,31 +375,19 @@ async def add_floor(request: web.Request) -> web.Response:
         }
 
     return web.json_response(await change(request, work))
+
+
+@routes.post("/api/v1/channels/{name}/floors")
+async def add_floor(request: web.Request) -> web.Response:
+    data = await json_body(request)
+    version = check_version(str(data.get("version") or ""), "floor")
+    return await _change_floor(request, version, data.get("arch"), adding=True)
 
 
 @routes.delete("/api/v1/channels/{name}/floors/{version}")
 async def remove_floor(request: web.Request) -> web.Response:
     version = request.match_info["version"]
-    now = request.app[CLOCK]()
-
-    async def work(session: Any) -> dict[str, Any]:
-        channel = await _channel(session, request, request.query.get("arch"))
-        await group_store.remove_floor(session, channel, version)
-        await _log_floor_change(
-            session,
-            request,
-            channel,
-            f"{version} is no longer a floor of {channel.name} ({channel.arch})",
-            now,
-        )
-        await session.flush()
-        return {
-            "channel": channel.name,
-            "arch": channel.arch,
-            "floors": await group_store.channel_floors(session, channel.id),
-        }
-
-    return web.json_response(await change(request, work))
+    return await _change_floor(request, version, request.query.get("arch"), adding=False)
 
 
 def add_routes(app: web.Application) -> None:
