@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -39,7 +40,7 @@ from nebula.policy import (
     decide,
     screen,
 )
-from nebula.store import rollouts
+from nebula.store import counts, rollouts
 from nebula.store.catalog import Catalog, CatalogCache, GroupEntry, bump_stamp
 from nebula.store.db import transaction
 from nebula.store.hosts import (
@@ -167,6 +168,7 @@ class OmahaService:
             now,
         )
         state = await lock_instance_app(session, app.machine_id, app.app_id)
+        before: counts.Key | None = (state.group_id, state.status) if state else None
         if state is None:
             state = new_instance_app(app.machine_id, app.app_id, now)
             session.add(state)
@@ -209,6 +211,7 @@ class OmahaService:
                 policy = rollouts.policy_of(locked)
                 log.warning("group %s paused: %s", group.name, reason)
         if not app.update_check:
+            await _count_move(session, before, state)
             return _AppOutcome(self._answer(app, None), group=group)
         state.last_check_at = now
         if lifecycle.completes(state.status, state.granted_version, app.version):
@@ -252,6 +255,7 @@ class OmahaService:
                 if decision.verdict is Verdict.HOLD and decision.reason is not None
                 else None
             )
+        await _count_move(session, before, state)
         return _AppOutcome(self._answer(app, manifest), decision, group)
 
     def _apply_event(
@@ -333,3 +337,12 @@ def _set_status(state: InstanceApp, status: str, now: datetime) -> None:
     if state.status != status:
         state.status = status
         state.status_changed_at = now
+
+
+async def _count_move(session: AsyncSession, before: counts.Key | None, state: InstanceApp) -> None:
+    """Keep the per-group status counts in step with this host (only when it moved)."""
+    after = (state.group_id, state.status)
+    if before != after:
+        deltas: Counter[counts.Key] = Counter()
+        counts.move(deltas, before, after)
+        await counts.apply(session, deltas)

@@ -104,3 +104,37 @@ class Host:
 
     def ping(self) -> bytes:
         return self._app('        <ping active="1"></ping>\n')
+
+
+async def assert_status_counts_match(db_url: str) -> dict[tuple[str, str], int]:
+    """The maintained per-group status counts equal a count of the hosts themselves."""
+    from sqlalchemy import func, select
+
+    from nebula.store.models import InstanceApp, StatusCount
+
+    engine = db.create_engine(db_url)
+    try:
+        async with engine.connect() as conn:
+            kept = {
+                (g, s): int(n)
+                for g, s, n in (
+                    await conn.execute(
+                        select(StatusCount.group_id, StatusCount.status, StatusCount.count)
+                    )
+                ).all()
+                if n
+            }
+            counted = {
+                (g, s): int(n)
+                for g, s, n in (
+                    await conn.execute(
+                        select(InstanceApp.group_id, InstanceApp.status, func.count())
+                        .where(InstanceApp.group_id.is_not(None))
+                        .group_by(InstanceApp.group_id, InstanceApp.status)
+                    )
+                ).all()
+            }
+    finally:
+        await engine.dispose()
+    assert kept == counted, f"status_counts {kept} != hosts {counted}"
+    return counted

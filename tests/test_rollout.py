@@ -22,12 +22,13 @@ from nebula.store.db import create_engine, session_factory
 from nebula.store.models import InstanceApp
 from nebula.sweeper import sweep_once
 from tests.conftest import FakeClock
-from tests.factories import FLATCAR_APP_ID, Host
+from tests.factories import FLATCAR_APP_ID, Host, assert_status_counts_match
 
 Client = Any  # aiohttp TestClient
 
 OLD, MID, MID2, NEW, NEWER = "3815.2.0", "4000.0.0", "4100.0.0", "4152.2.3", "4230.0.0"
 STABLE = "/api/v1/groups/stable"
+STABLE_ID = "9a2deb70-37be-4026-853f-bfdd6b347bbe"  # the seeded stable amd64 group
 AMD64 = {"arch": "amd64"}
 NEW_BOOT = "{7b2e7e0e-5f0a-4c59-9d7e-1f2a3b4c5d6e}"
 ERROR_HASH = 268435466  # base code 10 (payload hash mismatch) | 1<<28 (self-hosted server)
@@ -278,6 +279,9 @@ async def test_update_timeout_frees_the_slot_and_counts_as_a_failure(
     resp = await client.get(f"{STABLE}/rollout", params=AMD64, headers=auth(admin_token))
     counts = (await resp.json())["hosts"]
     assert (counts["timed_out"], counts["in_progress"]) == (1, 1)
+    # The sweeper moved the maintained status counts along with the host.
+    counted = await assert_status_counts_match(db_url)
+    assert counted[(STABLE_ID, "timed_out")] == 1
 
 
 # -- safe mode -----------------------------------------------------------------------------------

@@ -10,11 +10,12 @@ import re
 import uuid
 from datetime import datetime
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nebula.errors import ConflictError, InvalidInputError, NotFoundError
-from nebula.store.models import Channel, ChannelFloor, Group, InstanceApp, Package
+from nebula.store.counts import counts_of_group
+from nebula.store.models import Channel, ChannelFloor, Group, Package
 from nebula.store.packages import check_arch, find_package
 from nebula.versions import parse_version
 
@@ -176,12 +177,7 @@ async def create_group(
 
 
 async def status_counts(session: AsyncSession, group_id: str) -> dict[str, int]:
-    stmt = (
-        select(InstanceApp.status, func.count())
-        .where(InstanceApp.group_id == group_id)
-        .group_by(InstanceApp.status)
-    )
-    return {status: int(n) for status, n in (await session.execute(stmt)).all()}
+    return await counts_of_group(session, group_id)
 
 
 async def channel_floors(session: AsyncSession, channel_id: int) -> list[str]:

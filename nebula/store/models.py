@@ -373,3 +373,16 @@ class Failure(Base):
     first_at: Mapped[datetime]
     last_at: Mapped[datetime]
     count: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class StatusCount(Base):
+    """How many hosts of a group are in each status, kept up to date in the same transaction as
+    every status change, so that /metrics and dashboards never scan the hosts."""
+
+    __tablename__ = "status_counts"
+
+    group_id: Mapped[str] = mapped_column(
+        ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True
+    )
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)

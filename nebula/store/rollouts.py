@@ -10,6 +10,7 @@ Query functions take the session first and never commit.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
@@ -22,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from nebula.errors import InvalidInputError
 from nebula.lifecycle import FAILED, IN_PROGRESS
 from nebula.policy import GroupPolicy, RolloutStats, failure_gate
+from nebula.store import counts
 from nebula.store.models import Activity, Failure, Grant, Group, InstanceApp
 from nebula.versions import try_parse_version
 from nebula.windows import Window, WindowError, window_from_json
@@ -276,23 +278,29 @@ async def mark_timeouts(session: AsyncSession, now: datetime) -> list[tuple[str,
             & (InstanceApp.granted_at <= cutoff)
             & (InstanceApp.group_id == group_id)
         )
+        # Locked, so that what is counted below is exactly what the UPDATE changes.
         hosts = (
             await session.execute(
-                select(InstanceApp.instance_id, InstanceApp.granted_version).where(stale)
+                select(InstanceApp.instance_id, InstanceApp.granted_version, InstanceApp.status)
+                .where(stale)
+                .with_for_update()
             )
         ).all()
         if not hosts:
             continue
-        for machine_id, version in hosts:
+        deltas: Counter[counts.Key] = Counter()
+        for machine_id, version, status in hosts:
+            counts.move(deltas, (group_id, status), (group_id, "timed_out"))
             if version is not None:
                 await record_failure(session, group_id, version, machine_id, "timed_out", None, now)
-        found = sorted({v for _, v in hosts if v is not None})
+        found = sorted({v for _, v, _ in hosts if v is not None})
         await session.execute(
             update(InstanceApp)
-            .where(stale)
+            .where(stale, InstanceApp.instance_id.in_([h[0] for h in hosts]))
             .values(status="timed_out", status_changed_at=now, last_error_at=now)
             .execution_options(synchronize_session=False)
         )
+        await counts.apply(session, deltas)
         touched.extend((group_id, v) for v in found)
     return touched
 

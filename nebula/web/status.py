@@ -1,6 +1,7 @@
 """Operational routes, no token: `/healthz` (the process answers), `/readyz` (the database too),
-`/metrics` (Prometheus). Instance counts per group and status are read at scrape time with one
-grouped query over an index, cached for a few seconds so that several scrapers cost one query.
+`/metrics` (Prometheus). Host counts per group and status come from the status_counts rows the
+server maintains as statuses change (never a scan of the hosts), cached for a few seconds so
+that several scrapers cost one query.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select, text
+from sqlalchemy import select, text
 
+from nebula.store.counts import counts_by_group
 from nebula.store.db import transaction
-from nebula.store.models import Group, InstanceApp
+from nebula.store.models import Group
 from nebula.web.keys import METRICS, READ_SESSIONS
 
 _COUNTS_TTL = 10.0
@@ -53,19 +55,14 @@ COUNTS = web.AppKey("instance_counts", InstanceCounts)
 
 
 async def _refresh_counts(app: web.Application) -> None:
-    counts = app[COUNTS]
-    if time.monotonic() - counts.at < _COUNTS_TTL:
+    collector = app[COUNTS]
+    if time.monotonic() - collector.at < _COUNTS_TTL:
         return
     async with transaction(app[READ_SESSIONS]) as session:
-        stmt = (
-            select(Group.name, Group.arch, InstanceApp.status, func.count())
-            .join(Group, Group.id == InstanceApp.group_id)
-            .group_by(Group.name, Group.arch, InstanceApp.status)
-        )
-        counts.rows = [(g, a, s, int(n)) for g, a, s, n in (await session.execute(stmt)).all()]
+        collector.rows = await counts_by_group(session)
         groups = select(Group.name, Group.arch, Group.updates_enabled)
-        counts.paused = [(g, a, not on) for g, a, on in (await session.execute(groups)).all()]
-    counts.at = time.monotonic()
+        collector.paused = [(g, a, not on) for g, a, on in (await session.execute(groups)).all()]
+    collector.at = time.monotonic()
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -41,7 +41,7 @@ from nebula.store.db import session_factory
 from nebula.store.models import Grant
 from nebula.web.app import create_app
 from tests.conftest import FakeClock
-from tests.factories import Host, make_settings
+from tests.factories import Host, assert_status_counts_match, make_settings
 
 OLD, NEW = "3815.2.0", "4152.2.3"
 GROUP = "/api/v1/groups/stable"
@@ -334,7 +334,12 @@ async def quiet_client(
 
 @pytest.mark.parametrize("n_hosts", [60, pytest.param(300, marks=pytest.mark.slow)])
 async def test_fleet_rollout(
-    quiet_client: Client, admin_token: str, clock: FakeClock, engine: AsyncEngine, n_hosts: int
+    quiet_client: Client,
+    admin_token: str,
+    clock: FakeClock,
+    engine: AsyncEngine,
+    n_hosts: int,
+    db_url: str,
 ) -> None:
     """The story of the module docstring. Catches any rule that breaks down at fleet scale or
     under concurrent checks: a second canary or more grants than the limits allow when checks
@@ -343,3 +348,6 @@ async def test_fleet_rollout(
     many hosts, and server records (grants log, rollout status, activity, metrics) that
     disagree with what the hosts saw."""
     await run_rollout(quiet_client, admin_token, clock, engine, n_hosts)
+    # The per-group status counts /metrics reads were kept in step with every host.
+    counted = await assert_status_counts_match(db_url)
+    assert sum(counted.values()) == n_hosts

@@ -17,7 +17,7 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from lxml import etree
 
-from tests.factories import Host, payload_file
+from tests.factories import Host, assert_status_counts_match, payload_file
 
 OLD, NEW = "3815.2.0", "4152.2.3"
 
@@ -40,7 +40,7 @@ async def _instance(http: aiohttp.ClientSession, base: str, token: str, machine_
 
 
 async def test_host_updates_end_to_end(
-    server: str, admin_token: str, tmp_path: Path, signing_key: RSAPrivateKey
+    server: str, admin_token: str, tmp_path: Path, signing_key: RSAPrivateKey, db_url: str
 ) -> None:
     auth = {"Authorization": f"Bearer {admin_token}"}
     main = payload_file(tmp_path / "up", "flatcar_production_update.gz", signing_key, size=300_000)
@@ -125,3 +125,5 @@ async def test_host_updates_end_to_end(
         assert state["granted_version"] == NEW
         assert state["boot_id"] == "7b2e7e0e-5f0a-4c59-9d7e-1f2a3b4c5d6e"
         assert state["alias"] == "web-1"
+    counted = await assert_status_counts_match(db_url)
+    assert counted == {("9a2deb70-37be-4026-853f-bfdd6b347bbe", "complete"): 1}

@@ -78,3 +78,36 @@ async def test_database_refuses_bad_file_rows(engine: AsyncEngine, bad: dict[str
                     files=[PackageFile(**row)],
                 )
             )
+
+
+async def test_status_counts_backfilled_by_their_migration(engine: AsyncEngine) -> None:
+    """Upgrading a database that already has hosts fills the counts from them: catches a
+    migration that creates the table empty (every count would be off forever after)."""
+    from datetime import UTC, datetime
+
+    from nebula.store.models import Instance, InstanceApp, StatusCount
+
+    now = datetime.now(UTC)
+    stable = "9a2deb70-37be-4026-853f-bfdd6b347bbe"
+    await db.downgrade(engine, "0004")
+    async with engine.begin() as conn:
+        for i, status in enumerate(["idle", "idle", "granted"]):
+            mid = f"{i:032x}"
+            await conn.execute(
+                Instance.__table__.insert().values(id=mid, created_at=now, last_seen_at=now)
+            )
+            await conn.execute(
+                InstanceApp.__table__.insert().values(
+                    instance_id=mid,
+                    app_id="e96281a6-d1af-4bde-9a0a-97b76e56dc57",
+                    group_id=stable,
+                    status=status,
+                    status_changed_at=now,
+                    created_at=now,
+                    held=False,
+                )
+            )
+    await db.upgrade(engine)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(StatusCount.status, StatusCount.count))).all()
+    assert sorted((s, int(n)) for s, n in rows) == [("granted", 1), ("idle", 2)]
