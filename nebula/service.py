@@ -343,6 +343,6 @@ async def _count_move(session: AsyncSession, before: counts.Key | None, state: I
     """Keep the per-group status counts in step with this host (only when it moved)."""
     after = (state.group_id, state.status)
     if before != after:
-        deltas: Counter[counts.Key] = Counter()
-        counts.move(deltas, before, after)
+        deltas: Counter[counts.ShardKey] = Counter()
+        counts.move(deltas, state.instance_id, before, after)
         await counts.apply(session, deltas)

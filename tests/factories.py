@@ -119,7 +119,9 @@ async def assert_status_counts_match(db_url: str) -> dict[tuple[str, str], int]:
                 (g, s): int(n)
                 for g, s, n in (
                     await conn.execute(
-                        select(StatusCount.group_id, StatusCount.status, StatusCount.count)
+                        select(
+                            StatusCount.group_id, StatusCount.status, func.sum(StatusCount.count)
+                        ).group_by(StatusCount.group_id, StatusCount.status)
                     )
                 ).all()
                 if n

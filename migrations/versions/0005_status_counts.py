@@ -24,6 +24,7 @@ def upgrade() -> None:
         "status_counts",
         sa.Column("group_id", sa.String(length=36), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("shard", sa.Integer(), nullable=False),
         sa.Column("count", sa.BigInteger(), nullable=False),
         sa.ForeignKeyConstraint(
             ["group_id"],
@@ -31,11 +32,11 @@ def upgrade() -> None:
             name=op.f("fk_status_counts_group_id_groups"),
             ondelete="CASCADE",
         ),
-        sa.PrimaryKeyConstraint("group_id", "status", name=op.f("pk_status_counts")),
+        sa.PrimaryKeyConstraint("group_id", "status", "shard", name=op.f("pk_status_counts")),
     )
     op.execute(
-        "INSERT INTO status_counts (group_id, status, count) "
-        "SELECT group_id, status, count(*) FROM instance_apps "
+        "INSERT INTO status_counts (group_id, status, shard, count) "
+        "SELECT group_id, status, 0, count(*) FROM instance_apps "
         "WHERE group_id IS NOT NULL GROUP BY group_id, status"
     )
 

@@ -8,38 +8,49 @@ count rows are always the last rows a transaction locks). Query functions never 
 
 from __future__ import annotations
 
+import zlib
 from collections import Counter
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nebula.store.models import Group, StatusCount
 
 Key = tuple[str | None, str]  # (group id, status)
+ShardKey = tuple[str | None, str, int]
+SHARDS = 8
 
 
-def move(deltas: Counter[Key], before: Key | None, after: Key | None) -> None:
+def shard_of(machine_id: str) -> int:
+    """A host's shard: stable, so its decrement and increment land on the same row."""
+    return zlib.crc32(machine_id.encode()) % SHARDS
+
+
+def move(deltas: Counter[ShardKey], machine_id: str, before: Key | None, after: Key | None) -> None:
     """Record that one host went from `before` to `after` (None: it did not exist)."""
     if before == after:
         return
+    shard = shard_of(machine_id)
     if before is not None:
-        deltas[before] -= 1
+        deltas[(*before, shard)] -= 1
     if after is not None:
-        deltas[after] += 1
+        deltas[(*after, shard)] += 1
 
 
-async def apply(session: AsyncSession, deltas: Counter[Key]) -> None:
+async def apply(session: AsyncSession, deltas: Counter[ShardKey]) -> None:
     changes = sorted((k, d) for k, d in deltas.items() if d != 0 and k[0] is not None)
     if not changes:
         return
     insert: Any = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
-    for (group_id, status), delta in changes:
-        stmt = insert(StatusCount).values(group_id=group_id, status=status, count=delta)
+    for (group_id, status, shard), delta in changes:
+        stmt = insert(StatusCount).values(
+            group_id=group_id, status=status, shard=shard, count=delta
+        )
         await session.execute(
             stmt.on_conflict_do_update(
-                index_elements=["group_id", "status"],
+                index_elements=["group_id", "status", "shard"],
                 set_={"count": StatusCount.count + stmt.excluded.count},
             )
         )
@@ -47,16 +58,22 @@ async def apply(session: AsyncSession, deltas: Counter[Key]) -> None:
 
 async def counts_by_group(session: AsyncSession) -> list[tuple[str, str, str, int]]:
     """(group name, arch, status, hosts) for every non-zero count."""
+    total = func.sum(StatusCount.count)
     stmt = (
-        select(Group.name, Group.arch, StatusCount.status, StatusCount.count)
+        select(Group.name, Group.arch, StatusCount.status, total)
         .join(Group, Group.id == StatusCount.group_id)
-        .where(StatusCount.count != 0)
+        .group_by(Group.name, Group.arch, StatusCount.status)
+        .having(total != 0)
     )
     return [(g, a, s, int(n)) for g, a, s, n in (await session.execute(stmt)).all()]
 
 
 async def counts_of_group(session: AsyncSession, group_id: str) -> dict[str, int]:
-    stmt = select(StatusCount.status, StatusCount.count).where(
-        StatusCount.group_id == group_id, StatusCount.count != 0
+    total = func.sum(StatusCount.count)
+    stmt = (
+        select(StatusCount.status, total)
+        .where(StatusCount.group_id == group_id)
+        .group_by(StatusCount.status)
+        .having(total != 0)
     )
     return {s: int(n) for s, n in (await session.execute(stmt)).all()}

@@ -377,7 +377,11 @@ class Failure(Base):
 
 class StatusCount(Base):
     """How many hosts of a group are in each status, kept up to date in the same transaction as
-    every status change, so that /metrics and dashboards never scan the hosts."""
+    every status change, so that /metrics and dashboards never scan the hosts.
+
+    Each (group, status) is spread over a few shard rows, picked by the host's machine id, and
+    read as their sum: thousands of new hosts checking in at once would otherwise all queue on
+    one row lock."""
 
     __tablename__ = "status_counts"
 
@@ -385,4 +389,5 @@ class StatusCount(Base):
         ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True
     )
     status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True, default=0)
     count: Mapped[int] = mapped_column(BigInteger, default=0)

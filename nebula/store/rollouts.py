@@ -288,9 +288,9 @@ async def mark_timeouts(session: AsyncSession, now: datetime) -> list[tuple[str,
         ).all()
         if not hosts:
             continue
-        deltas: Counter[counts.Key] = Counter()
+        deltas: Counter[counts.ShardKey] = Counter()
         for machine_id, version, status in hosts:
-            counts.move(deltas, (group_id, status), (group_id, "timed_out"))
+            counts.move(deltas, machine_id, (group_id, status), (group_id, "timed_out"))
             if version is not None:
                 await record_failure(session, group_id, version, machine_id, "timed_out", None, now)
         found = sorted({v for _, v, _ in hosts if v is not None})
