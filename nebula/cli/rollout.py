@@ -205,22 +205,6 @@ def rollout_status(
         click.echo(f"  next window  {s['next_window_opens']}")
 
 
-def _pause_resume(
-    action: str,
-    url: str | None,
-    token: str | None,
-    as_json: bool,
-    group: str,
-    arch: str | None,
-    reason: str | None,
-) -> None:
-    params = {"arch": arch} if arch else None
-    body = ApiClient(url, token).call(
-        "POST", f"{_group_path(group)}/{action}", json={"reason": reason or ""}, params=params
-    )
-    emit_json(body) if as_json else _print_policy(body)
-
-
 def _pause_resume_command(action: str, doc: str) -> None:
     @rollout_group.command(action, help=doc)
     @api_options
@@ -236,7 +220,11 @@ def _pause_resume_command(action: str, doc: str) -> None:
         arch: str | None,
         reason: str | None,
     ) -> None:
-        _pause_resume(action, url, token, as_json, group, arch, reason)
+        params = {"arch": arch} if arch else None
+        body = ApiClient(url, token).call(
+            "POST", f"{_group_path(group)}/{action}", json={"reason": reason or ""}, params=params
+        )
+        emit_json(body) if as_json else _print_policy(body)
 
 
 _pause_resume_command("pause", "Stop granting updates in GROUP (hosts already updating finish).")
