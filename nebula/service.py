@@ -214,9 +214,11 @@ class OmahaService:
             await _count_move(session, before, state)
             return _AppOutcome(self._answer(app, None), group=group)
         state.last_check_at = now
-        if lifecycle.completes(state.status, state.granted_version, app.version):
+        granted = state.granted_version
+        if granted is not None and lifecycle.completes(state.status, granted, app.version):
             _set_status(state, "complete", now)
             state.completed_at = now
+            await rollouts.record_completion(session, group.id, granted, app.machine_id, now)
         host = HostState(
             app.version, state.status, state.granted_version, state.held, app.machine_id
         )

@@ -595,6 +595,27 @@ async def test_floors_count_against_the_limits(
     assert await hold_reason(engine, blocked) == "concurrency"
 
 
+async def test_safe_mode_remembers_a_floor_completed_by_a_host_that_moved_on(
+    client: Client, admin_token: str, release: str, engine: AsyncEngine
+) -> None:
+    """Safe mode with a floor: host A completes the floor and is granted the target. The floor's
+    canary has passed, so B takes the floor without being a canary, and B failing is an ordinary
+    failure, not "the first host to update failed". Catches completions counted from hosts'
+    current state (A's grant of the target erases its completion of the floor: B would become
+    the floor's second canary and its failure would pause the group)."""
+    await add_version(client, admin_token, MID)
+    await post(client, admin_token, "/api/v1/channels/stable/floors", arch="amd64", version=MID)
+    await set_policy(client, admin_token, safe_mode=True)
+    a, b, c = hosts(3)
+    assert await check(client, a) == MID
+    assert await complete(client, a, MID) == NEW  # on to the target, as the target's canary
+    assert await check(client, b) == MID  # the floor is through its canary: B may take it
+    assert await check(client, c) == MID  # ... and so may C, while B updates
+    await omaha(client, b.event(3, 0, ERROR_HASH))
+    policy = await get_policy(client, admin_token)
+    assert policy["updates_enabled"] is True, policy["paused_reason"]
+
+
 # -- pin and downgrade -----------------------------------------------------------------------------
 
 

@@ -391,3 +391,18 @@ class StatusCount(Base):
     status: Mapped[str] = mapped_column(String(16), primary_key=True)
     shard: Mapped[int] = mapped_column(Integer, primary_key=True, default=0)
     count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Completion(Base):
+    """A host that completed an update to a version in a group, kept whatever the host does
+    next: safe mode's canary has passed once one host completed the version, even when that
+    host has since moved on to the next floor or the target."""
+
+    __tablename__ = "completions"
+    __table_args__ = (UniqueConstraint("group_id", "version", "instance_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    group_id: Mapped[str] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"))
+    version: Mapped[str] = mapped_column(String(64))
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
+    completed_at: Mapped[datetime]

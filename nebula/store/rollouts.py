@@ -24,7 +24,7 @@ from nebula.errors import InvalidInputError
 from nebula.lifecycle import FAILED, IN_PROGRESS
 from nebula.policy import GroupPolicy, RolloutStats, failure_gate
 from nebula.store import counts
-from nebula.store.models import Activity, Failure, Grant, Group, InstanceApp
+from nebula.store.models import Activity, Completion, Failure, Grant, Group, InstanceApp
 from nebula.versions import try_parse_version
 from nebula.windows import Window, WindowError, window_from_json
 
@@ -108,7 +108,7 @@ async def rollout_stats(
         in_flight = await _count(session, base.where(_in_flight(policy, now)))
     if policy.safe_mode:
         on_target = base.where(InstanceApp.granted_version == target)
-        target_completed = await _count(session, on_target.where(InstanceApp.status == "complete"))
+        target_completed = await _count(session, _completed_query(group_id, target))
         # Not cut off at the update timeout, unlike a concurrency slot: a canary past it has
         # failed, and nobody else may take the version before the sweeper marks it timed out
         # and the failure gate pauses the group for it.
@@ -116,6 +116,29 @@ async def rollout_stats(
             session, on_target.where(InstanceApp.status.in_(IN_PROGRESS))
         )
     return RolloutStats(grants, in_flight, target_completed, target_in_flight)
+
+
+def _completed_query(group_id: str, version: str) -> Any:
+    """Hosts that completed `version` in the group, ever (from the durable record: a host that
+    completed a floor and was then granted the target still completed the floor)."""
+    return (
+        select(func.count())
+        .select_from(Completion)
+        .where(Completion.group_id == group_id, Completion.version == version)
+    )
+
+
+async def record_completion(
+    session: AsyncSession, group_id: str, version: str, machine_id: str, now: datetime
+) -> None:
+    """Remember that this host completed `version` in this group (once: a repeat is a no-op)."""
+    insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+    stmt = insert(Completion).values(
+        group_id=group_id, version=version, instance_id=machine_id, completed_at=now
+    )
+    await session.execute(
+        stmt.on_conflict_do_nothing(index_elements=["group_id", "version", "instance_id"])
+    )
 
 
 def record_grant(
@@ -223,19 +246,10 @@ async def target_counts(
     if since is not None:
         failed_q = failed_q.where(Failure.last_at >= since)
         attempted_q = attempted_q.where(Grant.granted_at >= since)
-    completed_q = (
-        select(func.count())
-        .select_from(InstanceApp)
-        .where(
-            InstanceApp.group_id == group_id,
-            InstanceApp.granted_version == version,
-            InstanceApp.status == "complete",
-        )
-    )
     return TargetCounts(
         failed=await _count(session, failed_q),
         attempted=await _count(session, attempted_q),
-        completed=await _count(session, completed_q),
+        completed=await _count(session, _completed_query(group_id, version)),
     )
 
 

@@ -115,3 +115,44 @@ async def test_status_counts_backfilled_by_their_migration(engine: AsyncEngine) 
             )
         ).all()
     assert sorted((s, int(n)) for s, n in rows) == [("granted", 1), ("idle", 2)]
+
+
+async def test_completions_backfilled_by_their_migration(engine: AsyncEngine) -> None:
+    """Upgrading a database whose hosts completed updates before completions were recorded
+    keeps those completions: catches a migration that creates the table empty (a group in safe
+    mode would take its next host for the canary of a version that had long passed)."""
+    from datetime import UTC, datetime
+
+    from nebula.store.models import Completion, Instance, InstanceApp
+
+    now = datetime.now(UTC)
+    stable = "9a2deb70-37be-4026-853f-bfdd6b347bbe"
+    await db.downgrade(engine, "0005")
+    async with engine.begin() as conn:
+        for i, (status, granted) in enumerate(
+            [("complete", "4152.2.3"), ("granted", "4152.2.3"), ("complete", None)]
+        ):
+            mid = f"{i:032x}"
+            await conn.execute(
+                Instance.__table__.insert().values(id=mid, created_at=now, last_seen_at=now)
+            )
+            await conn.execute(
+                InstanceApp.__table__.insert().values(
+                    instance_id=mid,
+                    app_id="e96281a6-d1af-4bde-9a0a-97b76e56dc57",
+                    group_id=stable,
+                    status=status,
+                    granted_version=granted,
+                    status_changed_at=now,
+                    created_at=now,
+                    held=False,
+                )
+            )
+    await db.upgrade(engine)
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(Completion.group_id, Completion.version, Completion.instance_id)
+            )
+        ).all()
+    assert rows == [(stable, "4152.2.3", f"{0:032x}")]
