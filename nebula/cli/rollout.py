@@ -97,7 +97,8 @@ ON_OFF = click.Choice(["on", "off"])
 @click.option(
     "--pause-on-failures",
     multiple=True,
-    help="Pause the group at N failed hosts or P%% of attempts; repeat for both; 'none' for never",
+    help="Pause the group at N failed hosts or P%% of attempts; repeat for both; 'none' for "
+    "never (options are applied in order: 'none' then '5' keeps only 5 hosts)",
 )
 @click.option(
     "--window",
@@ -139,25 +140,17 @@ def policy_set(
         patch["percentage"] = opts["percentage"]
     if opts["pin"] is not None:
         patch["pin_version"] = None if opts["pin"].lower() == "none" else opts["pin"]
-    floors, removed = opts["floors"], opts["removed_floors"]
-    if not patch and not floors and not removed:
+    if opts["floors"]:
+        patch["add_floors"] = list(opts["floors"])
+    if opts["removed_floors"]:
+        patch["remove_floors"] = list(opts["removed_floors"])
+    if not patch:
         raise click.UsageError("nothing to change: give at least one option (see --help)")
+    # One call, one transaction on the server: a refused part (a floor without a package, say)
+    # leaves everything as it was.
     params = {"arch": arch} if arch else None
-    body = None
-    if patch:
-        body = client.call("PATCH", f"{_group_path(group)}/policy", json=patch, params=params)
-    if floors or removed:
-        info = client.get(_group_path(group), {"arch": arch})
-        if not info.get("channel"):
-            raise click.ClickException(f"group {group} follows no channel: floors need one")
-        channel = f"/api/v1/channels/{info['channel']}/floors"
-        for version in floors:
-            client.send("POST", channel, {"arch": info["arch"], "version": version})
-        for version in removed:
-            client.call("DELETE", f"{channel}/{version}", params={"arch": info["arch"]})
-        body = client.get(f"{_group_path(group)}/policy", {"arch": arch})
-    if body is not None:
-        emit_json(body) if as_json else _print_policy(body)
+    body = client.call("PATCH", f"{_group_path(group)}/policy", json=patch, params=params)
+    emit_json(body) if as_json else _print_policy(body)
 
 
 @click.group("rollout")
@@ -224,7 +217,11 @@ def _pause_resume_command(action: str, doc: str) -> None:
         body = ApiClient(url, token).call(
             "POST", f"{_group_path(group)}/{action}", json={"reason": reason or ""}, params=params
         )
-        emit_json(body) if as_json else _print_policy(body)
+        if as_json:
+            return emit_json(body)
+        if not body.get("changed", True):
+            click.echo(f"nothing changed: {body['message']} (your request is in the activity log)")
+        _print_policy(body)
 
 
 _pause_resume_command("pause", "Stop granting updates in GROUP (hosts already updating finish).")

@@ -5,6 +5,7 @@ holds and channel floors. Every change is logged in the activity log with who ma
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -70,16 +71,20 @@ def _percent(value: Any, name: str) -> float:
 
 
 def _failure_limits(value: Any) -> dict[str, Any]:
-    """'pause_on_failures': a list of "N" (hosts) and/or "P%" (of attempts), or null for none."""
-    out: dict[str, Any] = {"pause_on_failed_hosts": None, "pause_on_failed_percent": None}
-    items = [] if value is None or value == "none" else value
+    """'pause_on_failures': a list of "N" (hosts), "P%" (of attempts) and "none" (neither),
+    applied in order; only the kinds it names change, so ["2"] keeps a "10%" rule, and
+    ["none", "2"] leaves only the rule of 2 hosts. null (or "none") lifts both."""
+    out: dict[str, Any] = {}
+    items = ["none"] if value is None else value
     if isinstance(items, str | int):
         items = [items]
     if not isinstance(items, list):
         raise InvalidInputError('pause_on_failures must be a list like ["3", "10%"]')
     for item in items:
         text = str(item).strip()
-        if text.endswith("%"):
+        if text == "none":
+            out.update(pause_on_failed_hosts=None, pause_on_failed_percent=None)
+        elif text.endswith("%"):
             try:
                 out["pause_on_failed_percent"] = _percent(float(text[:-1]), "pause_on_failures")
             except ValueError:
@@ -91,6 +96,31 @@ def _failure_limits(value: Any) -> dict[str, Any]:
         else:
             raise InvalidInputError(f"pause_on_failures: {text!r} is neither N hosts nor P%")
     return out
+
+
+def _versions(value: Any, name: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidInputError(f'{name} must be a list of versions like ["4081.2.0"]')
+    return [check_version(v, name) for v in value]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyChange:
+    """A validated PATCH of a group's policy: column values, and floors of its channel to add
+    and remove (in the same transaction: one command is all of it or nothing)."""
+
+    columns: dict[str, Any]
+    add_floors: tuple[str, ...] = ()
+    remove_floors: tuple[str, ...] = ()
+
+
+def parse_change(data: dict[str, Any]) -> PolicyChange:
+    data = dict(data)
+    add = _versions(data.pop("add_floors", []), "add_floors")
+    remove = _versions(data.pop("remove_floors", []), "remove_floors")
+    if both := set(add) & set(remove):
+        raise InvalidInputError(f"both added and removed as a floor: {', '.join(sorted(both))}")
+    return PolicyChange(parse_policy(data), tuple(add), tuple(remove))
 
 
 def parse_policy(data: dict[str, Any]) -> dict[str, Any]:
@@ -169,34 +199,53 @@ async def _floors(session: Any, group: Group) -> list[str]:
     return await group_store.channel_floors(session, group.channel_id)
 
 
+async def _policy_answer(session: Any, group: Group, **extra: Any) -> dict[str, Any]:
+    """What every policy route answers: the group's policy with its channel's floors."""
+    await session.flush()  # floors added or removed in this transaction are read back
+    body = policy_json(group)
+    body["floors"] = await _floors(session, group)
+    return {"group": group.name, "arch": group.arch, "policy": body, **extra}
+
+
 @routes.get("/api/v1/groups/{ref}/policy")
 async def show_policy(request: web.Request) -> web.Response:
     async with transaction(request.app[READ_SESSIONS]) as session:
         group = await _group(session, request)
-        body = policy_json(group)
-        body["floors"] = await _floors(session, group)
-        return web.json_response({"group": group.name, "arch": group.arch, "policy": body})
+        return web.json_response(await _policy_answer(session, group))
 
 
 @routes.patch("/api/v1/groups/{ref}/policy")
 async def set_policy(request: web.Request) -> web.Response:
-    changes = parse_policy(await json_body(request))
+    """Policy columns and the channel's floors, in one transaction: a floor that has no package
+    refuses the whole change, so nothing is half applied."""
+    wanted = parse_change(await json_body(request))
     now = request.app[CLOCK]()
 
     async def work(session: Any) -> dict[str, Any]:
         group = await _group(session, request, lock=True)
-        pin = changes.get("pin_version")
+        pin = wanted.columns.get("pin_version")
         if pin and await find_package(session, group.app_id, group.arch, pin) is None:
             raise NotFoundError(f"no {group.arch} package of version {pin} to pin to")
-        diff = rollouts.change_policy(session, group, changes, actor(request), now)
-        body = policy_json(group)
-        body["floors"] = await _floors(session, group)
-        return {"group": group.name, "arch": group.arch, "policy": body, "changed": sorted(diff)}
+        diff = rollouts.change_policy(session, group, wanted.columns, actor(request), now)
+        changed = sorted(diff)
+        if wanted.add_floors or wanted.remove_floors:
+            if group.channel_id is None:
+                raise InvalidInputError(f"group {group.name} follows no channel: floors need one")
+            channel = await session.get(Channel, group.channel_id)
+            for version in wanted.add_floors:
+                await _change_floor_in(session, request, channel, version, True, now)
+            for version in wanted.remove_floors:
+                await _change_floor_in(session, request, channel, version, False, now)
+            changed.append("floors")
+        return await _policy_answer(session, group, changed=changed)
 
     return web.json_response(await change(request, work))
 
 
 async def _pause_or_resume(request: web.Request, paused: bool) -> web.Response:
+    """Pause or resume, with the reason in the activity log. Pausing a paused group (or resuming
+    a running one) changes nothing, but the reason given is still logged and the answer says
+    so (`changed` false, `message`): an operator's words are never dropped silently."""
     data = await json_body(request)
     reason = data.get("reason") or ""
     if not isinstance(reason, str):
@@ -205,11 +254,25 @@ async def _pause_or_resume(request: web.Request, paused: bool) -> web.Response:
 
     async def work(session: Any) -> dict[str, Any]:
         group = await _group(session, request, lock=True)
-        if paused and group.updates_enabled:
-            rollouts.pause(group, session, now, actor(request), reason or "paused by operator")
-        elif not paused and not group.updates_enabled:
-            rollouts.resume(group, session, now, actor(request), reason)
-        return {"group": group.name, "arch": group.arch, "policy": policy_json(group)}
+        who = actor(request)
+        if paused == group.updates_enabled:
+            if paused:
+                rollouts.pause(group, session, now, who, reason or "paused by operator")
+            else:
+                rollouts.resume(group, session, now, who, reason)
+            return await _policy_answer(session, group, changed=True)
+        if paused:
+            since = iso(group.paused_at) or "unknown"
+            message = (
+                f"already paused by {group.paused_by or 'unknown'} since {since}: "
+                f"{group.paused_reason or 'no reason given'}"
+            )
+        else:
+            message = "not paused: updates were already on"
+        action = "pause" if paused else "resume"
+        note = f"{message}; {action} asked again" + (f": {reason}" if reason else "")
+        rollouts.log_activity(session, now, who, action, note, group.id, unchanged=True)
+        return await _policy_answer(session, group, changed=False, message=message)
 
     return web.json_response(await change(request, work))
 
@@ -352,21 +415,28 @@ async def _log_floor_change(
         rollouts.log_activity(session, now, actor(request), "floor", message, group_id)
 
 
+async def _change_floor_in(
+    session: Any, request: web.Request, channel: Channel, version: str, adding: bool, now: datetime
+) -> None:
+    """Mark or unmark `version` as a floor of `channel`, logged for the groups following it."""
+    if adding:
+        await group_store.add_floor(session, channel, version, actor(request), now)
+    else:
+        await group_store.remove_floor(session, channel, version)
+    what = "a floor" if adding else "no longer a floor"
+    message = f"{version} is {what} of {channel.name} ({channel.arch})"
+    await _log_floor_change(session, request, channel, message, now)
+
+
 async def _change_floor(
     request: web.Request, version: str, arch: Any, adding: bool
 ) -> web.Response:
-    """Mark or unmark `version` as a floor of the channel in the URL, logged for its groups."""
+    """Mark or unmark `version` as a floor of the channel in the URL."""
     now = request.app[CLOCK]()
 
     async def work(session: Any) -> dict[str, Any]:
         channel = await _channel(session, request, arch)
-        if adding:
-            await group_store.add_floor(session, channel, version, actor(request), now)
-        else:
-            await group_store.remove_floor(session, channel, version)
-        what = "a floor" if adding else "no longer a floor"
-        message = f"{version} is {what} of {channel.name} ({channel.arch})"
-        await _log_floor_change(session, request, channel, message, now)
+        await _change_floor_in(session, request, channel, version, adding, now)
         await session.flush()
         return {
             "channel": channel.name,

@@ -233,6 +233,10 @@ async def test_policy_set_refusals(server: str, admin_token: str, env: dict[str,
     fails(await nebula([*base, "--pin", "9999.0.0"], **env), 1, "404", "9999.0.0")
     fails(await nebula([*base, "--floor", "9999.0.0"], **env), 1, "404", "9999.0.0")
     fails(await nebula([*base, "--period", "1x", "--floor", FLOOR], **env), 1, "400", "1x")
+    # The README's example on a server without the floor's package: all of it or nothing.
+    readme = ["--max-updates-per-period", "50", "--period", "1h", "--percentage", "25"]
+    fails(await nebula([*base, *readme, "--floor", "9999.0.0"], **env), 1, "404", "9999.0.0")
+    fails(await nebula([*base, *readme, "--remove-floor", FLOOR], **env), 1, "404", FLOOR)
     fails(await nebula(["policy", "set", "stable", "--max-concurrent", "3"], **env), 1, "--arch")
     fails(await nebula(["policy", "show", "nightly"], **env), 1, "404", "nightly")
     status, body = await api(server, admin_token, "GET", f"{STABLE}/policy?arch=amd64")
@@ -243,8 +247,58 @@ async def test_policy_set_refusals(server: str, admin_token: str, env: dict[str,
         [],
         [],
     )
+    assert (policy["max_updates_per_period"], policy["percentage"]) == (None, 100.0)
     status, body = await api(server, admin_token, "GET", f"{STABLE}/activity?arch=amd64")
     assert (status, body["activity"]) == (200, [])
+
+
+async def test_every_policy_answer_shows_the_floors_and_keeps_what_was_not_given(
+    server: str, admin_token: str, env: dict[str, str]
+) -> None:
+    """Catches answers that omit the floors (policy set without --floor, pause and resume
+    printed "floors none" while one existed), a --pause-on-failures N that clears the P% rule
+    given earlier, and a pause of a paused group that drops the new reason without a word."""
+    base = ["--arch", "amd64"]
+    ok(await nebula(["policy", "set", "stable", *base, "--floor", FLOOR], **env))
+    ok(await nebula(["policy", "set", "stable", *base, "--pause-on-failures", "10%"], **env))
+    out = ok(await nebula(["policy", "set", "stable", *base, "--pause-on-failures", "2"], **env))
+    assert rows(out)["floors"] == FLOOR
+    assert rows(out)["pause on failures"] == "2 hosts or 10%"
+    out = ok(
+        await nebula(
+            [
+                "policy",
+                "set",
+                "stable",
+                *base,
+                "--pause-on-failures",
+                "none",
+                "--pause-on-failures",
+                "3",
+            ],
+            **env,
+        )
+    )
+    assert rows(out)["pause on failures"] == "3 hosts"
+
+    out = ok(await nebula(["rollout", "pause", "stable", *base, "--reason", "first"], **env))
+    assert rows(out)["floors"] == FLOOR
+    out = ok(await nebula(["rollout", "pause", "stable", *base, "--reason", "second"], **env))
+    assert out.splitlines()[0].startswith("nothing changed: already paused by ops since ")
+    assert "first" in out.splitlines()[0]
+    assert out.splitlines()[1] == "group stable (amd64): updates PAUSED (first, by ops)"
+    assert rows(out)["floors"] == FLOOR
+    out = ok(await nebula(["rollout", "resume", "stable", *base, "--reason", "ok now"], **env))
+    assert rows(out)["floors"] == FLOOR
+    out = ok(await nebula(["rollout", "resume", "stable", *base, "--reason", "twice"], **env))
+    assert out.splitlines()[0].startswith("nothing changed: not paused")
+
+    status, body = await api(server, admin_token, "GET", f"{STABLE}/activity?arch=amd64")
+    assert status == 200
+    logged = [(a["action"], a["message"]) for a in body["activity"]]
+    assert logged[0] == ("resume", "not paused: updates were already on; resume asked again: twice")
+    assert logged[2][0] == "pause" and logged[2][1].endswith("; pause asked again: second")
+    assert body["activity"][2]["detail"] == {"unchanged": True}
 
 
 # -- rollout ---------------------------------------------------------------------------------------

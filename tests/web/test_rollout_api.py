@@ -222,6 +222,10 @@ BAD_POLICIES: list[tuple[Any, str]] = [
     # One bad field spoils the whole change: the good ones are not applied either.
     ({"max_concurrent": 3, "percentage": 120}, "percentage"),
     (["max_concurrent", 3], "JSON object"),
+    ({"add_floors": "4000.0.0"}, "add_floors must be a list"),
+    ({"remove_floors": [4000]}, "remove_floors must be a list"),
+    ({"add_floors": ["x.y"]}, "is not a version"),
+    ({"add_floors": ["4000.0.0"], "remove_floors": ["4000.0.0"]}, "both added and removed"),
 ]
 
 
@@ -250,6 +254,30 @@ async def test_pin_to_a_version_without_a_package_is_404(
     await add_version(client, admin_token, MID)
     body = await set_policy(client, admin_token, pin_version=MID)
     assert body["policy"]["pin_version"] == MID
+
+
+async def test_policy_and_floors_change_in_one_transaction(
+    client: Client, admin_token: str, release: str
+) -> None:
+    """A PATCH with limits and floors is applied whole or not at all. Catches the limits being
+    written before a floor without a package is refused (the README's example left the rate
+    and percentage changed behind an error), and floors that a PATCH adds but does not log."""
+    change = {"max_updates_per_period": 50, "period": "1h", "percentage": 25}
+    error = await expect_error(
+        await patch(client, admin_token, {**change, "add_floors": [MID]}), 404
+    )
+    assert MID in error
+    assert await get_policy(client, admin_token) == DEFAULTS
+    assert await activity(client, admin_token) == []
+
+    await add_version(client, admin_token, MID)
+    body = await set_policy(client, admin_token, **change, add_floors=[MID])
+    assert body["policy"]["floors"] == [MID] and body["policy"]["percentage"] == 25
+    assert "floors" in body["changed"]
+    actions = [a["action"] for a in await activity(client, admin_token)]
+    assert sorted(actions) == ["floor", "policy"]
+    body = await set_policy(client, admin_token, remove_floors=[MID], max_concurrent=2)
+    assert (body["policy"]["floors"], body["policy"]["max_concurrent"]) == ([], 2)
 
 
 async def test_patch_then_get(client: Client, admin_token: str, release: str) -> None:
@@ -315,21 +343,24 @@ async def test_patch_then_get(client: Client, admin_token: str, release: str) ->
     assert "max_concurrent none -> 3" in entry["message"]
 
     # A partial change; nulls lift limits; the same value again is no change and not logged.
+    # A failure limit of one kind leaves the other kind as it was.
     body = await set_policy(
         client, admin_token, max_concurrent=None, pause_on_failures=["3"], percentage=12.5
     )
-    assert body["changed"] == ["max_concurrent", "pause_on_failed_hosts", "pause_on_failed_percent"]
+    assert body["changed"] == ["max_concurrent", "pause_on_failed_hosts"]
     policy = await get_policy(client, admin_token)
-    assert policy == {
-        **expected,
-        "max_concurrent": None,
-        "pause_on_failed_hosts": 3,
-        "pause_on_failed_percent": None,
-    }
+    assert policy == {**expected, "max_concurrent": None, "pause_on_failed_hosts": 3}
     assert len(await activity(client, admin_token)) == 2
+    # "none" first clears both, so that only what follows it stays.
+    body = await set_policy(client, admin_token, pause_on_failures=["none", "20%"])
+    limits = (body["policy"]["pause_on_failed_hosts"], body["policy"]["pause_on_failed_percent"])
+    assert limits == (None, 20.0)
+    body = await set_policy(client, admin_token, pause_on_failures=["3", "10%"])
+    assert body["policy"] == {**expected, "max_concurrent": None, "pause_on_failed_hosts": 3}
+    assert len(await activity(client, admin_token)) == 4
     body = await set_policy(client, admin_token, max_concurrent=None)
     assert body["changed"] == []
-    assert len(await activity(client, admin_token)) == 2
+    assert len(await activity(client, admin_token)) == 4
 
     # Lifting the rate without its period is fine; lifting the period under a rate is not.
     error = await expect_error(await patch(client, admin_token, {"period": None}), 400)
@@ -414,12 +445,18 @@ async def test_pause_and_resume_record_reason_and_actor(
     assert policy["paused_at"] == paused_at.isoformat()
     assert await get_policy(client, admin_token) == {**policy, "floors": []}
 
-    # Pausing a paused group changes nothing (the first reason stays).
+    # Pausing a paused group changes nothing (the first reason stays), says so, and logs the
+    # second reason.
     clock.advance(minutes=5)
     resp = await client.post(
         f"{STABLE}/pause", params=AMD64, json={"reason": "again"}, headers=auth(admin_token)
     )
     assert resp.status == 200
+    answer = await resp.json()
+    assert answer["changed"] is False
+    assert answer["message"] == (
+        f"already paused by oncall since {paused_at.isoformat()}: kernel panic on db hosts"
+    )
     policy = await get_policy(client, admin_token)
     assert (policy["paused_reason"], policy["paused_by"]) == ("kernel panic on db hosts", "oncall")
 
@@ -435,7 +472,13 @@ async def test_pause_and_resume_record_reason_and_actor(
     assert policy["updates_enabled"] is True
     assert (policy["paused_reason"], policy["paused_by"], policy["paused_at"]) == (None,) * 3
 
-    resume, pause = await activity(client, admin_token)
+    resume, again, pause = await activity(client, admin_token)
+    assert (again["actor"], again["action"], again["detail"]) == (
+        "ops",
+        "pause",
+        {"unchanged": True},
+    )
+    assert again["message"].endswith("; pause asked again: again")
     assert (pause["actor"], pause["action"], pause["message"]) == (
         "oncall",
         "pause",
