@@ -16,6 +16,7 @@ Two steps, because the limits need the group's row locked (see nebula.service):
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import math
 from collections.abc import Sequence
@@ -120,14 +121,51 @@ def choose_target(
 
 
 _BELOW_100 = math.nextafter(100.0, 0.0)
+KEY_SPACE = 2**64
+
+
+def rollout_key(machine_id: str, target: str) -> int:
+    """A host's place in [0, 2**64) for `target`: the first 8 bytes of SHA-256 of the machine
+    id, a NUL and the version. Stable, so raising the percentage only adds hosts and a host
+    never flaps; different per version, so the same hosts are not always first."""
+    digest = hashlib.sha256(f"{machine_id}\x00{target}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def rollout_key_hex(machine_id: str, target: str) -> str:
+    """rollout_key as 16 lower-case hex digits: compared as text it orders as the number, which
+    is how SQL counts a group's hosts inside a percentage (nebula.store.rollouts)."""
+    return format(rollout_key(machine_id, target), "016x")
+
+
+def _bucket_of_key(key: int) -> float:
+    # The top 2**-54 of the 64-bit range rounds to 1.0 as a float: keep those below 100.
+    return min(key / KEY_SPACE * 100, _BELOW_100)
 
 
 def rollout_bucket(machine_id: str, target: str) -> float:
-    """Where a host falls in [0, 100) for `target`: stable, so raising the percentage only adds
-    hosts and a host never flaps; different per version, so the same hosts are not always first."""
-    digest = hashlib.sha256(f"{machine_id}\x00{target}".encode()).digest()
-    # The top 2**-54 of the 64-bit range rounds to 1.0 as a float: keep those below 100.
-    return min(int.from_bytes(digest[:8], "big") / 2**64 * 100, _BELOW_100)
+    """Where a host falls in [0, 100) for `target` (rollout_key scaled)."""
+    return _bucket_of_key(rollout_key(machine_id, target))
+
+
+@functools.lru_cache(maxsize=256)
+def rollout_threshold(percentage: float) -> int:
+    """The first key outside `percentage`: a host is inside iff its key is below it. Found by
+    bisection on the bucket itself (monotonic in the key), so that "key < threshold" and
+    "bucket < percentage" agree on every host, even at a bucket's exact float value."""
+    low, high = 0, KEY_SPACE  # the answer lies in [low, high]
+    while low < high:
+        mid = (low + high) // 2
+        if _bucket_of_key(mid) >= percentage:
+            high = mid
+        else:
+            low = mid + 1
+    return low
+
+
+def in_rollout(machine_id: str, target: str, percentage: float) -> bool:
+    """Whether a host is among the staged `percentage` of hosts for `target`."""
+    return percentage >= 100 or rollout_key(machine_id, target) < rollout_threshold(percentage)
 
 
 def screen(
@@ -165,10 +203,7 @@ def screen(
     if not is_open(policy.windows, now):
         return Decision(Verdict.HOLD, HoldReason.OUTSIDE_WINDOW, target)
     bucket_version = rollout_version or target
-    if (
-        policy.percentage < 100
-        and rollout_bucket(host.machine_id, bucket_version) >= policy.percentage
-    ):
+    if not in_rollout(host.machine_id, bucket_version, policy.percentage):
         return Decision(Verdict.HOLD, HoldReason.PERCENTAGE, target)
     return None
 

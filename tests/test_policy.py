@@ -6,6 +6,7 @@ Pure: no database. Each row names the wrong implementation it catches in its com
 from __future__ import annotations
 
 import hashlib
+import math
 from datetime import UTC, datetime
 
 import pytest
@@ -375,6 +376,21 @@ def test_percentage_never_holds_a_host_out_of_its_update() -> None:
     # Lowering the percentage mid-rollout does not strand a host that holds a grant.
     host = HostState(OLD, "downloaded", TARGET, machine_id=HIGH)
     assert decide(host, GroupPolicy(percentage=0), TARGET, NOW, RolloutStats()) == grant(True)
+
+
+@pytest.mark.parametrize("machine_id", [LOW, MID, HIGH, *(f"m{i}" for i in range(50))])
+def test_threshold_agrees_with_the_bucket(machine_id: str) -> None:
+    # SQL counts a group's hosts inside the percentage by comparing the hex key with the
+    # threshold (nebula.store.rollouts): it must say what the bucket says for every host, at
+    # its own bucket (out) and just above it (in), and the hex must order as the number.
+    from nebula.policy import in_rollout, rollout_key, rollout_key_hex, rollout_threshold
+
+    bucket = rollout_bucket(machine_id, TARGET)
+    for pct in (bucket, math.nextafter(bucket, 101.0), 50.0):
+        inside = rollout_key_hex(machine_id, TARGET) < format(rollout_threshold(pct), "016x")
+        assert inside == in_rollout(machine_id, TARGET, pct) == (bucket < pct)
+    assert int(rollout_key_hex(machine_id, TARGET), 16) == rollout_key(machine_id, TARGET)
+    assert (rollout_threshold(0.0), rollout_threshold(100.0)) == (0, 2**64)
 
 
 def test_bucket_stays_below_100(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -175,7 +175,11 @@ def rollout_status(
     if as_json:
         return emit_json(s)
     h = s["hosts"]
-    state = "running" if s["updates_enabled"] else f"PAUSED: {s['paused_reason']}"
+    state = {
+        "paused": f"PAUSED: {s['paused_reason']}",
+        "done": "done" + (" (for the policy in force)" if h["remaining"] else ""),
+        "no_target": "no target",
+    }.get(s["state"], s["state"])
     click.echo(f"group {s['group']} ({s['arch']}) -> {s['target'] or 'no target'}: {state}")
     if s["floors"]:
         click.echo(f"  floors       {', '.join(s['floors'])}")
@@ -187,13 +191,16 @@ def rollout_status(
     held = ", ".join(f"{k} {v}" for k, v in sorted(h["held"].items())) or "none"
     click.echo(f"  held         {held}")
     click.echo(f"  not yet eligible {h['not_yet_eligible']}")
-    click.echo(f"  remaining    {h['remaining']}")
+    click.echo(f"  remaining    {h['remaining']} ({h['to_update']} to update under this policy)")
     rate = s["rate_per_hour"]
     click.echo(
         f"  pace         {s['grants_last_hour']} grants in the last hour"
         + (f"; assuming {rate:g}/h" if rate else "")
     )
-    click.echo(f"  finishes in  {_eta(s['eta_seconds'])} (if windows and limits allow)")
+    if s["state"] == "done":
+        click.echo("  finishes in  done")
+    else:
+        click.echo(f"  finishes in  {_eta(s['eta_seconds'])} (if windows and limits allow)")
     if s["next_window_opens"]:
         click.echo(f"  next window  {s['next_window_opens']}")
 

@@ -1,10 +1,12 @@
 """Engine and session set-up, and schema migration, for SQLite (aiosqlite) and PostgreSQL (asyncpg).
 
-Imports only nebula.store.models and nebula.errors. `postgresql://` and `sqlite:///` URLs are
-accepted as written and given their async driver. SQLite runs in WAL mode with foreign keys on,
-and every writing transaction starts with BEGIN IMMEDIATE: writers queue on SQLite's lock instead
-of failing on a lock upgrade, which also makes limits exact within one process. Sessions made
-with read_only=True begin plain (deferred) transactions, which WAL never blocks.
+Imports only nebula.store.models, nebula.errors and nebula.policy (pure: SQLite is given its
+rollout key function, which PostgreSQL computes with its own sha256()). `postgresql://` and
+`sqlite:///` URLs are accepted as written and given their async driver. SQLite runs in WAL mode
+with foreign keys on, and every writing transaction starts with BEGIN IMMEDIATE: writers queue
+on SQLite's lock instead of failing on a lock upgrade, which also makes limits exact within one
+process. Sessions made with read_only=True begin plain (deferred) transactions, which WAL never
+blocks.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from nebula.errors import ConfigError
+from nebula.policy import rollout_key_hex
 
 # Any constant works; it only has to be the same for every Nebula process on one database.
 _MIGRATION_LOCK_KEY = 0x4E45_4255  # "NEBU"
@@ -79,6 +82,8 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
+        # Rollout status counts a group's hosts inside its staged percentage in SQL.
+        dbapi_conn.create_function("nebula_rollout_key", 2, rollout_key_hex, deterministic=True)
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:

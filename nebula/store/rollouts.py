@@ -22,11 +22,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from nebula.errors import InvalidInputError
 from nebula.lifecycle import FAILED, IN_PROGRESS
-from nebula.policy import GroupPolicy, RolloutStats, failure_gate
+from nebula.policy import GroupPolicy, HoldReason, RolloutStats, failure_gate, rollout_threshold
 from nebula.store import counts
 from nebula.store.models import Activity, Completion, Failure, Grant, Group, InstanceApp
 from nebula.versions import try_parse_version
-from nebula.windows import Window, WindowError, window_from_json
+from nebula.windows import Window, WindowError, is_open, window_from_json
 
 AUTOMATIC = "nebula"  # the actor of automatic pauses
 NEVER_OPEN = Window(frozenset(), time(0, 0), time(0, 1), "UTC")
@@ -366,17 +366,66 @@ def _show(value: Any) -> str:
 @dataclass(frozen=True, slots=True)
 class RolloutStatus:
     target: str | None
+    state: str  # no_target | paused | done | running (see rollout_status)
     total: int
     complete: int  # hosts running the target
     in_progress: int
     failed: int
     timed_out: int
-    held: dict[str, int]  # hosts behind the target held back, by reason
+    held: dict[str, int]  # hosts behind the target that the policy in force holds, by reason
     not_yet_eligible: int  # held by the staged percentage
     remaining: int  # hosts behind the target, not updating now
+    to_update: int  # of those, the hosts the policy in force will still update
     grants_last_hour: int
     rate_per_hour: float | None  # what the ETA assumes
     eta_seconds: float | None
+
+
+# Holds that depend on counts at the moment of a host's check (they are not in the policy's
+# text): the host's last recorded reason stands for them until its next check.
+LIMIT_HOLDS = frozenset({"rate_limit", "concurrency", "canary"})
+# Holds that the current policy will not lift by itself: those hosts are not "to update".
+_STUCK_HOLDS = frozenset({"host_hold", "percentage"})
+
+
+def rollout_key_sql(dialect: str, machine_id: Any, version: str) -> Any:
+    """nebula.policy.rollout_key_hex in SQL: 16 hex digits of SHA-256(machine id, NUL, version)."""
+    if dialect == "postgresql":
+        data = (
+            func.convert_to(machine_id, "UTF8")
+            .op("||")(func.decode("00", "hex"))
+            .op("||")(func.convert_to(literal(version), "UTF8"))
+        )
+        return func.substr(func.encode(func.sha256(data), "hex"), 1, 16)
+    return func.nebula_rollout_key(machine_id, literal(version))  # registered in nebula.store.db
+
+
+def _in_rollout_sql(dialect: str, policy: GroupPolicy, version: str | None) -> Any:
+    if version is None or policy.percentage >= 100:
+        return literal(True)
+    threshold = rollout_threshold(policy.percentage)
+    return rollout_key_sql(dialect, InstanceApp.instance_id, version) < format(threshold, "016x")
+
+
+def current_hold(
+    policy: GroupPolicy,
+    now: datetime,
+    *,
+    held: bool,
+    in_rollout: bool,
+    recorded: str | None,
+) -> str | None:
+    """Why the policy in force holds back a host that is behind its target and not updating,
+    in nebula.policy.screen's order; for the limits, the reason recorded at its last check."""
+    if held:
+        return HoldReason.HOST_HOLD.value
+    if not policy.updates_enabled:
+        return HoldReason.PAUSED.value
+    if not is_open(policy.windows, now):
+        return HoldReason.OUTSIDE_WINDOW.value
+    if not in_rollout:
+        return HoldReason.PERCENTAGE.value
+    return recorded if recorded in LIMIT_HOLDS else None
 
 
 async def rollout_status(
@@ -386,15 +435,20 @@ async def rollout_status(
     now: datetime,
     floors: Sequence[str] = (),
 ) -> RolloutStatus:
-    """The state of the group's rollout to `target`, from one grouped query over its hosts.
-    A host granted one of the `floors` (the stepping stones below the target) is on its way
-    too: in progress, failed or timed out like one granted the target."""
+    """The state of the group's rollout to `target` under the policy in force now, from one
+    grouped query over its hosts. A host granted one of the `floors` (the stepping stones below
+    the target) is on its way too: in progress, failed or timed out like one granted the target.
+
+    Holds follow the policy now, not each host's last answer: after a resume nobody is "paused",
+    after raising the percentage the hosts it adds are not "percentage". The staged percentage
+    is drawn by the final target (as nebula.policy.screen does), computed in SQL per host."""
     policy = policy_of(group)
     timeout_cutoff = (
         now - timedelta(seconds=policy.update_timeout_seconds)
         if policy.update_timeout_seconds
         else None
     )
+    dialect = session.bind.dialect.name
     # Booleans are computed in a subquery and grouped by name: PostgreSQL would not match a
     # GROUP BY expression to the selected one when each carries its own bound parameter.
     no: Any = literal(False)
@@ -407,16 +461,19 @@ async def rollout_status(
                 "granted_target"
             ),
             (InstanceApp.granted_at <= timeout_cutoff if timeout_cutoff else no).label("late"),
+            InstanceApp.held.label("held"),
+            _in_rollout_sql(dialect, policy, target).label("inside"),
         )
         .where(InstanceApp.group_id == group.id)
         .subquery()
     )
-    names = (rows.c.status, rows.c.hold, rows.c.version, rows.c.granted_target, rows.c.late)
+    c = rows.c
+    names = (c.status, c.hold, c.version, c.granted_target, c.late, c.held, c.inside)
     stmt = select(*names, func.count()).group_by(*names)
     want = try_parse_version(target)
-    total = complete = in_progress = failed = timed_out = remaining = 0
+    total = complete = in_progress = failed = timed_out = remaining = stuck = 0
     held: dict[str, int] = {}
-    for status, hold, version, granted_target, past_timeout, n in (
+    for status, recorded, version, granted_target, late, host_held, inside, n in (
         await session.execute(stmt)
     ).all():
         total += n
@@ -425,20 +482,28 @@ async def rollout_status(
         have = try_parse_version(version)
         if target is not None and (version == target or (have is not None and have == want)):
             complete += n
-        elif status in IN_PROGRESS and granted_target and not past_timeout:
-            in_progress += n
-        elif have is not None and want is not None and have > want and not policy.allow_downgrade:
             continue
-        else:
-            if granted_target and (
-                status == "timed_out" or (status in IN_PROGRESS and past_timeout)
-            ):
-                timed_out += n
-            elif granted_target and status in FAILED:
-                failed += n
-            elif hold:
-                held[hold] = held.get(hold, 0) + n
-            remaining += n
+        if status in IN_PROGRESS and granted_target and not late:
+            in_progress += n
+            continue
+        if have is not None and want is not None and have > want and not policy.allow_downgrade:
+            continue
+        remaining += n
+        if granted_target and (status == "timed_out" or (status in IN_PROGRESS and late)):
+            timed_out += n
+        elif granted_target and status in FAILED:
+            failed += n
+            if status == "rolled_back":
+                stuck += n  # never offered the version it rolled back from again
+        elif target is not None:
+            reason = current_hold(
+                policy, now, held=bool(host_held), in_rollout=bool(inside), recorded=recorded
+            )
+            if reason is not None:
+                held[reason] = held.get(reason, 0) + n
+                if reason in _STUCK_HOLDS:
+                    stuck += n
+    to_update = remaining - stuck
     hour_ago = now - timedelta(hours=1)
     grants_last_hour = await _count(
         session,
@@ -451,9 +516,22 @@ async def rollout_status(
         rate = policy.max_updates_per_period * 3600 / policy.period_seconds
     if grants_last_hour and (rate is None or grants_last_hour < rate):
         rate = float(grants_last_hour)
-    eta = remaining / rate * 3600 if rate and remaining and group.updates_enabled else None
+    if target is None:
+        state = "no_target"
+    elif not group.updates_enabled:
+        state = "paused"
+    elif to_update == 0 and in_progress == 0:
+        state = "done"
+    else:
+        state = "running"
+    eta: float | None = None
+    if state == "done":
+        eta = 0.0
+    elif state == "running" and rate and to_update:
+        eta = to_update / rate * 3600
     return RolloutStatus(
         target=target,
+        state=state,
         total=total,
         complete=complete,
         in_progress=in_progress,
@@ -462,6 +540,7 @@ async def rollout_status(
         held=held,
         not_yet_eligible=held.get("percentage", 0),
         remaining=remaining,
+        to_update=to_update,
         grants_last_hour=grants_last_hour,
         rate_per_hour=rate,
         eta_seconds=eta,

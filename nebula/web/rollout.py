@@ -304,6 +304,7 @@ async def rollout_status(request: web.Request) -> web.Response:
                 "arch": group.arch,
                 "target": target,
                 "floors": list(entry.floors) if entry else [],
+                "state": status.state,
                 "updates_enabled": group.updates_enabled,
                 "paused_reason": group.paused_reason,
                 "hosts": {
@@ -315,6 +316,7 @@ async def rollout_status(request: web.Request) -> web.Response:
                     "held": status.held,
                     "not_yet_eligible": status.not_yet_eligible,
                     "remaining": status.remaining,
+                    "to_update": status.to_update,
                 },
                 "grants_last_hour": status.grants_last_hour,
                 "rate_per_hour": status.rate_per_hour,

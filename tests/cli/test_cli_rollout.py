@@ -320,7 +320,7 @@ async def test_rollout_status_pause_resume_activity(
         "2",
         "1",
         "1",
-        "0",
+        "0 (0 to update under this policy)",
     )
     assert shown["pace"].startswith("1 grants in the last hour")
     status, api_status = await api(server, admin_token, "GET", f"{STABLE}/rollout?arch=amd64")

@@ -678,6 +678,9 @@ async def test_rollout_status_numbers(
         "held": {"host_hold": 1, "percentage": 2, "concurrency": 1},
         "not_yet_eligible": 2,
         "remaining": 7,  # f1, r1, t1, h1, the two outside the percentage, q1
+        # f1 and t1 are offered it again, q1 when a slot frees; not r1 (it rolled back from
+        # it), h1 (held) or the two the percentage leaves out.
+        "to_update": 3,
     }
     status = await rollout(client, admin_token)
     assert status["hosts"] == expected_hosts
@@ -685,7 +688,7 @@ async def test_rollout_status_numbers(
     assert status["updates_enabled"] is True and status["paused_reason"] is None
     assert status["grants_last_hour"] == 5  # c1, c2, p1, f1, r1; t1's is older
     assert status["rate_per_hour"] == 5.0
-    assert status["eta_seconds"] == pytest.approx(7 / 5 * 3600)
+    assert status["eta_seconds"] == pytest.approx(3 / 5 * 3600)  # hosts to update, not remaining
     assert status["next_window_opens"] is None
 
     # The same once the sweeper has marked t1 (it was counted by its grant time before).
@@ -702,7 +705,7 @@ async def test_rollout_status_numbers(
     await set_policy(client, admin_token, max_updates_per_period=2, period="1h")
     status = await rollout(client, admin_token)
     assert status["rate_per_hour"] == 2.0
-    assert status["eta_seconds"] == pytest.approx(7 / 2 * 3600)
+    assert status["eta_seconds"] == pytest.approx(3 / 2 * 3600)
     await set_policy(client, admin_token, windows=["Mon 02:00-05:00 UTC"])
     status = await rollout(client, admin_token)
     assert status["next_window_opens"] == "2026-11-30T02:00:00+00:00"
@@ -744,6 +747,53 @@ async def test_rollout_status_counts_hosts_passing_through_a_floor(
     assert await complete(client, going, NEW) is None
     hosts = (await rollout(client, admin_token))["hosts"]
     assert (hosts["in_progress"], hosts["complete"], hosts["remaining"]) == (0, 1, 1)
+
+
+async def test_rollout_status_follows_the_policy_in_force(
+    client: Client, admin_token: str, release: str
+) -> None:
+    """Holds in the status are those of the policy now, not each host's last answer. Catches a
+    status that still says "held percentage" after the percentage went to 100, "paused" after a
+    resume, a percentage counted only from hosts that checked since it was set (none had: the
+    SQL count of hosts outside it must match nebula.policy for every host, on both databases),
+    and "running" with an unknown end once every host is complete."""
+    from nebula.policy import in_rollout
+
+    fleet = [Host(machine_id=machine(n)) for n in range(40)]
+    for host in fleet:
+        assert await check(client, host) == NEW
+        assert await complete(client, host, NEW) is None
+    status = await rollout(client, admin_token)
+    assert (status["state"], status["eta_seconds"]) == ("done", 0)
+    assert status["hosts"]["complete"] == 40
+
+    await add_version(client, admin_token, NEWER)
+    await point(client, admin_token, NEWER)
+    await set_policy(client, admin_token, percentage=30)
+    outside = sum(not in_rollout(h.machine_id, NEWER, 30) for h in fleet)
+    assert 0 < outside < 40
+    status = await rollout(client, admin_token)  # before any host checked again
+    assert status["hosts"]["held"] == {"percentage": outside}
+    assert status["hosts"]["to_update"] == 40 - outside
+    assert status["state"] == "running"
+
+    for host in fleet:
+        await check(client, host)  # the 30% are granted, the rest recorded as "percentage"
+    await set_policy(client, admin_token, percentage=100)
+    status = await rollout(client, admin_token)
+    assert status["hosts"]["held"] == {}
+    assert status["hosts"]["to_update"] == outside
+
+    resp = await client.post(f"{STABLE}/pause", params=AMD64, json={}, headers=auth(admin_token))
+    assert resp.status == 200
+    status = await rollout(client, admin_token)
+    assert (status["state"], status["hosts"]["held"]) == ("paused", {"paused": outside})
+    for host in fleet:
+        await check(client, host)  # recorded as "paused"
+    resp = await client.post(f"{STABLE}/resume", params=AMD64, json={}, headers=auth(admin_token))
+    assert resp.status == 200
+    status = await rollout(client, admin_token)
+    assert (status["state"], status["hosts"]["held"]) == ("running", {})
 
 
 async def test_rollout_status_without_target(client: Client, admin_token: str) -> None:
