@@ -18,7 +18,6 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from nebula import lifecycle
-from nebula.errors import ProtocolError
 from nebula.metrics import Metrics
 from nebula.omaha.model import (
     AppRequest,
@@ -130,12 +129,18 @@ class OmahaService:
         if not app.machine_id:
             # Nothing to record state against; answer as for a host that is up to date.
             return _AppOutcome(self._answer(app, None))
-        # What state is keyed and decided on cannot be clipped to fit the database: refuse it
-        # (400) rather than fail on PostgreSQL's length check (500) or merge distinct hosts.
-        if len(app.machine_id) > MACHINE_ID_MAX:
-            raise ProtocolError(f"machineid is longer than {MACHINE_ID_MAX} characters")
-        if app.version is not None and len(app.version) > VERSION_MAX:
-            raise ProtocolError(f"app version is longer than {VERSION_MAX} characters")
+        # What state is keyed and decided on cannot be clipped to fit the database: refuse this
+        # app (an error status of its own; the request's other apps are answered) rather than
+        # fail on PostgreSQL's length check (500) or merge distinct hosts.
+        if len(app.machine_id) > MACHINE_ID_MAX or (
+            app.version is not None and len(app.version) > VERSION_MAX
+        ):
+            log.info("app %r refused: machineid or version too long", app.raw_app_id[:64])
+            return _AppOutcome(
+                AppResponse(
+                    app.raw_app_id, AppStatus.INVALID_REQUEST, app.ping, len(app.events), None
+                )
+            )
         # The group's row is locked before the host's (the lock order of nebula.store.rollouts)
         # when this request may need it: a check that could be granted (judged on the cached
         # policy; the decision itself is made on the locked row) or a failure to count.
@@ -314,7 +319,12 @@ class OmahaService:
     def _count(self, outcome: _AppOutcome) -> None:
         check = outcome.response.update_check
         if outcome.response.status is not AppStatus.OK:
-            self._metrics.update_checks.labels(decision="error", reason="unknown_app").inc()
+            reason = (
+                "unknown_app"
+                if outcome.response.status is AppStatus.UNKNOWN_APP
+                else "invalid_request"
+            )
+            self._metrics.update_checks.labels(decision="error", reason=reason).inc()
             return
         if check is None:
             return

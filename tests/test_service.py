@@ -350,6 +350,29 @@ async def test_unknown_app_next_to_a_known_one(
     assert len(await events_of(engine, host.machine_id)) == 1
 
 
+async def test_overlong_machine_id_refuses_its_app_only(
+    client: Client, release: Release, engine: AsyncEngine
+) -> None:
+    """One <app> whose machine id no real host sends, beside a good one: the bad app gets an
+    error status (its ping and event acknowledged), the good one its update. Catches a whole
+    request refused with 400 for one app, and anything recorded for the refused app."""
+    host = Host(machine_id=machine(22), version=OLD)
+    bad = Host(machine_id="f" * 65, version=OLD).check().decode()
+    app = bad[bad.index("    <app ") : bad.index("</app>") + len("</app>\n")]
+    body = host.check().decode()
+    head, sep, rest = body.partition("    <app ")
+    doc = await omaha(client, (head + app + sep + rest).encode())
+    first, second = doc.findall("app")
+    assert first.get("status") == "error-invalidRequest"
+    assert first.find("ping").get("status") == "ok"
+    assert [e.get("status") for e in first.findall("event")] == ["ok"]
+    assert second.get("status") == "ok"
+    assert check_of(doc, 1).find("manifest").get("version") == NEW
+    async with session_factory(engine)() as session:
+        ids = (await session.execute(select(InstanceApp.instance_id))).scalars().all()
+    assert ids == [host.machine_id]
+
+
 async def test_appid_matches_case_and_braces(client: Client, release: Release) -> None:
     for n, app_id in enumerate((FLATCAR_APP_ID.upper(), FLATCAR_APP_ID, f" {{{FLATCAR_APP_ID}}} ")):
         host = Host(machine_id=machine(21 + n), version=OLD, app_id=app_id)
@@ -687,9 +710,9 @@ async def test_overlong_host_strings_are_not_a_server_error(
 @pytest.mark.parametrize(
     ("field", "value", "status", "message"),
     [
-        # Keys and what decisions rest on cannot be clipped: refused, with the reason.
-        ("machine_id", "f" * 65, 400, "machineid is longer than 64"),
-        ("version", "4152.2.3+" + "x" * 60, 400, "version is longer than 64"),
+        # Keys and what decisions rest on cannot be clipped: that app is refused (below).
+        ("machine_id", "f" * 65, 200, "error-invalidRequest"),
+        ("version", "4152.2.3+" + "x" * 60, 200, "error-invalidRequest"),
         # Only recorded: kept, clipped to the column.
         ("boot_id", "{" + "b" * 200 + "}", 200, None),
         ("previous_version", "1." + "2" * 200, 200, None),
@@ -716,7 +739,9 @@ async def test_overlong_identifiers(
     resp = await client.post("/v1/update/", data=host.check(previous_version=previous))
     assert resp.status == status, await resp.text()
     if message is not None:
-        assert message in await resp.text()
+        app = etree.fromstring(await resp.read()).find("app")
+        assert app is not None and app.get("status") == message
+        assert app.find("updatecheck") is None
         assert await count(engine, "instances") == 0
         return
     if field == "track":

@@ -190,6 +190,9 @@ class AppStatus(StrEnum):
     RESTRICTED = "restricted"
     UNKNOWN_APP = "error-unknownApplication"
     INVALID_APP_ID = "error-invalidAppId"
+    # An <app> Nebula cannot record (a machine id or version longer than any real host sends):
+    # answered on its own, so that the request's other apps are still served.
+    INVALID_REQUEST = "error-invalidRequest"
     INTERNAL = "error-internal"
 
 
