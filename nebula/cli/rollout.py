@@ -257,10 +257,11 @@ def rollout_activity(
 def _hold(
     action: str, url: str | None, token: str | None, machine_id: str, reason: str | None
 ) -> None:
-    ApiClient(url, token).send(
+    body = ApiClient(url, token).send(
         "POST", f"/api/v1/instances/{machine_id}/{action}", {"reason": reason or ""}
     )
-    click.echo(f"{machine_id} {'held' if action == 'hold' else 'released'}")
+    # The server's spelling: a braced or upper-case id given here is the host's id there.
+    click.echo(f"{body['machine_id']} {'held' if action == 'hold' else 'released'}")
 
 
 @instance_group.command("hold")

@@ -107,7 +107,7 @@ def _parse_app(el: etree._Element) -> AppRequest:
     raw_app_id = el.get("appid")
     if raw_app_id is None:
         raise ProtocolError("an <app> element has no appid attribute")
-    app_id = _normalize_id(raw_app_id)
+    app_id = normalize_id(raw_app_id)
     if not app_id:
         raise ProtocolError("an <app> element has an empty appid attribute")
 
@@ -133,8 +133,8 @@ def _parse_app(el: etree._Element) -> AppRequest:
         raw_app_id=raw_app_id,
         version=_attr(el, "version"),
         track=_attr(el, "track"),
-        boot_id=None if boot_id is None else _normalize_id(boot_id),
-        machine_id=None if machine_id is None else _normalize_id(machine_id),
+        boot_id=None if boot_id is None else normalize_id(boot_id),
+        machine_id=None if machine_id is None else normalize_id(machine_id),
         machine_alias=_attr(el, "machinealias"),
         oem=_attr(el, "oem"),
         oem_version=_attr(el, "oemversion"),
@@ -198,7 +198,7 @@ def _int_attr(el: etree._Element, name: str, *, lo: int, hi: int) -> int | None:
     return number
 
 
-def _normalize_id(value: str) -> str:
+def normalize_id(value: str) -> str:
     """Lowercase, without surrounding whitespace or braces: "{ABC-1}" -> "abc-1"."""
     return value.strip().strip("{}").strip().lower()
 

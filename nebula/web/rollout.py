@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from nebula.durations import format_duration, parse_duration
 from nebula.errors import InvalidInputError, NotFoundError
+from nebula.omaha.parse import normalize_id
 from nebula.store import groups as group_store
 from nebula.store import rollouts
 from nebula.store.db import transaction
@@ -354,7 +355,8 @@ async def group_activity(request: web.Request) -> web.Response:
 async def _hold_or_release(request: web.Request, held: bool) -> web.Response:
     data = await json_body(request)
     reason = data.get("reason") or ""
-    machine_id = request.match_info["machine_id"].strip().lower()
+    # As the Omaha endpoint keys hosts: a machine id copied braced or in capitals is found.
+    machine_id = normalize_id(request.match_info["machine_id"])
     now = request.app[CLOCK]()
 
     async def work(session: Any) -> dict[str, Any]:
@@ -388,12 +390,16 @@ async def _hold_or_release(request: web.Request, held: bool) -> web.Response:
     return web.json_response(await change(request, work))
 
 
-@routes.post("/api/v1/instances/{machine_id}/hold")
+# aiohttp's default placeholder excludes braces; machine ids may come braced (`{...}`).
+MACHINE_ID = "{machine_id:[^/]+}"
+
+
+@routes.post(f"/api/v1/instances/{MACHINE_ID}/hold")
 async def hold_instance(request: web.Request) -> web.Response:
     return await _hold_or_release(request, held=True)
 
 
-@routes.post("/api/v1/instances/{machine_id}/release")
+@routes.post(f"/api/v1/instances/{MACHINE_ID}/release")
 async def release_instance(request: web.Request) -> web.Response:
     return await _hold_or_release(request, held=False)
 

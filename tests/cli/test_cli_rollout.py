@@ -388,7 +388,8 @@ async def test_instance_hold_and_release(
 
     host = Host(machine_id=mid, version=NEW)
     assert await check(server, host) is None
-    out = ok(await nebula(["instance", "hold", mid, "--reason", "database primary"], **env))
+    braced = "{" + mid.upper() + "}"  # as hosts may send it
+    out = ok(await nebula(["instance", "hold", braced, "--reason", "database primary"], **env))
     assert out.strip() == f"{mid} held"
     host.version = OLD
     assert await check(server, host) is None

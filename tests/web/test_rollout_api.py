@@ -544,7 +544,10 @@ async def test_hold_and_release_a_host(client: Client, admin_token: str, release
     listed = (await instances(client, admin_token))[mid]
     assert (listed["held"], listed["hold_reason"], listed["status"]) == (True, "host_hold", "idle")
 
-    resp = await client.post(f"/api/v1/instances/{mid}/release", json={}, headers=auth(admin_token))
+    # Braced, as hosts may send it (and the Omaha endpoint normalizes it).
+    resp = await client.post(
+        f"/api/v1/instances/{{{mid.upper()}}}/release", json={}, headers=auth(admin_token)
+    )
     assert resp.status == 200 and (await resp.json())["held"] is False
     listed = (await instances(client, admin_token))[mid]
     assert (listed["held"], listed["hold_reason"]) == (False, None)
