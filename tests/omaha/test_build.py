@@ -142,6 +142,7 @@ def test_status_strings() -> None:
         "UNKNOWN_APP": "error-unknownApplication",
         "INVALID_APP_ID": "error-invalidAppId",
         "INTERNAL": "error-internal",
+        "INVALID_REQUEST": "error-invalidRequest",
     }
 
 
