@@ -208,6 +208,31 @@ def screen(
     return None
 
 
+# Holds that depend on counts at the moment of a host's check, not on the policy's text: the
+# reason recorded at a host's last check stands for them until its next one.
+LIMIT_HOLDS = frozenset(
+    {HoldReason.RATE_LIMIT.value, HoldReason.CONCURRENCY.value, HoldReason.CANARY.value}
+)
+
+
+def hold_now(
+    host: HostState,
+    policy: GroupPolicy,
+    target: str | None,
+    now: datetime,
+    rollout_version: str | None,
+    recorded: str | None,
+) -> str | None:
+    """Why the policy in force holds `host` back now (what dashboards show), or None: the rules
+    of `screen` as they stand, and for the limits the reason `recorded` at its last check."""
+    screened = screen(host, policy, target, now, rollout_version)
+    if screened is None:
+        return recorded if recorded in LIMIT_HOLDS else None
+    if screened.verdict is Verdict.HOLD and screened.reason is not None:
+        return str(screened.reason.value)
+    return None
+
+
 def decide(
     host: HostState,
     policy: GroupPolicy,

@@ -35,7 +35,6 @@ from nebula.policy import (
     HoldReason,
     HostState,
     Verdict,
-    choose_target,
     decide,
     screen,
 )
@@ -144,8 +143,8 @@ class OmahaService:
         # The group's row is locked before the host's (the lock order of nebula.store.rollouts)
         # when this request may need it: a check that could be granted (judged on the cached
         # policy; the decision itself is made on the locked row) or a failure to count.
-        target = self._target_for(group, app.version)
-        final = group.target.version if group.target else None  # what the group rolls out
+        target = group.target_for(app.version)
+        final = group.final
         may_grant = app.update_check and (
             screen(
                 HostState(app.version, machine_id=app.machine_id),
@@ -301,13 +300,6 @@ class OmahaService:
             state.last_error_at = now
             return True
         return False
-
-    @staticmethod
-    def _target_for(group: GroupEntry, host_version: str | None) -> str | None:
-        """The group's target, or the lowest floor between the host and it."""
-        if group.target is None:
-            return None
-        return choose_target(host_version, group.target.version, group.floors)
 
     def _answer(self, app: AppRequest, manifest: Manifest | None) -> AppResponse:
         check = None

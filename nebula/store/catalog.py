@@ -13,12 +13,13 @@ import asyncio
 import base64
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from nebula.omaha.model import Manifest, PackageFile
-from nebula.policy import GroupPolicy
+from nebula.policy import GroupPolicy, HostState, choose_target, hold_now
 from nebula.store.models import Application, Channel, ChannelFloor, ConfigStamp, Group, Package
 from nebula.store.rollouts import policy_of
 from nebula.versions import parse_version, try_parse_version
@@ -51,6 +52,20 @@ class GroupEntry:
     stops: dict[str, PackageEntry] = field(default_factory=dict)
     # Deltas into each stop, keyed by the stop's version, then by the version they apply to.
     deltas: dict[str, dict[str, PackageEntry]] = field(default_factory=dict)
+
+    @property
+    def final(self) -> str | None:
+        """The version the group rolls out (its channel's or its pin), floors aside."""
+        return self.target.version if self.target is not None else None
+
+    def target_for(self, host_version: str | None) -> str | None:
+        """The version a host on `host_version` goes to next: the lowest floor between it and
+        the group's target, else the target."""
+        return choose_target(host_version, self.final, self.floors) if self.target else None
+
+    def hold_for(self, host: HostState, recorded: str | None, now: datetime) -> str | None:
+        """Why the group's policy in force holds `host` back now (nebula.policy.hold_now)."""
+        return hold_now(host, self.policy, self.target_for(host.version), now, self.final, recorded)
 
     def package_for(
         self, version: str, host_version: str | None, delta_okay: bool

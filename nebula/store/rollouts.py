@@ -22,7 +22,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from nebula.errors import InvalidInputError
 from nebula.lifecycle import FAILED, IN_PROGRESS
-from nebula.policy import GroupPolicy, HoldReason, RolloutStats, failure_gate, rollout_threshold
+from nebula.policy import (
+    LIMIT_HOLDS,
+    GroupPolicy,
+    HoldReason,
+    RolloutStats,
+    failure_gate,
+    rollout_threshold,
+)
 from nebula.store import counts
 from nebula.store.models import Activity, Completion, Failure, Grant, Group, InstanceApp
 from nebula.versions import try_parse_version
@@ -381,9 +388,6 @@ class RolloutStatus:
     eta_seconds: float | None
 
 
-# Holds that depend on counts at the moment of a host's check (they are not in the policy's
-# text): the host's last recorded reason stands for them until its next check.
-LIMIT_HOLDS = frozenset({"rate_limit", "concurrency", "canary"})
 # Holds that the current policy will not lift by itself: those hosts are not "to update".
 _STUCK_HOLDS = frozenset({"host_hold", "percentage"})
 
@@ -416,7 +420,8 @@ def current_hold(
     recorded: str | None,
 ) -> str | None:
     """Why the policy in force holds back a host that is behind its target and not updating,
-    in nebula.policy.screen's order; for the limits, the reason recorded at its last check."""
+    in nebula.policy.screen's order; for the limits, the reason recorded at its last check.
+    The same as nebula.policy.hold_now, for the booleans rollout_status computes in SQL."""
     if held:
         return HoldReason.HOST_HOLD.value
     if not policy.updates_enabled:

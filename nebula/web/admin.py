@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 from aiohttp import BodyPartReader, MultipartReader, web
@@ -20,14 +21,17 @@ from nebula.errors import (
     PayloadError,
 )
 from nebula.ingest import Ingested, ingest
+from nebula.policy import HostState
 from nebula.store import groups as group_store
 from nebula.store import packages as package_store
+from nebula.store.catalog import Catalog
 from nebula.store.db import transaction
 from nebula.store.models import Channel, Group, Instance, InstanceApp
 from nebula.store.tokens import Principal
 from nebula.web.api import PRINCIPAL, actor, change, json_body, opt, req
 from nebula.web.keys import (
     BLOBS,
+    CATALOG,
     CLOCK,
     METRICS,
     READ_SESSIONS,
@@ -337,7 +341,7 @@ async def list_instances(request: web.Request) -> web.Response:
         raise InvalidInputError("limit and offset must be integers") from None
     async with transaction(request.app[READ_SESSIONS]) as session:
         stmt = (
-            select(InstanceApp, Instance, Group.name)
+            select(InstanceApp, Instance, Group.name, Group.arch)
             .join(Instance, Instance.id == InstanceApp.instance_id)
             .outerjoin(Group, Group.id == InstanceApp.group_id)
             .order_by(InstanceApp.instance_id, InstanceApp.app_id)
@@ -352,13 +356,34 @@ async def list_instances(request: web.Request) -> web.Response:
         if q.get("version"):
             stmt = stmt.where(InstanceApp.version == q["version"])
         rows = (await session.execute(stmt)).all()
+        catalog = await request.app[CATALOG].get()
+        now = request.app[CLOCK]()
         return web.json_response(
             {
-                "instances": [instance_json(s, i, g) for s, i, g in rows],
+                "instances": [
+                    instance_json(s, i, g, _hold_in_force(catalog, s, arch, now))
+                    for s, i, g, arch in rows
+                ],
                 "limit": limit,
                 "offset": offset,
             }
         )
+
+
+def _hold_in_force(
+    catalog: Catalog, state: InstanceApp, arch: str | None, now: datetime
+) -> str | None:
+    """Why the group's policy holds the host back now; not the reason it was given at its last
+    check (after a resume that would still say "paused")."""
+    if state.group_id is None or arch is None:
+        return None
+    entry = catalog.groups.get((state.app_id, state.group_id, arch))
+    if entry is None:
+        return None
+    host = HostState(
+        state.version, state.status, state.granted_version, state.held, state.instance_id
+    )
+    return entry.hold_for(host, state.hold_reason, now)
 
 
 def add_routes(app: web.Application) -> None:

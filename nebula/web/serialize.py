@@ -77,7 +77,9 @@ def group_json(group: Group, channel: str | None) -> dict[str, Any]:
     }
 
 
-def instance_json(state: InstanceApp, instance: Any, group_name: str | None) -> dict[str, Any]:
+def instance_json(
+    state: InstanceApp, instance: Any, group_name: str | None, hold_reason: str | None
+) -> dict[str, Any]:
     return {
         "machine_id": state.instance_id,
         "alias": instance.alias,
@@ -99,7 +101,7 @@ def instance_json(state: InstanceApp, instance: Any, group_name: str | None) -> 
         "last_check_at": iso(state.last_check_at),
         "last_seen_at": iso(instance.last_seen_at),
         "last_error_code": state.last_error_code,
-        "hold_reason": state.hold_reason,
+        "hold_reason": hold_reason,  # under the policy in force, not at its last check
         "held": state.held,
         "boot_id": state.boot_id,
     }

@@ -777,6 +777,12 @@ async def test_rollout_status_follows_the_policy_in_force(
     assert 0 < outside < 40
     status = await rollout(client, admin_token)  # before any host checked again
     assert status["hosts"]["held"] == {"percentage": outside}
+    # The instance list shows the same hosts held, by the same rule (nebula.policy here,
+    # SQL there).
+    listed = await instances(client, admin_token)
+    assert {m for m, i in listed.items() if i["hold_reason"] == "percentage"} == {
+        h.machine_id for h in fleet if not in_rollout(h.machine_id, NEWER, 30)
+    }
     assert status["hosts"]["to_update"] == 40 - outside
     assert status["state"] == "running"
 
@@ -786,6 +792,7 @@ async def test_rollout_status_follows_the_policy_in_force(
     status = await rollout(client, admin_token)
     assert status["hosts"]["held"] == {}
     assert status["hosts"]["to_update"] == outside
+    assert {i["hold_reason"] for i in (await instances(client, admin_token)).values()} == {None}
 
     resp = await client.post(f"{STABLE}/pause", params=AMD64, json={}, headers=auth(admin_token))
     assert resp.status == 200
@@ -793,10 +800,13 @@ async def test_rollout_status_follows_the_policy_in_force(
     assert (status["state"], status["hosts"]["held"]) == ("paused", {"paused": outside})
     for host in fleet:
         await check(client, host)  # recorded as "paused"
+    listed = await instances(client, admin_token)
+    assert sum(i["hold_reason"] == "paused" for i in listed.values()) == outside
     resp = await client.post(f"{STABLE}/resume", params=AMD64, json={}, headers=auth(admin_token))
     assert resp.status == 200
     status = await rollout(client, admin_token)
     assert (status["state"], status["hosts"]["held"]) == ("running", {})
+    assert {i["hold_reason"] for i in (await instances(client, admin_token)).values()} == {None}
 
 
 async def test_rollout_status_without_target(client: Client, admin_token: str) -> None:
