@@ -11,7 +11,7 @@ import re
 
 from click.testing import CliRunner
 
-from nebula.bench import bench
+from nebula.loadtest.bench import bench
 
 PHASES = ("check-current", "check-repeat", "check-old", "ping")
 _NUMBER = r"[0-9.]+|inf|nan"
