@@ -1,20 +1,31 @@
-"""Factories for tests: signed payload files on disk, settings, apps, tokens, Omaha requests."""
+"""Factories for tests: signed payload files on disk, settings, apps, tokens, Omaha requests.
+
+Omaha requests come from `Host` (nebula.loadtest.update_engine), the one builder of
+update_engine's request bytes, shared with `nebula simulate`.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from nebula.config import Settings, load_settings
+from nebula.loadtest.update_engine import FLATCAR_APP_ID, Host
 from nebula.store import db
 from nebula.store.tokens import create_token
 from tests import crau
 
-FLATCAR_APP_ID = "e96281a6-d1af-4bde-9a0a-97b76e56dc57"
+__all__ = [
+    "FLATCAR_APP_ID",
+    "Host",
+    "assert_status_counts_match",
+    "make_settings",
+    "make_token",
+    "payload_file",
+]
 
 
 def payload_file(
@@ -55,55 +66,6 @@ async def make_token(db_url: str, name: str = "ops", role: str = "admin") -> str
             return await create_token(session, name, role, datetime.now(UTC))
     finally:
         await engine.dispose()
-
-
-@dataclass
-class Host:
-    """A simulated Flatcar host that builds the requests update_engine sends (contract §2)."""
-
-    machine_id: str
-    version: str = "3815.2.0"
-    track: str = "stable"
-    board: str = "amd64-usr"
-    boot_id: str = "{0c288430-2504-4db4-913a-8c3de52afd07}"
-    oem: str = "qemu"
-    alias: str = ""
-    delta_okay: bool = False
-    app_id: str = "{" + FLATCAR_APP_ID + "}"
-
-    def _app(self, inner: str) -> bytes:
-        machine = "x86_64" if self.board.startswith("amd64") else "aarch64"
-        return (
-            '<?xml version="1.0" encoding="UTF-8"?>\n'
-            '<request protocol="3.0" version="update_engine-0.4.10" '
-            'updaterversion="update_engine-0.4.10" installsource="scheduler" ismachine="1">\n'
-            f'    <os version="Chateau" platform="CoreOS" sp="{self.version}_{machine}"></os>\n'
-            f'    <app appid="{self.app_id}" version="{self.version}" track="{self.track}" '
-            f'bootid="{self.boot_id}" oem="{self.oem}" oemversion="" alephversion="3510.2.1" '
-            f'machineid="{self.machine_id}" machinealias="{self.alias}" lang="en-US" '
-            f'board="{self.board}" hardware_class="" '
-            f'delta_okay="{"true" if self.delta_okay else "false"}" >\n'
-            f"{inner}"
-            "    </app>\n</request>\n"
-        ).encode()
-
-    def check(self, previous_version: str = "", event: str | None = None) -> bytes:
-        ev = (
-            event
-            or f'<event eventtype="3" eventresult="2" previousversion="{previous_version}"></event>'
-        )
-        return self._app(
-            f'        <ping active="1"></ping>\n        <updatecheck></updatecheck>\n        {ev}\n'
-        )
-
-    def event(self, event_type: int, result: int, error_code: int | None = None) -> bytes:
-        code = f' errorcode="{error_code}"' if error_code is not None else ""
-        return self._app(
-            f'        <event eventtype="{event_type}" eventresult="{result}"{code}></event>\n'
-        )
-
-    def ping(self) -> bytes:
-        return self._app('        <ping active="1"></ping>\n')
 
 
 async def assert_status_counts_match(db_url: str) -> dict[tuple[str, str], int]:
