@@ -1,19 +1,80 @@
 """Payload files for hosts: `GET`/`HEAD /v1/payloads/{package_id}/{name}`, no token.
 
 The URL ends in the file name because clients build it as codebase + name. aiohttp's
-FileResponse does the HTTP work: one byte range (206, or 416 with the size), HEAD, Content-Length,
-ETag and conditional requests; update_engine resumes downloads with `Range: bytes=N-`.
+FileResponse does the HTTP work: one byte range (206, or 416 with the size), HEAD and
+Content-Length; update_engine resumes downloads with `Range: bytes=N-`.
+
+The one validator is the strong ETag `"<sha256 hex>"` of the content, not FileResponse's
+mtime-and-size: the same file has another mtime on every replica (and after a restore), and a
+download resumed on another replica must see the same tag. So the conditional headers
+(If-Match, If-None-Match, If-Range) are decided here against that tag, FileResponse is shown the
+request without them, and no Last-Modified is sent (dates are per-replica facts too).
 """
 
 from __future__ import annotations
 
-from aiohttp import web
+from pathlib import Path
+
+from aiohttp import hdrs, web
+from aiohttp.abc import AbstractStreamWriter
+from multidict import CIMultiDict
 
 from nebula.store.db import transaction
 from nebula.store.packages import find_file
 from nebula.web.keys import BLOBS, METRICS, READ_SESSIONS
 
 _UUID_CHARS = frozenset("0123456789abcdef-")
+_CACHE_CONTROL = "public, max-age=31536000, immutable"
+# What FileResponse must not see: it would decide them by the file's mtime.
+_CONDITIONALS = (
+    hdrs.IF_MATCH,
+    hdrs.IF_NONE_MATCH,
+    hdrs.IF_MODIFIED_SINCE,
+    hdrs.IF_UNMODIFIED_SINCE,
+    hdrs.IF_RANGE,
+)
+
+
+def _listed(header: str | None, etag: str, *, weak: bool) -> bool:
+    """Whether `etag` is in an If-Match/If-None-Match list (or the list is `*`).
+
+    The weak comparison (If-None-Match) ignores a `W/` prefix; the strong one (If-Match) never
+    matches a weak tag. Our tags hold only hex digits, so splitting on commas is exact.
+    """
+    if header is None:
+        return False
+    for raw in header.split(","):
+        tag = raw.strip()
+        if tag == "*":
+            return True
+        if tag.startswith("W/"):
+            if not weak:
+                continue
+            tag = tag[2:]
+        if tag == etag:
+            return True
+    return False
+
+
+class PayloadFileResponse(web.FileResponse):
+    """A FileResponse for a content-addressed file whose ETag is its SHA-256 (see above)."""
+
+    def __init__(self, path: Path, sha256_hex: str) -> None:
+        super().__init__(path, chunk_size=256 * 1024)
+        self.validator = f'"{sha256_hex}"'
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared:
+            return await super().prepare(request)
+        headers = CIMultiDict(request.headers)
+        for name in _CONDITIONALS:
+            headers.popall(name, None)
+        # If-Range (RFC 9110 13.1.5): the range only if the tag matches strongly; a date (or a
+        # weak or foreign tag) cannot prove the client holds these bytes, so all of them.
+        if_range = request.headers.get(hdrs.IF_RANGE)
+        if if_range is not None and if_range.strip() != self.validator:
+            headers.popall(hdrs.RANGE, None)
+        return await super().prepare(request.clone(headers=headers))
 
 
 async def handle_payload(request: web.Request) -> web.StreamResponse:
@@ -28,11 +89,28 @@ async def handle_payload(request: web.Request) -> web.StreamResponse:
     blobs = request.app[BLOBS]
     if file is None or not file.stored or not blobs.exists(file.sha256):
         raise web.HTTPNotFound(text="no such payload\n")
-    response = web.FileResponse(blobs.path(file.sha256), chunk_size=256 * 1024)
-    response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
-    response.headers["Content-Disposition"] = f'attachment; filename="{file.name}"'
+    etag = f'"{file.sha256}"'
+    if request.headers.get(hdrs.IF_MATCH) is not None and not _listed(
+        request.headers.get(hdrs.IF_MATCH), etag, weak=False
+    ):
+        raise web.HTTPPreconditionFailed(headers={hdrs.ETAG: etag})
+    if _listed(request.headers.get(hdrs.IF_NONE_MATCH), etag, weak=True):
+        return web.Response(
+            status=304, headers={hdrs.ETAG: etag, hdrs.CACHE_CONTROL: _CACHE_CONTROL}
+        )
+    response = PayloadFileResponse(blobs.path(file.sha256), file.sha256)
+    response.headers[hdrs.CACHE_CONTROL] = _CACHE_CONTROL
+    response.headers[hdrs.CONTENT_DISPOSITION] = f'attachment; filename="{file.name}"'
     response.content_type = "application/octet-stream"
     return response
+
+
+async def own_validator(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: FileResponse writes its mtime-based ETag and Last-Modified just
+    before the headers go out; put the content's tag back and drop the date."""
+    if isinstance(response, PayloadFileResponse):
+        response.headers[hdrs.ETAG] = response.validator
+        response.headers.pop(hdrs.LAST_MODIFIED, None)
 
 
 async def count_payload_bytes(request: web.Request, response: web.StreamResponse) -> None:
@@ -46,4 +124,5 @@ async def count_payload_bytes(request: web.Request, response: web.StreamResponse
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/payloads/{package_id}/{name}", handle_payload)
+    app.on_response_prepare.append(own_validator)
     app.on_response_prepare.append(count_payload_bytes)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import uuid
 from typing import Any
 
@@ -15,6 +16,8 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from lxml import etree
 from yarl import URL
 
+from nebula.config import Settings
+from nebula.store.blobs import BlobStore
 from tests import crau
 from tests.factories import Host
 
@@ -241,3 +244,65 @@ async def test_downloads_are_counted_once(client: Any, uploaded: Uploaded) -> No
     assert _metric(text, requests, 'status="206"') == 1
     assert _metric(text, requests, 'status="404"') == 3
     assert _metric(text, "nebula_payload_bytes_sent_total") == size + (size - 100)
+
+
+async def test_etag_is_the_content_sha256(
+    client: Any, uploaded: Uploaded, settings: Settings
+) -> None:
+    """Catches aiohttp's mtime-and-size ETag: the same bytes get another mtime on another
+    replica (or after a restore), and a download resumed there must see the same tag."""
+    url = uploaded.path(MAIN)
+    sha = hashlib.sha256(uploaded.main).hexdigest()
+    first = await client.get(url)
+    await first.read()
+    assert first.headers["ETag"] == f'"{sha}"'
+    assert "Last-Modified" not in first.headers  # a date differs between replicas too
+
+    # The stored file "re-written" with another mtime, as another replica's copy would be.
+    os.utime(BlobStore(settings.payload_dir).path(sha), (1_000_000_000, 1_000_000_000))
+    for method in ("GET", "HEAD"):
+        again = await client.request(method, url)
+        await again.read()
+        assert again.headers["ETag"] == first.headers["ETag"], method
+    ranged = await client.get(url, headers={"Range": "bytes=10-"})
+    assert ranged.status == 206
+    assert ranged.headers["ETag"] == first.headers["ETag"]
+
+
+async def test_conditional_requests_use_the_sha256_etag(client: Any, uploaded: Uploaded) -> None:
+    """Catches conditionals still decided by the file's mtime (FileResponse's own logic) once
+    the ETag is the content's hash: If-Range with our tag must resume, anything else must send
+    the whole file (never a range of bytes the client cannot prove it holds)."""
+    url, data = uploaded.path(MAIN), uploaded.main
+    etag = f'"{hashlib.sha256(data).hexdigest()}"'
+
+    resp = await client.get(url, headers={"Range": "bytes=100-", "If-Range": etag})
+    assert resp.status == 206
+    assert await resp.read() == data[100:]
+    for other in (
+        '"0123abcd-9c40"',  # an mtime-and-size tag from before, or another server's
+        f"W/{etag}",  # If-Range compares strongly: a weak tag never matches
+        "Fri, 01 Jan 2100 00:00:00 GMT",  # a date proves nothing across replicas
+    ):
+        resp = await client.get(url, headers={"Range": "bytes=100-", "If-Range": other})
+        assert resp.status == 200, other
+        assert await resp.read() == data, other
+
+    # If-None-Match: 304 for our tag (weakly compared) or *, the file for any other.
+    for tag in (etag, f"W/{etag}", f'"other", {etag}', "*"):
+        for method in ("GET", "HEAD"):
+            resp = await client.request(method, url, headers={"If-None-Match": tag})
+            assert resp.status == 304, (tag, method)
+            assert resp.headers["ETag"] == etag
+            assert await resp.read() == b""
+    resp = await client.get(url, headers={"If-None-Match": '"other"'})
+    assert resp.status == 200
+    assert await resp.read() == data
+
+    # If-Match: the file for our tag, 412 for another (or a weak one).
+    resp = await client.get(url, headers={"If-Match": etag, "Range": "bytes=5-"})
+    assert resp.status == 206
+    assert await resp.read() == data[5:]
+    for tag in ('"other"', f"W/{etag}"):
+        resp = await client.get(url, headers={"If-Match": tag})
+        assert resp.status == 412, tag
