@@ -52,6 +52,12 @@ class Settings:
     sweep_interval: float = 30.0
     # Reverse proxies (addresses or CIDRs) whose X-Forwarded-For is believed for hosts' IPs.
     trusted_proxy: tuple[str, ...] = ()
+    # Seconds between the batched writes of steady-state check-ins' last-seen times: what a
+    # crash may lose of them (never a grant or an event).
+    checkin_interval: float = 1.0
+    # Hosts whose state each process keeps in memory to answer steady-state check-ins (0: none,
+    # every check reads it from the database). About 150 bytes each.
+    host_cache_size: int = 500_000
 
     @property
     def host(self) -> str:
@@ -179,6 +185,12 @@ def _check_ranges(settings: Settings) -> None:
         raise ConfigError(f"sweep_interval must be seconds > 0, got {settings.sweep_interval}")
     if settings.cache_ttl < 0:
         raise ConfigError(f"cache_ttl must be seconds >= 0, got {settings.cache_ttl}")
+    if not 0 < settings.checkin_interval <= 60:
+        raise ConfigError(
+            f"checkin_interval must be seconds in (0, 60], got {settings.checkin_interval}"
+        )
+    if settings.host_cache_size < 0:
+        raise ConfigError(f"host_cache_size must be 0 or more, got {settings.host_cache_size}")
     if settings.db_pool_size < 1:
         raise ConfigError(f"db_pool_size must be at least 1, got {settings.db_pool_size}")
     for proxy in settings.trusted_proxy:

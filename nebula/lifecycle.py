@@ -65,6 +65,18 @@ def after_event(
     return Transition(step) if step is not None and step != status else None
 
 
+def is_routine(event_type: int, result: int, previous_version: str | None) -> bool:
+    """The `3/2 previousversion=""` update_engine attaches to every check (and the stub sends
+    alone): it says nothing new, so it is acknowledged and counted but not logged. The first
+    check after booting into an update names the old version, and a fresh install "0.0.0.0":
+    those are kept."""
+    return (
+        event_type == EVENT_UPDATE_COMPLETE
+        and result == RESULT_SUCCESS_REBOOT
+        and not previous_version
+    )
+
+
 def completes(status: str, granted_version: str | None, reported_version: str | None) -> bool:
     """A host in an update Nebula granted that now runs the granted version has completed it.
 

@@ -73,9 +73,26 @@ class Metrics:
         self.payload_bytes = Counter(
             "nebula_payload_bytes_sent_total", "Payload bytes sent to hosts", registry=r
         )
+        self.checkin_batch_size = Histogram(
+            "nebula_checkin_batch_size",
+            "Steady-state check-ins written per batch",
+            registry=r,
+            buckets=(1, 10, 100, 1000, 5000, 20000, 50000),
+        )
+        self.checkin_flush_seconds = Histogram(
+            "nebula_checkin_flush_seconds",
+            "Time to write one batch of steady-state check-ins",
+            registry=r,
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
+        )
         self.uploads = Counter(
             "nebula_payload_uploads_total", "Payload uploads by outcome", ["outcome"], registry=r
         )
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        """One flush of coalesced check-ins (nebula.store.seen)."""
+        self.checkin_batch_size.observe(size)
+        self.checkin_flush_seconds.observe(seconds)
 
     def count_event(self, event_type: int, result: int, error_code: int | None) -> None:
         t = str(event_type)

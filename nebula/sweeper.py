@@ -18,15 +18,25 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from nebula.store import rollouts
 from nebula.store.catalog import CatalogCache, bump_stamp
+from nebula.store.changes import HostChanges
 from nebula.store.db import transaction
 
 log = logging.getLogger(__name__)
 
 
-async def sweep_once(sessions: async_sessionmaker[AsyncSession], now: datetime) -> list[str]:
-    """One pass; returns the reasons of the pauses it caused."""
+async def sweep_once(
+    sessions: async_sessionmaker[AsyncSession],
+    now: datetime,
+    changes: HostChanges | None = None,
+) -> list[str]:
+    """One pass; returns the reasons of the pauses it caused. The hosts it marks are announced
+    on `changes`, so that no process answers them from a snapshot of before."""
     async with transaction(sessions) as session:
-        touched = await rollouts.mark_timeouts(session, now)
+        touched, marked = await rollouts.mark_timeouts(session, now)
+        if changes is not None:
+            await changes.announce(session, marked)
+    if changes is not None:
+        changes.applied(marked)
     paused: list[str] = []
     for group_id, version in touched:
         # One transaction per group: the group lock first, as everywhere.
@@ -45,12 +55,13 @@ async def run_sweeper(
     catalog: CatalogCache,
     clock: Callable[[], datetime],
     interval: float,
+    changes: HostChanges | None = None,
 ) -> None:
     """Sweep every `interval` seconds (with jitter, so replicas spread out) until cancelled."""
     while True:
         await asyncio.sleep(interval * random.uniform(0.8, 1.2))
         try:
-            if await sweep_once(sessions, clock()):
+            if await sweep_once(sessions, clock(), changes):
                 catalog.invalidate()
         except asyncio.CancelledError:
             raise

@@ -195,8 +195,10 @@ def settings(db_url: str, tmp_path: Path, key_file: Path) -> Settings:
 
 
 @pytest.fixture
-async def client(aiohttp_client: Any, settings: Settings, clock: FakeClock) -> TestClient[Any, Any]:
-    """A test client of a real aiohttp server on the per-test database."""
+async def client(settings: Settings, clock: FakeClock, aiohttp_client: Any) -> TestClient[Any, Any]:
+    """A test client of a real aiohttp server on the per-test database. The database comes
+    first (fixtures are torn down in reverse): the app's shutdown, which flushes pending
+    check-ins, runs while the database still exists."""
     return await aiohttp_client(create_app(settings, clock=clock))  # type: ignore[no-any-return]
 
 

@@ -105,6 +105,57 @@ async def lock_instance_app(
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
+@dataclass(frozen=True, slots=True)
+class StoredHost:
+    """A host's state for one app and the facts it last reported, as stored."""
+
+    group_id: str | None
+    track: str | None
+    version: str | None
+    status: str
+    granted_version: str | None
+    held: bool
+    alias: str | None
+    oem: str | None
+    oem_version: str | None
+    aleph_version: str | None
+    board: str | None
+
+    def same_facts(self, facts: HostFacts, track: str | None) -> bool:
+        """Whether recording `facts` and `track` would change nothing (a value not sent keeps
+        the stored one, as upsert_instance does)."""
+        if clip(track, STATE_LIMITS["track"]) != self.track:
+            return False
+        for name in _OPTIONAL_FACTS:
+            sent = getattr(facts, name)
+            if sent is not None and clip(sent, INSTANCE_LIMITS[name]) != getattr(self, name):
+                return False
+        return True
+
+
+_READ_HOST = (
+    select(
+        InstanceApp.group_id,
+        InstanceApp.track,
+        InstanceApp.version,
+        InstanceApp.status,
+        InstanceApp.granted_version,
+        InstanceApp.held,
+        *(getattr(Instance, name) for name in _OPTIONAL_FACTS),
+    )
+    .join(Instance, Instance.id == InstanceApp.instance_id)
+    .where(InstanceApp.instance_id == bindparam("machine_id"))
+    .where(InstanceApp.app_id == bindparam("app_id"))
+)
+
+
+async def read_host(session: AsyncSession, machine_id: str, app_id: str) -> StoredHost | None:
+    """One indexed read, no lock: what a steady-state check-in is judged on when this process
+    has no snapshot of the host."""
+    row = (await session.execute(_READ_HOST, {"machine_id": machine_id, "app_id": app_id})).first()
+    return None if row is None else StoredHost(*row)
+
+
 def new_instance_app(machine_id: str, app_id: str, now: datetime) -> InstanceApp:
     return InstanceApp(
         instance_id=machine_id,

@@ -281,9 +281,11 @@ async def apply_failure_gate(
     return reason
 
 
-async def mark_timeouts(session: AsyncSession, now: datetime) -> list[tuple[str, str]]:
+async def mark_timeouts(
+    session: AsyncSession, now: datetime
+) -> tuple[list[tuple[str, str]], list[str]]:
     """Mark hosts past their group's update timeout `timed_out`; return the (group, version)
-    pairs that got new timeouts, for the failure gate."""
+    pairs that got new timeouts, for the failure gate, and the hosts marked."""
     groups = (
         await session.execute(
             select(Group.id, Group.update_timeout_seconds).where(
@@ -292,6 +294,7 @@ async def mark_timeouts(session: AsyncSession, now: datetime) -> list[tuple[str,
         )
     ).all()
     touched: list[tuple[str, str]] = []
+    marked: list[str] = []
     for group_id, timeout in groups:
         cutoff = now - timedelta(seconds=timeout)
         stale = (
@@ -323,7 +326,8 @@ async def mark_timeouts(session: AsyncSession, now: datetime) -> list[tuple[str,
         )
         await counts.apply(session, deltas)
         touched.extend((group_id, v) for v in found)
-    return touched
+        marked.extend(h[0] for h in hosts)
+    return touched, marked
 
 
 # -- operator changes ----------------------------------------------------------------------------

@@ -28,6 +28,9 @@ from nebula.service import OmahaService
 from nebula.store import db
 from nebula.store.blobs import BlobStore
 from nebula.store.catalog import CatalogCache
+from nebula.store.changes import HostChanges
+from nebula.store.hostcache import HostCache
+from nebula.store.seen import SeenWriter
 from nebula.sweeper import run_sweeper
 from nebula.web import admin, omaha, payloads, rollout, status
 from nebula.web.api import auth_middleware, listener_middleware
@@ -38,6 +41,7 @@ from nebula.web.keys import (
     CATALOG,
     CLOCK,
     ENGINE,
+    HOST_CHANGES,
     METRICS,
     READ_SESSIONS,
     SERVICE,
@@ -94,15 +98,34 @@ def create_app(
             sessions = db.session_factory(eng)
             read_sessions = db.session_factory(eng, read_only=True)
             catalog = CatalogCache(read_sessions, settings.base_url, settings.cache_ttl)
+            hosts = HostCache(settings.host_cache_size)
+            changes = HostChanges(hosts, eng.dialect.name)
+            metrics = app[METRICS]
+            seen = SeenWriter(sessions, settings.checkin_interval, observe=metrics.observe_batch)
             app[READ_SESSIONS] = read_sessions
             app[ENGINE] = eng
             app[SESSIONS] = sessions
             app[CATALOG] = catalog
-            app[SERVICE] = OmahaService(sessions, catalog, app[METRICS], settings.poll_interval)
+            app[HOST_CHANGES] = changes
+            app[SERVICE] = OmahaService(
+                sessions,
+                catalog,
+                metrics,
+                settings.poll_interval,
+                read_sessions=read_sessions,
+                hosts=hosts,
+                changes=changes,
+                seen=seen,
+            )
             await catalog.get()  # fail at start, not on the first host, if the schema is wrong
             tasks = [
-                asyncio.create_task(run_sweeper(sessions, catalog, clock, settings.sweep_interval))
+                asyncio.create_task(
+                    run_sweeper(sessions, catalog, clock, settings.sweep_interval, changes)
+                ),
+                asyncio.create_task(seen.run()),
             ]
+            if eng.dialect.name == "postgresql":
+                tasks.append(asyncio.create_task(changes.listen(settings.db)))
             if settings.event_retention:
                 keep = parse_duration(settings.event_retention)
                 tasks.append(asyncio.create_task(run_retention(sessions, clock, keep)))
@@ -114,6 +137,12 @@ def create_app(
                 for task in tasks:
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+                # What steady-state check-ins are pending reaches the database before the
+                # engine goes: a clean shutdown loses no last-seen time.
+                try:
+                    await seen.flush()
+                except Exception as exc:
+                    log.error("last-seen times of %d hosts lost at shutdown: %s", len(seen), exc)
         finally:
             if own_engine:
                 await eng.dispose()

@@ -14,6 +14,7 @@ from nebula.payload import TrustedKey
 from nebula.service import OmahaService
 from nebula.store.blobs import BlobStore
 from nebula.store.catalog import CatalogCache
+from nebula.store.changes import HostChanges
 from nebula.web.forwarded import Network
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -23,6 +24,8 @@ SESSIONS: web.AppKey[async_sessionmaker[AsyncSession]] = web.AppKey("sessions")
 READ_SESSIONS: web.AppKey[async_sessionmaker[AsyncSession]] = web.AppKey("read_sessions")
 CATALOG = web.AppKey("catalog", CatalogCache)
 SERVICE = web.AppKey("service", OmahaService)
+# Where changes to hosts made outside the Omaha transaction (holds, sweeps) are announced.
+HOST_CHANGES = web.AppKey("host_changes", HostChanges)
 METRICS = web.AppKey("metrics", Metrics)
 BLOBS = web.AppKey("blobs", BlobStore)
 TRUSTED_KEYS: web.AppKey[Sequence[TrustedKey]] = web.AppKey("trusted_keys")

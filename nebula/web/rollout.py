@@ -21,7 +21,7 @@ from nebula.store.db import transaction
 from nebula.store.models import Channel, Group, InstanceApp
 from nebula.store.packages import check_arch, check_version, find_package
 from nebula.web.api import actor, change, json_body
-from nebula.web.keys import CATALOG, CLOCK, READ_SESSIONS
+from nebula.web.keys import CATALOG, CLOCK, HOST_CHANGES, READ_SESSIONS
 from nebula.web.serialize import iso
 from nebula.windows import WindowError, next_opening, parse_window, window_from_json
 
@@ -385,9 +385,13 @@ async def _hold_or_release(request: web.Request, held: bool) -> web.Response:
                 state.group_id,
                 machine_id=machine_id,
             )
+        # Every process answers this host's next check on its new state, not a snapshot.
+        await request.app[HOST_CHANGES].announce(session, [machine_id])
         return {"machine_id": machine_id, "held": held}
 
-    return web.json_response(await change(request, work))
+    body = await change(request, work)
+    request.app[HOST_CHANGES].applied([machine_id])
+    return web.json_response(body)
 
 
 # aiohttp's default placeholder excludes braces; machine ids may come braced (`{...}`).

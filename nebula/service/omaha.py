@@ -1,0 +1,267 @@
+"""The answer to one Omaha request, app by app: from memory when nothing changes, otherwise from
+one short transaction that commits before the answer is built.
+
+For each <app>: find its group in the catalog snapshot (no query). A steady-state check-in (the
+host says what it said last time; nebula.checkin.steady) is decided on this process's snapshot
+of the host (nebula.store.hostcache; one indexed read when it has none) and only its last-seen
+time is queued for the next batch (nebula.store.seen). Everything else of the request goes
+through nebula.service.transition in one transaction, so that a grant or an event a host was
+told "ok" about is durable; after the commit this process's snapshots are updated and, on
+PostgreSQL, every other process hears of the hosts that changed (nebula.store.changes).
+Imports nebula.omaha, nebula.policy, nebula.checkin, nebula.store and nebula.metrics; nothing
+of nebula.web.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from nebula.checkin import facts_key, steady
+from nebula.metrics import Metrics
+from nebula.omaha.model import (
+    AppRequest,
+    AppResponse,
+    AppStatus,
+    Manifest,
+    Request,
+    Response,
+    UpdateCheckResult,
+    UpdateStatus,
+    arch_of,
+)
+from nebula.policy import Decision
+from nebula.service.transition import Transition, apply_app, host_facts
+from nebula.store.catalog import Catalog, CatalogCache, GroupEntry
+from nebula.store.changes import HostChanges
+from nebula.store.db import transaction
+from nebula.store.hostcache import HostCache, snapshot
+from nebula.store.hosts import (
+    INSTANCE_LIMITS,
+    MACHINE_ID_MAX,
+    STATE_LIMITS,
+    VERSION_MAX,
+    clip,
+    read_host,
+)
+from nebula.store.seen import Seen, SeenWriter
+
+log = logging.getLogger(__name__)
+
+_UUID_TRACK = re.compile(r"^\{?[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}\}?$")
+DEFAULT_TRACK = "stable"  # what update_engine sends when update.conf names no GROUP
+
+
+def normalize_track(track: str | None) -> str:
+    track = (track or "").strip() or DEFAULT_TRACK
+    if _UUID_TRACK.match(track):
+        return track.strip("{}").lower()
+    return track
+
+
+@dataclass(frozen=True, slots=True)
+class _AppOutcome:
+    response: AppResponse
+    decision: Decision | None = None
+    group: GroupEntry | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """An app that goes through the transaction."""
+
+    index: int
+    app: AppRequest
+    group: GroupEntry
+    machine_id: str
+
+
+class OmahaService:
+    """Answers parsed Omaha requests. Holds nothing but caches: the catalog snapshot and the
+    snapshots of hosts, both of which any process may drop at any time.
+
+    Without a `seen` writer every request goes through the transaction (as in tests that
+    drive the service directly)."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        catalog: CatalogCache,
+        metrics: Metrics,
+        poll_interval: int | None = None,
+        *,
+        read_sessions: async_sessionmaker[AsyncSession] | None = None,
+        hosts: HostCache | None = None,
+        changes: HostChanges | None = None,
+        seen: SeenWriter | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self._read_sessions = read_sessions or sessions
+        self._catalog = catalog
+        self._metrics = metrics
+        self._poll_interval = poll_interval or None
+        # `is None`, not `or`: an empty cache is falsy (it has a length).
+        self._hosts = HostCache(0) if hosts is None else hosts
+        self._changes = HostChanges(self._hosts, "sqlite") if changes is None else changes
+        self._seen = seen
+
+    async def handle(self, request: Request, ip: str | None, now: datetime) -> Response:
+        catalog = await self._catalog.get()
+        outcomes: list[_AppOutcome | None] = []
+        pending: list[_Pending] = []
+        for index, app in enumerate(request.apps):
+            early, group = self._without_state(catalog, request, app)
+            outcomes.append(early)
+            if early is None and group is not None and app.machine_id:
+                pending.append(_Pending(index, app, group, app.machine_id))
+        if self._seen is not None:
+            still: list[_Pending] = []
+            for item in pending:
+                outcome = await self._steady(self._seen, item, ip, now)
+                if outcome is None:
+                    still.append(item)
+                else:
+                    outcomes[item.index] = outcome
+            pending = still
+        if pending:
+            for item, result in zip(pending, await self._transact(pending, ip, now), strict=True):
+                outcomes[item.index] = _AppOutcome(
+                    self._answer(item.app, result.manifest), result.decision, item.group
+                )
+        answered = [o for o in outcomes if o is not None]
+        # Counted after the commit: a rolled-back transaction granted nothing.
+        for outcome in answered:
+            self._count(outcome)
+        return Response(apps=tuple(o.response for o in answered))
+
+    def _without_state(
+        self, catalog: Catalog, request: Request, app: AppRequest
+    ) -> tuple[_AppOutcome | None, GroupEntry | None]:
+        """The answer to an app that has no host state to look at, or its group."""
+        if app.app_id not in catalog.apps:
+            # Acknowledge its ping and events as the contract asks; there is nothing to check.
+            status = AppStatus.UNKNOWN_APP
+            return _AppOutcome(
+                AppResponse(app.raw_app_id, status, app.ping, len(app.events), None)
+            ), None
+        group = catalog.find_group(app.app_id, normalize_track(app.track), arch_of(request, app))
+        if group is None:
+            check = UpdateCheckResult(UpdateStatus.UNKNOWN_TRACK) if app.update_check else None
+            response = AppResponse(app.raw_app_id, AppStatus.OK, app.ping, len(app.events), check)
+            return _AppOutcome(response), None
+        if not app.machine_id:
+            # Nothing to record state against; answer as for a host that is up to date.
+            return _AppOutcome(self._answer(app, None)), group
+        # What state is keyed and decided on cannot be clipped to fit the database: refuse this
+        # app (an error status of its own; the request's other apps are answered) rather than
+        # fail on PostgreSQL's length check (500) or merge distinct hosts.
+        if len(app.machine_id) > MACHINE_ID_MAX or (
+            app.version is not None and len(app.version) > VERSION_MAX
+        ):
+            log.info("app %r refused: machineid or version too long", app.raw_app_id[:64])
+            status = AppStatus.INVALID_REQUEST
+            return _AppOutcome(
+                AppResponse(app.raw_app_id, status, app.ping, len(app.events), None)
+            ), None
+        return None, group
+
+    async def _steady(
+        self, seen: SeenWriter, item: _Pending, ip: str | None, now: datetime
+    ) -> _AppOutcome | None:
+        """The answer to a check-in that changes nothing, or None. Only its last-seen time is
+        queued; nothing is written now."""
+        app, group, machine_id = item.app, item.group, item.machine_id
+        known = self._hosts.get(machine_id, app.app_id)
+        if known is None:
+            since = self._hosts.stamp()
+            async with transaction(self._read_sessions) as session:
+                stored = await read_host(session, machine_id, app.app_id)
+            if stored is None:
+                return None  # a new host (or app): the transaction records it
+            facts = host_facts(app, machine_id, ip)
+            known = snapshot(
+                app.app_id,
+                stored.group_id,
+                stored.version,
+                stored.status,
+                stored.granted_version,
+                stored.held,
+                # Unknown facts (0) are never steady: the transaction writes and records them.
+                facts_key(app) if stored.same_facts(facts, app.track) else 0,
+            )
+            self._hosts.put(machine_id, known, since)
+        target = group.target_for(app.version)
+        decision = steady(known, app, group.id, group.policy, target, group.final, now)
+        if decision is None:
+            return None
+        for event in app.events:
+            self._metrics.count_event(event.type, event.result, event.error_code)
+        seen.add(
+            machine_id,
+            app.app_id,
+            Seen(
+                now,
+                clip(ip, INSTANCE_LIMITS["ip"]),
+                clip(app.boot_id, STATE_LIMITS["boot_id"]) if app.boot_id else None,
+                app.update_check,
+            ),
+        )
+        return _AppOutcome(self._answer(app, None), decision if app.update_check else None, group)
+
+    async def _transact(
+        self, pending: list[_Pending], ip: str | None, now: datetime
+    ) -> list[Transition]:
+        """The apps that may change state, in one transaction; then the host caches."""
+        since = self._hosts.stamp()
+        async with transaction(self._sessions) as session:
+            results = [
+                await apply_app(session, self._metrics, p.group, p.app, p.machine_id, ip, now)
+                for p in pending
+            ]
+            moved = [p.machine_id for p, r in zip(pending, results, strict=True) if r.moved]
+            await self._changes.announce(session, moved)
+        self._changes.applied(
+            [p.machine_id for p in pending],
+            {p.machine_id: r.after for p, r in zip(pending, results, strict=True)},
+            since,
+        )
+        return results
+
+    def _answer(self, app: AppRequest, manifest: Manifest | None) -> AppResponse:
+        check = None
+        if app.update_check:
+            status = UpdateStatus.OK if manifest is not None else UpdateStatus.NO_UPDATE
+            check = UpdateCheckResult(status, manifest, self._poll_interval)
+        return AppResponse(app.raw_app_id, AppStatus.OK, app.ping, len(app.events), check)
+
+    def _count(self, outcome: _AppOutcome) -> None:
+        check = outcome.response.update_check
+        if outcome.response.status is not AppStatus.OK:
+            reason = (
+                "unknown_app"
+                if outcome.response.status is AppStatus.UNKNOWN_APP
+                else "invalid_request"
+            )
+            self._metrics.update_checks.labels(decision="error", reason=reason).inc()
+            return
+        if check is None:
+            return
+        if check.status is UpdateStatus.UNKNOWN_TRACK:
+            self._metrics.update_checks.labels(decision="error", reason="unknown_track").inc()
+            return
+        decision = outcome.decision
+        if decision is None:
+            self._metrics.update_checks.labels(decision="noupdate", reason="no_machine_id").inc()
+            return
+        reason = (
+            decision.reason.value
+            if decision.reason is not None
+            else ("regrant" if decision.regrant else "new")
+        )
+        self._metrics.update_checks.labels(decision=decision.verdict.value, reason=reason).inc()
+        if decision.grant and not decision.regrant and outcome.group is not None:
+            self._metrics.grants.labels(group=outcome.group.name).inc()

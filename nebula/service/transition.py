@@ -1,0 +1,257 @@
+"""One app of an Omaha request that may change state, inside the request's transaction: record
+the host, apply its events, count a failure, and on an update check decide and record a grant.
+
+The group's row is locked before the host's (the lock order of nebula.store.rollouts) when the
+request may need it: a check that could be granted (judged on the cached policy; the decision
+itself is made on the locked row) or a failure to count. Events that mean something are logged;
+the routine `3/2 previousversion=""` is only counted. Imports nebula.lifecycle, nebula.policy,
+nebula.checkin, nebula.omaha.model, nebula.store and nebula.metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from nebula import lifecycle
+from nebula.checkin import facts_key
+from nebula.metrics import Metrics
+from nebula.omaha.model import AppRequest, Event, Manifest
+from nebula.policy import (
+    Decision,
+    GroupPolicy,
+    HoldReason,
+    HostState,
+    Verdict,
+    decide,
+    screen,
+)
+from nebula.store import counts, rollouts
+from nebula.store.catalog import GroupEntry, bump_stamp
+from nebula.store.hostcache import Snapshot, snapshot
+from nebula.store.hosts import (
+    STATE_LIMITS,
+    HostFacts,
+    clip,
+    lock_instance_app,
+    new_instance_app,
+    record_event,
+    upsert_instance,
+)
+from nebula.store.models import InstanceApp
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """What one app's transaction decided, for the answer and for the caches after commit."""
+
+    manifest: Manifest | None
+    decision: Decision | None  # None for a request without an update check
+    after: Snapshot  # the host's state as committed
+    moved: bool  # whether state other processes may have cached changed
+
+
+def host_facts(app: AppRequest, machine_id: str, ip: str | None) -> HostFacts:
+    """What the request says about the host itself, as nebula.store.hosts records it."""
+    return HostFacts(
+        machine_id=machine_id,
+        alias=app.machine_alias,
+        ip=ip,
+        oem=app.oem,
+        oem_version=app.oem_version,
+        aleph_version=app.aleph_version,
+        board=app.board,
+    )
+
+
+def _snapshot_of(state: InstanceApp, app: AppRequest) -> Snapshot:
+    return snapshot(
+        state.app_id,
+        state.group_id,
+        state.version,
+        state.status,
+        state.granted_version,
+        state.held,
+        facts_key(app),
+    )
+
+
+def _cached_fields(s: Snapshot) -> tuple[object, ...]:
+    return (s.group_id, s.version, s.status, s.granted_version, s.held)
+
+
+async def apply_app(
+    session: AsyncSession,
+    metrics: Metrics,
+    group: GroupEntry,
+    app: AppRequest,
+    machine_id: str,
+    ip: str | None,
+    now: datetime,
+) -> Transition:
+    target = group.target_for(app.version)
+    final = group.final
+    may_grant = app.update_check and (
+        screen(HostState(app.version, machine_id=machine_id), group.policy, target, now, final)
+        is None
+    )
+    may_fail = any(e.result == lifecycle.RESULT_ERROR for e in app.events)
+    locked = await rollouts.lock_group(session, group.id) if may_grant or may_fail else None
+    policy = rollouts.policy_of(locked) if locked is not None else group.policy
+    await upsert_instance(session, host_facts(app, machine_id, ip), now)
+    state = await lock_instance_app(session, machine_id, app.app_id)
+    before: counts.Key | None = (state.group_id, state.status) if state else None
+    cached_before = _cached_fields(_snapshot_of(state, app)) if state is not None else None
+    if state is None:
+        state = new_instance_app(machine_id, app.app_id, now)
+        session.add(state)
+    state.group_id = group.id
+    state.track = clip(app.track, STATE_LIMITS["track"])
+    if app.boot_id:
+        state.boot_id = clip(app.boot_id, STATE_LIMITS["boot_id"])
+    if app.version:
+        # Every request names the running version; update_engine_stub (diskless hosts)
+        # only ever sends events, so recording it at checks only would never learn it.
+        state.version = app.version
+    failed = False
+    for event in app.events:
+        failed |= _apply_event(session, metrics, state, group, app, event, now)
+    if failed and state.granted_version:
+        await rollouts.record_failure(
+            session,
+            group.id,
+            state.granted_version,
+            machine_id,
+            state.status,
+            state.last_error_code,
+            now,
+        )
+    if failed and locked is not None and state.granted_version:
+        await session.flush()  # the counts below must see this host's new status
+        reason = await rollouts.apply_failure_gate(session, locked, state.granted_version, now)
+        if reason is not None:
+            await bump_stamp(session)  # every replica's catalog must learn of the pause
+            policy = rollouts.policy_of(locked)
+            log.warning("group %s paused: %s", group.name, reason)
+    decision: Decision | None = None
+    manifest: Manifest | None = None
+    if app.update_check:
+        decision, manifest = await _check(
+            session, state, group, app, machine_id, policy, target, locked is not None, now
+        )
+    await _count_move(session, before, state)
+    after = _snapshot_of(state, app)
+    moved = cached_before is not None and cached_before != _cached_fields(after)
+    return Transition(manifest, decision, after, moved)
+
+
+async def _check(
+    session: AsyncSession,
+    state: InstanceApp,
+    group: GroupEntry,
+    app: AppRequest,
+    machine_id: str,
+    policy: GroupPolicy,
+    target: str | None,
+    locked: bool,
+    now: datetime,
+) -> tuple[Decision, Manifest | None]:
+    """The update check: completion, the decision, and the grant it makes."""
+    state.last_check_at = now
+    granted = state.granted_version
+    if granted is not None and lifecycle.completes(state.status, granted, app.version):
+        _set_status(state, "complete", now)
+        state.completed_at = now
+        await rollouts.record_completion(session, group.id, granted, machine_id, now)
+    host = HostState(app.version, state.status, state.granted_version, state.held, machine_id)
+    final = group.final
+    decision = screen(host, policy, target, now, final)
+    if decision is None:
+        # Eligible: only now count, under the group lock taken above (screen on the cached
+        # policy said "eligible" for this host too, so the group is locked).
+        if not locked or target is None:
+            decision = Decision(Verdict.HOLD, HoldReason.PAUSED, target)
+        else:
+            stats = await rollouts.rollout_stats(session, group.id, policy, target, now, machine_id)
+            decision = decide(host, policy, target, now, stats, final)
+    chosen = (
+        group.package_for(target, app.version, app.delta_okay)
+        if decision.grant and target is not None
+        else None
+    )
+    if chosen is None:
+        if state.status == "new":
+            _set_status(state, "idle", now)
+        state.hold_reason = (
+            decision.reason.value
+            if decision.verdict is Verdict.HOLD and decision.reason is not None
+            else None
+        )
+        return decision, None
+    if not decision.regrant:
+        state.granted_version = chosen.version
+        state.granted_at = now
+        state.completed_at = None
+        _set_status(state, "granted", now)
+        rollouts.record_grant(session, group.id, machine_id, chosen.version, now)
+    state.granted_package_id = chosen.id
+    state.hold_reason = None
+    return decision, chosen.manifest
+
+
+def _apply_event(
+    session: AsyncSession,
+    metrics: Metrics,
+    state: InstanceApp,
+    group: GroupEntry,
+    app: AppRequest,
+    event: Event,
+    now: datetime,
+) -> bool:
+    """Log one event (unless routine) and move the host's status; True if it moved to a
+    failed status."""
+    if not lifecycle.is_routine(event.type, event.result, event.previous_version):
+        record_event(
+            session,
+            now=now,
+            machine_id=state.instance_id,
+            app_id=state.app_id,
+            group_id=group.id,
+            event_type=event.type,
+            event_result=event.result,
+            error_code=event.error_code,
+            version=app.version,
+            previous_version=event.previous_version,
+            boot_id=app.boot_id,
+        )
+    metrics.count_event(event.type, event.result, event.error_code)
+    transition = lifecycle.after_event(state.status, event.type, event.result, event.error_code)
+    if transition is None:
+        return False
+    _set_status(state, transition.status, now)
+    if transition.status in lifecycle.FAILED:
+        state.last_error_code = transition.error_code
+        state.last_error_at = now
+        return True
+    return False
+
+
+def _set_status(state: InstanceApp, status: str, now: datetime) -> None:
+    if state.status != status:
+        state.status = status
+        state.status_changed_at = now
+
+
+async def _count_move(session: AsyncSession, before: counts.Key | None, state: InstanceApp) -> None:
+    """Keep the per-group status counts in step with this host (only when it moved)."""
+    after = (state.group_id, state.status)
+    if before != after:
+        deltas: Counter[counts.ShardKey] = Counter()
+        counts.move(deltas, state.instance_id, before, after)
+        await counts.apply(session, deltas)

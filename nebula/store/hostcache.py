@@ -1,0 +1,143 @@
+"""What this process knows of hosts' update state, so that a steady-state check-in is answered
+from memory (nebula.checkin decides; nebula.service asks).
+
+One `Snapshot` per host: the state columns a decision rests on, as committed in the database.
+Entries are filled from reads and from this process's own commits, and dropped when anybody
+changes the host: this process (`replace` after its own commit) or another one (`evict`, from
+nebula.store.changes). A read that started before a change must not put its older state back:
+every change bumps an epoch, remembered per host, and `put(..., since)` refuses a snapshot read
+before the host's last change. Capacity is bounded; the oldest entries go first.
+
+Never a source of truth: whatever changes state reads the database under its locks. A stale
+entry could only make a steady-state answer stale, so every path that changes a host outside
+the Omaha transaction (holds, the timeout sweep, deletes) reports the change. Imports nothing of
+Nebula.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """One host's state for one application, as the database holds it."""
+
+    app_id: str
+    group_id: str | None
+    version: str | None
+    status: str
+    granted_version: str | None
+    held: bool
+    facts: int  # nebula.checkin.facts_key of the request that last wrote the host's facts
+
+
+def _shared(value: str | None) -> str | None:
+    # Versions, group ids and statuses repeat across a fleet: one string object for all hosts.
+    return None if value is None else sys.intern(value)
+
+
+def snapshot(
+    app_id: str,
+    group_id: str | None,
+    version: str | None,
+    status: str,
+    granted_version: str | None,
+    held: bool,
+    facts: int,
+) -> Snapshot:
+    return Snapshot(
+        sys.intern(app_id),
+        _shared(group_id),
+        _shared(version),
+        sys.intern(status),
+        _shared(granted_version),
+        held,
+        facts,
+    )
+
+
+class HostCache:
+    """Snapshots by machine id (one application per host is kept: Flatcar hosts send one)."""
+
+    def __init__(self, capacity: int = 500_000) -> None:
+        self.capacity = capacity
+        self.enabled = capacity > 0
+        self._entries: dict[str, Snapshot] = {}
+        self._changed: dict[str, int] = {}  # machine id -> epoch of its last change
+        self._epoch = 0
+        # Reads that started before this epoch are refused: the per-host record of older changes
+        # has been dropped (capacity), or everything was cleared. A change marked at epoch E
+        # was committed before it was marked, so a read stamped E or later has seen it.
+        self._floor = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def stamp(self) -> int:
+        """Take before reading a host's state; hand to `put` with what was read."""
+        return self._epoch
+
+    def get(self, machine_id: str, app_id: str) -> Snapshot | None:
+        if not self.enabled:
+            return None
+        entry = self._entries.get(machine_id)
+        if entry is None or entry.app_id != app_id:
+            return None
+        return entry
+
+    def put(self, machine_id: str, entry: Snapshot, since: int) -> None:
+        """Keep `entry`, read at `since`, unless the host changed after that."""
+        if not self.enabled or since < self._floor:
+            return
+        if self._changed.get(machine_id, -1) > since:
+            return
+        self._store(machine_id, entry)
+
+    def replace(self, machine_id: str, entry: Snapshot, since: int) -> None:
+        """After this process committed `entry` in a transaction that began at `since`: keep it,
+        unless another change came in meanwhile (the order of the two is then unknown)."""
+        changed_meanwhile = since < self._floor or self._changed.get(machine_id, -1) > since
+        self._mark(machine_id)
+        if changed_meanwhile or not self.enabled:
+            self._entries.pop(machine_id, None)
+        else:
+            self._store(machine_id, entry)
+
+    def evict(self, machine_ids: list[str] | tuple[str, ...]) -> None:
+        """These hosts changed somewhere: forget them, and refuse reads from before now."""
+        for machine_id in machine_ids:
+            self._mark(machine_id)
+            self._entries.pop(machine_id, None)
+
+    def suspend(self) -> None:
+        """Stop answering from memory (the change feed is down): nothing is got or kept."""
+        self.enabled = False
+        self.clear()
+
+    def resume(self) -> None:
+        """The change feed is up (again): start from empty."""
+        self.clear()
+        self.enabled = self.capacity > 0
+
+    def clear(self) -> None:
+        """Forget everything (the change feed was lost: anything may have changed)."""
+        self._epoch += 1
+        self._floor = self._epoch
+        self._entries.clear()
+        self._changed.clear()
+
+    def _mark(self, machine_id: str) -> None:
+        self._epoch += 1
+        self._changed[machine_id] = self._epoch
+        if len(self._changed) > max(self.capacity, 1024):
+            # Dropping the record of old changes: refuse every read older than now instead.
+            self._changed.clear()
+            self._floor = self._epoch
+
+    def _store(self, machine_id: str, entry: Snapshot) -> None:
+        entries = self._entries
+        if machine_id not in entries and len(entries) >= self.capacity:
+            del entries[next(iter(entries))]  # the oldest insertion
+        entries[machine_id] = entry

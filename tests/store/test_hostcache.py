@@ -1,0 +1,96 @@
+"""nebula.store.hostcache: a snapshot read before a change never comes back after it.
+
+Each test is a sequence a wrong cache gets wrong: a read racing with a change puts the old state
+back, a commit racing with another process's change keeps its own (maybe older) state, a cache
+that lost its change feed keeps answering.
+"""
+
+from __future__ import annotations
+
+from nebula.store.hostcache import HostCache, Snapshot, snapshot
+
+APP = "e96281a6-d1af-4bde-9a0a-97b76e56dc57"
+
+
+def state(status: str) -> Snapshot:
+    return snapshot(APP, "g", "3815.2.0", status, None, False, 7)
+
+
+def test_put_and_get() -> None:
+    cache = HostCache(10)
+    cache.put("a", state("idle"), cache.stamp())
+    assert cache.get("a", APP) == state("idle")
+    assert cache.get("a", "another-app") is None  # one app per host is kept
+    assert cache.get("b", APP) is None
+
+
+def test_read_that_started_before_a_change_is_not_kept() -> None:
+    """Catches a cache that takes any put: the old state read before another process granted
+    the host would answer its next check."""
+    cache = HostCache(10)
+    since = cache.stamp()  # a read starts
+    cache.evict(["a"])  # meanwhile another process changed the host
+    cache.put("a", state("idle"), since)  # the read ends with what it saw before
+    assert cache.get("a", APP) is None
+    later = cache.stamp()
+    cache.put("a", state("granted"), later)  # a read after the change is kept
+    assert cache.get("a", APP) == state("granted")
+    # Changes of other hosts do not spoil reads of this one.
+    since = cache.stamp()
+    cache.evict(["b"])
+    cache.put("a", state("downloading"), since)
+    assert cache.get("a", APP) == state("downloading")
+
+
+def test_commit_racing_with_another_change_is_dropped() -> None:
+    """Catches replace() keeping this process's committed state although another change of the
+    same host came in during the transaction (which of the two is newer is unknown)."""
+    cache = HostCache(10)
+    since = cache.stamp()
+    cache.evict(["a"])
+    cache.replace("a", state("granted"), since)
+    assert cache.get("a", APP) is None
+    since = cache.stamp()
+    cache.replace("a", state("granted"), since)
+    assert cache.get("a", APP) == state("granted")
+    # ... and an older read finishing after that commit does not overwrite it.
+    cache.put("a", state("idle"), since)
+    assert cache.get("a", APP) == state("granted")
+
+
+def test_suspended_cache_answers_nothing() -> None:
+    """Catches a cache that keeps answering while its change feed is down."""
+    cache = HostCache(10)
+    cache.put("a", state("idle"), cache.stamp())
+    since = cache.stamp()
+    cache.suspend()
+    assert cache.get("a", APP) is None
+    cache.put("a", state("idle"), cache.stamp())
+    assert cache.get("a", APP) is None
+    cache.resume()
+    assert cache.get("a", APP) is None  # starts empty
+    cache.put("a", state("idle"), since)  # a read from before the outage is refused
+    assert cache.get("a", APP) is None
+    cache.put("a", state("idle"), cache.stamp())
+    assert cache.get("a", APP) == state("idle")
+
+
+def test_capacity_drops_the_oldest_and_forgetting_changes_refuses_old_reads() -> None:
+    cache = HostCache(3)
+    for name in "abcd":
+        cache.put(name, state("idle"), cache.stamp())
+    assert len(cache) == 3 and cache.get("a", APP) is None and cache.get("d", APP) is not None
+    # Marking more hosts than the record of changes holds: reads from before are refused.
+    since = cache.stamp()
+    cache.evict([f"h{i}" for i in range(2000)])
+    cache.put("a", state("idle"), since)
+    assert cache.get("a", APP) is None
+    cache.put("a", state("idle"), cache.stamp())
+    assert cache.get("a", APP) is not None
+
+
+def test_versions_and_statuses_are_shared_strings() -> None:
+    # A million hosts on a few versions: one string object each, not one per host.
+    one = snapshot(APP, "g", "".join(["4152", ".2.3"]), "idle", None, False, 1)
+    two = snapshot(APP, "g", "".join(["415", "2.2.3"]), "idle", None, False, 1)
+    assert one.version is two.version
