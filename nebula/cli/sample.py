@@ -31,20 +31,37 @@ from nebula import crau
     multiple=True,
     help="Also write an extension payload of this name, e.g. oem-azure.gz",
 )
-def sample_payload(out_dir: Path, size: int, extensions: tuple[str, ...]) -> None:
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace a key already in OUT (payloads signed with it then fail to verify)",
+)
+def sample_payload(out_dir: Path, size: int, extensions: tuple[str, ...], force: bool) -> None:
     """Write a signing key pair and payloads signed with it into OUT."""
+    private = out_dir / "sample-key.pem"
+    public = out_dir / "sample-key.pub.pem"
+    # A server started with --trusted-key on the old public key would refuse everything signed
+    # with a new one, and payloads signed with the old key would no longer match the files here.
+    existing = [p for p in (private, public) if p.exists()]
+    if existing and not force:
+        raise click.ClickException(
+            f"{existing[0]} exists: a new key would not verify payloads signed with it "
+            "(and a server trusting it would refuse the new ones); "
+            "use another --out, or --force to replace it"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     key = crau.make_rsa_key()
-    private = out_dir / "sample-key.pem"
-    private.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
+    # Created owner-only: a private key is never readable by others, not even for a moment.
+    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
         )
-    )
-    private.chmod(0o600)
-    public = out_dir / "sample-key.pub.pem"
+    private.chmod(0o600)  # a replaced (--force) file keeps its old mode otherwise
     public.write_bytes(crau.public_pem(key))
     for name in ("flatcar_production_update.gz", *extensions):
         data = os.urandom(size)
