@@ -3,6 +3,11 @@
 Lives here: the trusted keys (TrustedKey, load_trusted_key, default_trusted_keys), the streaming
 PayloadVerifier that checks a payload exactly as a Flatcar host will before it installs it, and
 PayloadInfo, what the server needs to offer a verified file (size, SHA-1, SHA-256, delta or not).
+Verification is two halves that can run in different places: `finish_facts()` checks the
+structure and yields PayloadFacts (hashes, the digest of the signed bytes and the signature), and
+`check_signature` checks those facts against the trusted keys. `nebula package add` reads a
+local copy on the operator's machine, which does not know the server's keys, and the server
+checks the signature facts it is sent.
 
 Layout (all integers big-endian):
 
@@ -137,6 +142,34 @@ class PayloadInfo:
     @property
     def sha256_hex(self) -> str:
         return self.sha256.hex()
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadFacts:
+    """What a well-formed payload says of itself, before any key is consulted."""
+
+    size: int
+    sha1: bytes
+    sha256: bytes
+    manifest_size: int
+    is_delta: bool
+    old_partition_size: int | None
+    new_partition_size: int | None
+    signed_size: int  # bytes [0, signed_size) are what the signature covers
+    signed_sha256: bytes  # their SHA-256: what the signature was made over
+    signature: bytes  # the first version-2 signature, the one a host checks
+
+    def verified(self, signer: TrustedKey) -> PayloadInfo:
+        return PayloadInfo(
+            size=self.size,
+            sha1=self.sha1,
+            sha256=self.sha256,
+            manifest_size=self.manifest_size,
+            is_delta=self.is_delta,
+            old_partition_size=self.old_partition_size,
+            new_partition_size=self.new_partition_size,
+            signer=signer,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,6 +365,19 @@ class PayloadVerifier:
 
     def finish(self) -> PayloadInfo:
         """Decide, once the whole file was fed: return its PayloadInfo or raise a PayloadError."""
+        facts = self.finish_facts()
+        try:
+            signer = check_signature(
+                facts.signed_sha256, facts.signature, self._keys, facts.signed_size
+            )
+        except PayloadError as exc:
+            self._error = exc
+            raise
+        return facts.verified(signer)
+
+    def finish_facts(self) -> PayloadFacts:
+        """Check everything but the signature's key, once the whole file was fed: return what
+        check_signature needs, or raise a PayloadError (the trusted keys are not used)."""
         if self._finished:
             raise RuntimeError("PayloadVerifier.finish() called twice")
         if self._error is not None:
@@ -343,7 +389,7 @@ class PayloadVerifier:
             self._error = exc
             raise
 
-    def _conclude(self) -> PayloadInfo:
+    def _conclude(self) -> PayloadFacts:
         size = self._pos
         if self._manifest_size is None:
             if size == 0:
@@ -388,10 +434,12 @@ class PayloadVerifier:
             raise UnsignedPayloadError(
                 f"no version-{SIGNATURE_VERSION} signature (found versions [{versions}])"
             )
-        signer = self._check_signature(candidates[0])
+        digest = self._signed_digest
+        if digest is None:  # unreachable: the file reached the signature blob
+            raise RuntimeError("signed digest missing although the signature blob was read")
         old = manifest.old_partition
         new = manifest.new_partition
-        return PayloadInfo(
+        return PayloadFacts(
             size=size,
             sha1=self._sha1.digest(),
             sha256=self._sha256.digest(),
@@ -399,38 +447,44 @@ class PayloadVerifier:
             is_delta=old is not None and (bool(old.size) or old.hash is not None),
             old_partition_size=None if old is None else old.size,
             new_partition_size=None if new is None else new.size,
-            signer=signer,
+            signed_size=self._sig_start,
+            signed_sha256=digest,
+            signature=candidates[0],
         )
 
-    def _check_signature(self, signature: bytes) -> TrustedKey:
-        digest = self._signed_digest
-        if digest is None:  # unreachable: the file reached the signature blob
-            raise RuntimeError("signed digest missing although the signature blob was read")
-        algorithm = utils.Prehashed(hashes.SHA256())
-        for key in self._keys:
-            try:
-                key.public_key.verify(signature, digest, padding.PKCS1v15(), algorithm)
-            except (InvalidSignature, ValueError):
-                continue
-            return key
-        # Refused. Tell "signed by a trusted key, then modified" from "signed by another key".
-        for key in self._keys:
-            try:
-                signed = key.public_key.recover_data_from_signature(
-                    signature, padding.PKCS1v15(), hashes.SHA256()
-                )
-            except (InvalidSignature, ValueError):
-                continue
-            raise SignatureError(
-                f"signature by trusted key {key.describe()} is over different content: bytes "
-                f"[0, {self._sig_start}) have SHA-256 {digest.hex()}, the signature covers "
-                f"{signed.hex()} (the file was modified or corrupted after signing)"
+
+def check_signature(
+    signed_sha256: bytes, signature: bytes, trusted_keys: Sequence[TrustedKey], signed_size: int
+) -> TrustedKey:
+    """The trusted key whose RSASSA-PKCS1-v1_5 signature over a SHA-256 computed earlier, maybe
+    elsewhere (hence Prehashed), `signature` is; SignatureError if none. `signed_size`, how many
+    bytes the digest covers, is only for the message."""
+    digest = signed_sha256
+    algorithm = utils.Prehashed(hashes.SHA256())
+    for key in trusted_keys:
+        try:
+            key.public_key.verify(signature, digest, padding.PKCS1v15(), algorithm)
+        except (InvalidSignature, ValueError):
+            continue
+        return key
+    # Refused. Tell "signed by a trusted key, then modified" from "signed by another key".
+    for key in trusted_keys:
+        try:
+            signed = key.public_key.recover_data_from_signature(
+                signature, padding.PKCS1v15(), hashes.SHA256()
             )
-        trusted = "; ".join(k.describe() for k in self._keys) or "none configured"
+        except (InvalidSignature, ValueError):
+            continue
         raise SignatureError(
-            f"signature does not verify against any trusted key ({len(signature)}-byte "
-            f"version-{SIGNATURE_VERSION} signature; trusted: {trusted})"
+            f"signature by trusted key {key.describe()} is over different content: bytes "
+            f"[0, {signed_size}) have SHA-256 {digest.hex()}, the signature covers "
+            f"{signed.hex()} (the file was modified or corrupted after signing)"
         )
+    trusted = "; ".join(k.describe() for k in trusted_keys) or "none configured"
+    raise SignatureError(
+        f"signature does not verify against any trusted key ({len(signature)}-byte "
+        f"version-{SIGNATURE_VERSION} signature; trusted: {trusted})"
+    )
 
 
 def verify_file(
@@ -442,12 +496,23 @@ def verify_file(
 
     Raises a PayloadError subclass for a refused payload; OSError if the file cannot be read.
     """
+    return _feed_file(path, PayloadVerifier(trusted_keys), chunk_size).finish()
+
+
+def read_facts(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> PayloadFacts:
+    """Check the structure of the payload file at `path` and return its facts, for a signature
+    check elsewhere (check_signature). Raises as verify_file does, the signature's key aside."""
+    return _feed_file(path, PayloadVerifier(()), chunk_size).finish_facts()
+
+
+def _feed_file(
+    path: str | os.PathLike[str], verifier: PayloadVerifier, chunk_size: int
+) -> PayloadVerifier:
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    verifier = PayloadVerifier(trusted_keys)
     buf = bytearray(chunk_size)
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as f:
         while n := f.readinto(buf):
             verifier.feed(view[:n])
-    return verifier.finish()
+    return verifier

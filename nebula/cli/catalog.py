@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
+import base64
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +11,7 @@ import click
 
 from nebula.cli.client import ApiClient
 from nebula.cli.output import emit_json, human_size, table
+from nebula.lifecycle import STATUSES  # pure and small: cheap enough for --help
 
 ARCH = click.Choice(["amd64", "arm64"])
 
@@ -79,13 +80,33 @@ def package_upload(
 
 
 def _describe_file(path: Path) -> dict[str, Any]:
-    sha1, sha256, size = hashlib.sha1(), hashlib.sha256(), 0
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            sha1.update(chunk)
-            sha256.update(chunk)
-            size += len(chunk)
-    return {"name": path.name, "size": size, "sha1": sha1.hexdigest(), "sha256": sha256.hexdigest()}
+    """A local copy's size and hashes, and the facts of its signature (`crau`) for the server.
+
+    The file is read by the verifier `upload` uses: one that is not a well-formed, signed CrAU
+    payload is refused here, before anything is sent. Which keys are trusted only the server
+    knows, so it checks the signature over the digest computed here (see add_external_package).
+    """
+    from nebula.errors import PayloadError
+    from nebula.payload import read_facts
+
+    try:
+        facts = read_facts(path)
+    except PayloadError as exc:
+        raise click.ClickException(f"{path}: {exc}") from None
+    except OSError as exc:
+        raise click.ClickException(f"{path}: {exc.strerror}") from None
+    return {
+        "name": path.name,
+        "size": facts.size,
+        "sha1": facts.sha1.hex(),
+        "sha256": facts.sha256.hex(),
+        "crau": {
+            "signed_size": facts.signed_size,
+            "signed_sha256": facts.signed_sha256.hex(),
+            "signature": base64.b64encode(facts.signature).decode("ascii"),
+            "delta": facts.is_delta,
+        },
+    }
 
 
 def _parse_file_spec(text: str) -> dict[str, Any]:
@@ -130,8 +151,9 @@ def package_add(
 ) -> None:
     """Register a package hosted elsewhere, with each file's size and hashes.
 
-    Give local copies of the files (FILES, main payload first, and --extension) to have the
-    sizes and hashes computed, or --file NAME:SIZE:SHA1:SHA256 for each.
+    Give local copies of the files (FILES, main payload first, and --extension) to have them
+    verified as `upload` does (CrAU, signed by a key the server trusts) and their sizes and
+    hashes computed, or --file NAME:SIZE:SHA1:SHA256 for each (taken on trust).
     """
     described = [_describe_file(p) for p in (*files, *extension)]
     described += [_parse_file_spec(s) for s in specs]
@@ -332,7 +354,7 @@ def instance_group() -> None:
 @json_option
 @click.option("--group", help="Only this group (name, track or id)")
 @click.option("--arch", type=ARCH)
-@click.option("--status")
+@click.option("--status", type=click.Choice(STATUSES))
 @click.option("--version")
 @click.option("--limit", type=int, default=100, show_default=True)
 @click.option("--offset", type=int, default=0)

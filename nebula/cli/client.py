@@ -1,6 +1,7 @@
-"""The admin API client the CLI uses: NEBULA_URL and NEBULA_TOKEN (or --url/--token).
+"""The admin API client the CLI uses: NEBULA_URL and NEBULA_TOKEN (or --server/--token).
 
-Errors from the server come back as ClickExceptions carrying the server's own message.
+Errors from the server come back as ClickExceptions carrying the server's own message, and a
+server URL that cannot be right (no scheme, or a path) is refused before anything is sent.
 Uploads stream from disk: a 1 GiB payload never sits in this process's memory either.
 """
 
@@ -14,14 +15,49 @@ from typing import Any
 
 import aiohttp
 import click
+from yarl import URL
 
 from nebula.config import client_env
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def base_url(raw: str, source: str) -> str:
+    """The server's base URL (scheme, host, port) from what --server or NEBULA_URL (`source`)
+    said; a ClickException naming the fix when it is something else.
+
+    Without this, "127.0.0.1:8000" reads as scheme "127.0.0.1" and aiohttp fails with a
+    traceback, and a path (".../v1/update/", ".../api") is kept and every route under it 404s.
+    """
+    example = "http://HOST:PORT"
+    try:
+        url = URL(raw.strip())
+    except ValueError as exc:
+        raise click.ClickException(
+            f"{source} {raw!r} is not a URL ({exc}): use {example}"
+        ) from None
+    if url.scheme not in ("http", "https") or not url.host:
+        guess = f"http://{raw.strip()}" if "://" not in raw else example
+        raise click.ClickException(
+            f"{source} {raw!r} needs http:// or https:// and a host: use e.g. {guess}"
+        )
+    if url.path not in ("", "/") or url.query_string or url.fragment:
+        raise click.ClickException(
+            f"{source} {raw!r} has a path: give the server's base URL, {url.origin()} "
+            "(the CLI adds /api/v1/... itself)"
+        )
+    return str(url.origin())
 
 
 class ApiClient:
     def __init__(self, url: str | None, token: str | None) -> None:
         env_url, env_token = client_env()
-        self.url = (url or env_url or "http://127.0.0.1:8000").rstrip("/")
+        if url:
+            self.url = base_url(url, "--server")
+        elif env_url:
+            self.url = base_url(env_url, "NEBULA_URL")
+        else:
+            self.url = DEFAULT_URL
         self.token = token or env_token
         if not self.token:
             raise click.UsageError("no token: set NEBULA_TOKEN (see `nebula token create`)")

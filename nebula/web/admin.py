@@ -7,8 +7,10 @@ Payload uploads stream: see `upload_package`.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +23,8 @@ from nebula.errors import (
     PayloadError,
 )
 from nebula.ingest import Ingested, ingest
+from nebula.lifecycle import STATUSES
+from nebula.payload import TrustedKey, check_signature
 from nebula.policy import HostState
 from nebula.store import groups as group_store
 from nebula.store import packages as package_store
@@ -148,13 +152,7 @@ async def upload_package(request: web.Request) -> web.Response:
                 raise type(exc)(f"{name}: {exc}") from None
         if not ingested:
             raise InvalidInputError("no 'payload' part in the upload")
-        main = ingested[0].info
-        if main.is_delta != (from_version is not None):
-            raise PayloadError(
-                f"{ingested[0].name} is a delta payload: give --from-version"
-                if main.is_delta
-                else f"{ingested[0].name} is a full payload, but --from-version was given"
-            )
+        _check_kind(ingested[0].name, ingested[0].info.is_delta, from_version)
         for item in ingested:
             blobs.commit(item.temp, item.info.sha256_hex)
         specs = [
@@ -194,9 +192,59 @@ async def upload_package(request: web.Request) -> web.Response:
     return web.json_response(package_json(package, request.app[SETTINGS].base_url), status=201)
 
 
+def _check_kind(name: str, is_delta: bool, from_version: str | None) -> None:
+    """The main payload is a delta exactly when the package names the version it applies to."""
+    if is_delta != (from_version is not None):
+        raise PayloadError(
+            f"{name} is a delta payload: give --from-version"
+            if is_delta
+            else f"{name} is a full payload, but --from-version was given"
+        )
+
+
+def _crau_signer(name: str, raw: object, keys: Sequence[TrustedKey]) -> tuple[str, bool]:
+    """Check the facts a client read from its local copy of a file (`crau`: signed_size,
+    signed_sha256 hex, signature base64, delta) against our trusted keys, as an upload is
+    checked; return the signer's fingerprint and whether the file is a delta payload.
+
+    The client checked the CrAU structure and computed the digest of the signed bytes; the
+    signature itself, and so which keys are trusted, is decided here, where the keys are.
+    """
+    try:
+        if not isinstance(raw, dict):
+            raise TypeError
+        size, digest_hex, sig_b64, delta = (
+            raw["signed_size"],
+            raw["signed_sha256"],
+            raw["signature"],
+            raw["delta"],
+        )
+        if not (isinstance(size, int) and isinstance(delta, bool) and isinstance(sig_b64, str)):
+            raise TypeError
+        digest = bytes.fromhex(digest_hex)
+        signature = base64.b64decode(sig_b64, validate=True)
+        if len(digest) != 32 or not signature:
+            raise ValueError
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        raise InvalidInputError(
+            f"{name}: crau needs signed_size (an integer), signed_sha256 (64 hex digits), "
+            "signature (base64) and delta (true or false)"
+        ) from None
+    try:
+        signer = check_signature(digest, signature, keys, size)
+    except PayloadError as exc:
+        raise type(exc)(f"{name}: {exc}") from None
+    return signer.fingerprint, delta
+
+
 @routes.post("/api/v1/packages")
 async def add_external_package(request: web.Request) -> web.Response:
-    """A package whose files are hosted elsewhere: base_url plus each file's size and hashes."""
+    """A package whose files are hosted elsewhere: base_url plus each file's size and hashes.
+
+    A file may carry `crau`, the signature facts of a local copy (see _crau_signer): its
+    signature is then checked against the trusted keys as for an upload, and a main payload's
+    kind against from_version. A file without them is taken on trust (`--file` specs).
+    """
     data = await json_body(request)
     version, arch, from_version = _package_target(data)
     base_url = req(data, "base_url")
@@ -207,7 +255,7 @@ async def add_external_package(request: web.Request) -> web.Response:
     raw_files = data.get("files")
     if not isinstance(raw_files, list) or not raw_files:
         raise InvalidInputError("files must be a non-empty list, the main payload first")
-    specs = []
+    specs: list[package_store.FileSpec] = []
     for f in raw_files:
         # Exact JSON types: str()/int() would turn null into a file named "None" and cut a
         # size of 4096.5 to 4096, which hosts would then fail on.
@@ -220,6 +268,11 @@ async def add_external_package(request: web.Request) -> web.Response:
             raise InvalidInputError(
                 "each file needs name, size (an integer), sha1 and sha256 (hex)"
             )
+        signer = None
+        if f.get("crau") is not None:
+            signer, is_delta = _crau_signer(f["name"], f["crau"], request.app[TRUSTED_KEYS])
+            if not specs:
+                _check_kind(f["name"], is_delta, from_version)
         specs.append(
             package_store.FileSpec(
                 name=f["name"],
@@ -227,6 +280,7 @@ async def add_external_package(request: web.Request) -> web.Response:
                 sha1=f["sha1"].lower(),
                 sha256=f["sha256"].lower(),
                 stored=False,
+                signer=signer,
             )
         )
     package = await change(
@@ -339,6 +393,9 @@ async def list_instances(request: web.Request) -> web.Response:
         offset = max(int(q.get("offset", "0")), 0)
     except ValueError:
         raise InvalidInputError("limit and offset must be integers") from None
+    # An unknown status would match no host: an empty list that looks like a true answer.
+    if q.get("status") and q["status"] not in STATUSES:
+        raise InvalidInputError(f"unknown status {q['status']!r}: use one of {', '.join(STATUSES)}")
     async with transaction(request.app[READ_SESSIONS]) as session:
         stmt = (
             select(InstanceApp, Instance, Group.name, Group.arch)

@@ -16,6 +16,7 @@ from nebula.errors import AuthError, ForbiddenError, InvalidInputError
 from nebula.store.catalog import bump_stamp
 from nebula.store.db import transaction
 from nebula.store.tokens import Principal, authenticate
+from nebula.web.errors import answer
 from nebula.web.keys import CATALOG, READ_SESSIONS, SESSIONS, SETTINGS
 
 PRINCIPAL = web.RequestKey("principal", Principal)
@@ -27,13 +28,24 @@ ADMIN_PATHS = ("/api/", "/metrics")
 
 @web.middleware
 async def listener_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """With admin_listen set, the admin API and /metrics answer only on that listener."""
+    """With admin_listen set, the admin API and /metrics answer only on that listener.
+
+    Elsewhere they are a 404 that says so (a bare "Not Found" sends an operator whose CLI points
+    at the public port looking for a broken server). The admin address itself is not named:
+    hosts reach this port too.
+    """
     admin = request.app[SETTINGS].admin_listen
     if admin and request.path.startswith(ADMIN_PATHS):
         sockname = request.transport.get_extra_info("sockname") if request.transport else None
         port = sockname[1] if isinstance(sockname, tuple) and len(sockname) >= 2 else None
         if port != split_listen(admin)[1]:
-            raise web.HTTPNotFound()
+            return answer(
+                request,
+                404,
+                f"{request.path} is served on the admin listener (nebula serve --admin-listen), "
+                "not on this port: point the CLI's --server or NEBULA_URL at that address",
+                "AdminListenerError",
+            )
     return await handler(request)
 
 

@@ -20,7 +20,8 @@ from nebula.errors import NebulaError
 log = logging.getLogger(__name__)
 
 
-def _answer(request: web.Request, status: int, message: str, kind: str) -> web.Response:
+def answer(request: web.Request, status: int, message: str, kind: str) -> web.Response:
+    """An error in the shape of its route: JSON `{"error", "type"}` under /api/, else text."""
     if request.path.startswith("/api/"):
         return web.json_response({"error": message, "type": kind}, status=status)
     return web.Response(status=status, text=message + "\n")
@@ -60,17 +61,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         # the admin API's JSON shape; successes and redirects pass through as they are.
         if exc.status < 400 or not request.path.startswith("/api/"):
             raise
-        response = _answer(request, exc.status, exc.reason, type(exc).__name__)
+        response = answer(request, exc.status, exc.reason, type(exc).__name__)
         if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
     except NebulaError as exc:
-        return _answer(request, exc.http_status, str(exc), type(exc).__name__)
+        return answer(request, exc.http_status, str(exc), type(exc).__name__)
     except Exception as exc:
         if _is_unavailable(exc):
             log.error("database unavailable on %s %s: %s", request.method, request.path, exc)
-            response = _answer(request, 503, "service unavailable, retry later", "Unavailable")
+            response = answer(request, 503, "service unavailable, retry later", "Unavailable")
             response.headers["Retry-After"] = "60"
             return response
         log.exception("unexpected error on %s %s", request.method, request.path)
-        return _answer(request, 500, "internal error", "InternalError")
+        return answer(request, 500, "internal error", "InternalError")

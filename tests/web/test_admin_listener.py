@@ -33,6 +33,12 @@ async def test_admin_routes_only_on_the_admin_listener(
             auth = {"Authorization": f"Bearer {admin_token}"}
             async with http.get(f"{base}/api/v1/channels", headers=auth) as resp:
                 assert resp.status == (200 if on_admin_port else 404)
+                if not on_admin_port:
+                    # Not a bare "Not Found": the operator learns the API is elsewhere.
+                    body = await resp.json()
+                    assert body["type"] == "AdminListenerError"
+                    assert "admin listener" in body["error"] and "--admin-listen" in body["error"]
+                    assert admin not in body["error"]  # hosts reach this port too
             async with http.get(f"{base}/metrics") as resp:
                 assert resp.status == (200 if on_admin_port else 404)
             # Hosts' routes work on either.
