@@ -87,6 +87,9 @@ class Catalog:
     groups: dict[tuple[str, str, str], GroupEntry]
     # (app_id, track) -> the arches that have such a group, for hosts that do not say theirs.
     track_arches: dict[tuple[str, str], tuple[str, ...]]
+    # (package_id, file name) -> SHA-256 hex of every file in Nebula's payload store: the
+    # payload route serves a known file without a query.
+    stored_files: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def find_group(self, app_id: str, track: str, arch: str | None) -> GroupEntry | None:
         if arch is None:
@@ -225,6 +228,7 @@ async def load_catalog(session: AsyncSession, base_url: str) -> Catalog:
         apps=apps,
         groups=groups,
         track_arches={k: tuple(sorted(v)) for k, v in arches.items()},
+        stored_files={(p.id, f.name): f.sha256 for p in packages for f in p.files if f.stored},
     )
 
 

@@ -2,7 +2,9 @@
 
 The URL ends in the file name because clients build it as codebase + name. aiohttp's
 FileResponse does the HTTP work: one byte range (206, or 416 with the size), HEAD and
-Content-Length; update_engine resumes downloads with `Range: bytes=N-`.
+Content-Length; update_engine resumes downloads with `Range: bytes=N-`, and the bytes go out with
+sendfile(2) (the kernel copies them; no Python loop touches them). Which file a URL names comes
+from the catalog snapshot, so a download of a known file costs no database query.
 
 The one validator is the strong ETag `"<sha256 hex>"` of the content, not FileResponse's
 mtime-and-size: the same file has another mtime on every replica (and after a restore), and a
@@ -21,7 +23,7 @@ from multidict import CIMultiDict
 
 from nebula.store.db import transaction
 from nebula.store.packages import find_file
-from nebula.web.keys import BLOBS, METRICS, READ_SESSIONS
+from nebula.web.keys import BLOBS, CATALOG, METRICS, READ_SESSIONS
 
 _UUID_CHARS = frozenset("0123456789abcdef-")
 _CACHE_CONTROL = "public, max-age=31536000, immutable"
@@ -84,12 +86,13 @@ async def handle_payload(request: web.Request) -> web.StreamResponse:
     # like any response), not here.
     if len(package_id) != 36 or not set(package_id) <= _UUID_CHARS:
         raise web.HTTPNotFound(text="no such payload\n")
-    async with transaction(request.app[READ_SESSIONS]) as session:
-        file = await find_file(session, package_id, name)
+    sha256 = await _stored_sha256(request, package_id, name)
     blobs = request.app[BLOBS]
-    if file is None or not file.stored or not blobs.exists(file.sha256):
+    # The blob is checked as well: a package deleted on another replica lingers in this
+    # process's catalog for up to cache_ttl, its file does not.
+    if sha256 is None or not blobs.exists(sha256):
         raise web.HTTPNotFound(text="no such payload\n")
-    etag = f'"{file.sha256}"'
+    etag = f'"{sha256}"'
     if request.headers.get(hdrs.IF_MATCH) is not None and not _listed(
         request.headers.get(hdrs.IF_MATCH), etag, weak=False
     ):
@@ -98,11 +101,26 @@ async def handle_payload(request: web.Request) -> web.StreamResponse:
         return web.Response(
             status=304, headers={hdrs.ETAG: etag, hdrs.CACHE_CONTROL: _CACHE_CONTROL}
         )
-    response = PayloadFileResponse(blobs.path(file.sha256), file.sha256)
+    response = PayloadFileResponse(blobs.path(sha256), sha256)
     response.headers[hdrs.CACHE_CONTROL] = _CACHE_CONTROL
-    response.headers[hdrs.CONTENT_DISPOSITION] = f'attachment; filename="{file.name}"'
+    response.headers[hdrs.CONTENT_DISPOSITION] = f'attachment; filename="{name}"'
     response.content_type = "application/octet-stream"
     return response
+
+
+async def _stored_sha256(request: web.Request, package_id: str, name: str) -> str | None:
+    """The SHA-256 of a file in the payload store, from the catalog's file map: no query.
+
+    Only a file the catalog does not know costs one: a package uploaded on another replica is
+    missing here for up to cache_ttl, while a host may already have its URL from that replica.
+    """
+    catalog = await request.app[CATALOG].get()
+    sha256 = catalog.stored_files.get((package_id, name))
+    if sha256 is not None:
+        return sha256
+    async with transaction(request.app[READ_SESSIONS]) as session:
+        file = await find_file(session, package_id, name)
+    return file.sha256 if file is not None and file.stored else None
 
 
 async def own_validator(request: web.Request, response: web.StreamResponse) -> None:

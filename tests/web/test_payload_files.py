@@ -306,3 +306,83 @@ async def test_conditional_requests_use_the_sha256_etag(client: Any, uploaded: U
     for tag in ('"other"', f"W/{etag}"):
         resp = await client.get(url, headers={"If-Match": tag})
         assert resp.status == 412, tag
+
+
+async def test_a_known_file_is_served_without_a_query(
+    aiohttp_client: Any,
+    db_url: str,
+    tmp_path: Any,
+    key_file: Any,
+    admin_token: str,
+    signing_key: RSAPrivateKey,
+) -> None:
+    """Two replicas on one database and payload store. Catches a payload route that queries the
+    package files for every download, and a file map that is the only source: a file uploaded on
+    the other replica (this one's catalog is up to cache_ttl old) must still be served."""
+    from contextlib import contextmanager
+
+    from sqlalchemy import event
+
+    from nebula.store import db
+    from nebula.web.app import create_app
+    from tests.factories import make_settings
+
+    engine = db.create_engine(db_url)
+    settings = make_settings(db_url, tmp_path, key_file, cache_ttl=600.0)
+    here = await aiohttp_client(create_app(settings, engine=engine))
+    there = await aiohttp_client(create_app(settings))
+
+    @contextmanager
+    def file_queries() -> Any:
+        seen: list[str] = []
+
+        def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            if "package_files" in statement:
+                seen.append(statement)
+
+        event.listen(engine.sync_engine, "before_cursor_execute", record)
+        try:
+            yield seen
+        finally:
+            event.remove(engine.sync_engine, "before_cursor_execute", record)
+
+    async def upload(client: Any, version: str, tag: bytes) -> Uploaded:
+        main, ext = payload(signing_key, 4096, tag), payload(signing_key, 4096, tag + b"x")
+        form = aiohttp.FormData()
+        form.add_field("payload", main, filename=MAIN)
+        form.add_field("extension", ext, filename=AZURE)
+        resp = await client.post(
+            "/api/v1/packages/upload",
+            params={"version": version, "arch": "amd64"},
+            data=form,
+            headers=auth(admin_token),
+        )
+        assert resp.status == 201, await resp.text()
+        return Uploaded(await resp.json(), main, ext)
+
+    try:
+        first = await upload(here, NEW, b"first")
+        await here.post("/v1/update/", data=Host(machine_id="e" * 32).check())  # catalog loaded
+        with file_queries() as seen:
+            for _ in range(3):
+                resp = await here.get(first.path(MAIN), headers={"Range": "bytes=10-"})
+                assert resp.status == 206 and await resp.read() == first.main[10:]
+        assert seen == []
+
+        # Uploaded on the other replica: not in this one's catalog yet, found in the database.
+        second = await upload(there, "4152.2.4", b"second")
+        with file_queries() as seen:
+            resp = await here.get(second.path(AZURE))
+            assert resp.status == 200 and await resp.read() == second.ext
+        assert len(seen) == 1
+
+        # Deleted: gone at once where it was deleted (that catalog is dropped, and the database
+        # no longer has it); other replicas follow within their cache_ttl, as their Omaha
+        # answers do.
+        resp = await there.delete(
+            f"/api/v1/packages/{first.package['id']}", headers=auth(admin_token)
+        )
+        assert resp.status == 204, await resp.text()
+        assert (await there.get(first.path(MAIN))).status == 404
+    finally:
+        await engine.dispose()
