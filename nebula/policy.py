@@ -70,6 +70,16 @@ class GroupPolicy:
     windows: tuple[Window, ...] = ()
     percentage: float = 100.0
 
+    @property
+    def counts_grants(self) -> bool:
+        """Whether a grant depends on counts that other grants change (updates per period,
+        concurrency, safe mode's canary): then grants in the group must take turns."""
+        return (
+            self.max_updates_per_period is not None
+            or self.max_concurrent is not None
+            or self.safe_mode
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class HostState:

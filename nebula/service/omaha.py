@@ -35,7 +35,7 @@ from nebula.omaha.model import (
     arch_of,
 )
 from nebula.policy import Decision
-from nebula.service.transition import Transition, apply_app, host_facts
+from nebula.service.transition import NeedsExclusiveLock, Transition, apply_app, host_facts
 from nebula.store.catalog import Catalog, CatalogCache, GroupEntry
 from nebula.store.changes import HostChanges
 from nebula.store.db import transaction
@@ -217,18 +217,36 @@ class OmahaService:
     ) -> list[Transition]:
         """The apps that may change state, in one transaction; then the host caches."""
         since = self._hosts.stamp()
-        async with transaction(self._sessions) as session:
-            results = [
-                await apply_app(session, self._metrics, p.group, p.app, p.machine_id, ip, now)
-                for p in pending
-            ]
-            moved = [p.machine_id for p, r in zip(pending, results, strict=True) if r.moved]
-            await self._changes.announce(session, moved)
+        try:
+            results = await self._apply(pending, ip, now, exclusive=False)
+        except NeedsExclusiveLock:
+            results = await self._apply(pending, ip, now, exclusive=True)
         self._changes.applied(
             [p.machine_id for p in pending],
             {p.machine_id: r.after for p, r in zip(pending, results, strict=True)},
             since,
         )
+        return results
+
+    async def _apply(
+        self, pending: list[_Pending], ip: str | None, now: datetime, *, exclusive: bool
+    ) -> list[Transition]:
+        async with transaction(self._sessions) as session:
+            results = [
+                await apply_app(
+                    session,
+                    self._metrics,
+                    p.group,
+                    p.app,
+                    p.machine_id,
+                    ip,
+                    now,
+                    exclusive=exclusive,
+                )
+                for p in pending
+            ]
+            moved = [p.machine_id for p, r in zip(pending, results, strict=True) if r.moved]
+            await self._changes.announce(session, moved)
         return results
 
     def _answer(self, app: AppRequest, manifest: Manifest | None) -> AppResponse:

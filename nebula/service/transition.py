@@ -86,6 +86,10 @@ def _cached_fields(s: Snapshot) -> tuple[object, ...]:
     return (s.group_id, s.version, s.status, s.granted_version, s.held)
 
 
+class NeedsExclusiveLock(Exception):
+    """The group's policy counts grants now, unlike the catalog that chose a shared lock."""
+
+
 async def apply_app(
     session: AsyncSession,
     metrics: Metrics,
@@ -94,7 +98,12 @@ async def apply_app(
     machine_id: str,
     ip: str | None,
     now: datetime,
+    *,
+    exclusive: bool = False,
 ) -> Transition:
+    """Apply one app's request in `session`: the host's facts and state, its events, and the
+    update check. `exclusive`: take the group's lock alone even where sharing it would do (a
+    retry after NeedsExclusiveLock)."""
     target = group.target_for(app.version)
     final = group.final
     may_grant = app.update_check and (
@@ -102,8 +111,20 @@ async def apply_app(
         is None
     )
     may_fail = any(e.result == lifecycle.RESULT_ERROR for e in app.events)
-    locked = await rollouts.lock_group(session, group.id) if may_grant or may_fail else None
+    # A grant that counts nothing shares the group's lock with other such grants; a failure
+    # (the gate counts) or a counting policy takes it alone.
+    shared = may_grant and not may_fail and not group.policy.counts_grants and not exclusive
+    locked = (
+        await rollouts.lock_group(session, group.id, shared=shared)
+        if may_grant or may_fail
+        else None
+    )
     policy = rollouts.policy_of(locked) if locked is not None else group.policy
+    if shared and policy.counts_grants:
+        # Limits were set after this process read its catalog. A shared lock cannot count
+        # exactly, and upgrading it could deadlock with a grant doing the same: start over
+        # (nothing is written yet) with the lock alone.
+        raise NeedsExclusiveLock(group.id)
     await upsert_instance(session, host_facts(app, machine_id, ip), now)
     state = await lock_instance_app(session, machine_id, app.app_id)
     before: counts.Key | None = (state.group_id, state.status) if state else None

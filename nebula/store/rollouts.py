@@ -63,12 +63,17 @@ def policy_of(group: Group) -> GroupPolicy:
     )
 
 
-async def lock_group(session: AsyncSession, group_id: str) -> Group:
-    """The group's row, locked until the transaction ends, and fresh from the database."""
+async def lock_group(session: AsyncSession, group_id: str, *, shared: bool = False) -> Group:
+    """The group's row, locked until the transaction ends, and fresh from the database.
+
+    `shared` (FOR SHARE) lets grants that count nothing run side by side while still ordering
+    them against every change of the group (a pause, a policy change: FOR UPDATE), which waits
+    for them and which they wait for. SQLite's writer lock is exclusive either way.
+    """
     stmt = (
         select(Group)
         .where(Group.id == group_id)
-        .with_for_update()
+        .with_for_update(read=shared)
         .execution_options(populate_existing=True)
     )
     return (await session.execute(stmt)).scalar_one()
