@@ -11,7 +11,7 @@ import time
 from aiohttp import web
 
 from nebula.errors import ProtocolError, RequestTooLargeError
-from nebula.omaha.build import build_response
+from nebula.omaha.build import build_response_cached
 from nebula.omaha.parse import MAX_BODY, parse_request
 from nebula.web.forwarded import Network, client_address
 from nebula.web.keys import CLOCK, METRICS, SERVICE, TRUSTED_PROXIES
@@ -44,7 +44,8 @@ async def handle_update(request: web.Request) -> web.Response:
         ip = client_address(request.remote, request.headers.get("X-Forwarded-For"), proxies)
         response = await request.app[SERVICE].handle(parsed, ip, request.app[CLOCK]())
         outcome = "ok"
-        return web.Response(body=build_response(response), content_type="text/xml", charset="utf-8")
+        body = build_response_cached(response)
+        return web.Response(body=body, content_type="text/xml", charset="utf-8")
     except RequestTooLargeError:
         outcome = "too_large"
         raise

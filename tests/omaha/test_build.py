@@ -25,6 +25,7 @@ from nebula.omaha import (
     build_response,
     parse_request,
 )
+from nebula.omaha.build import build_response_cached
 
 DATA = Path(__file__).parent.parent / "data" / "omaha"
 FLATCAR_RAW = "{e96281a6-d1af-4bde-9a0a-97b76e56dc57}"
@@ -124,6 +125,20 @@ _GOLDEN_IDS = [name for name, _ in GOLDEN_RESPONSES]
 @pytest.mark.parametrize(("name", "response"), GOLDEN_RESPONSES, ids=_GOLDEN_IDS)
 def test_golden_response(name: str, response: Response) -> None:
     assert build_response(response) == (DATA / name).read_bytes()
+
+
+def test_remembered_responses_are_keyed_on_all_of_the_response() -> None:
+    """Catches a memo keyed on less than the whole answer: every golden response, then each
+    with another daystart, must come out as build_response makes it, in any order."""
+    variants = [r for _, r in GOLDEN_RESPONSES]
+    variants += [dataclasses.replace(r, daystart_elapsed_seconds=7) for r in variants]
+    for response in variants + variants[::-1]:
+        assert build_response_cached(response) == build_response(response)
+    # An equal but distinct object is served from the memo, and answers the same.
+    first = variants[0]
+    again = dataclasses.replace(first)
+    assert again is not first
+    assert build_response_cached(again) is build_response_cached(first)
 
 
 def test_status_strings() -> None:
