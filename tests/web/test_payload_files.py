@@ -20,6 +20,7 @@ from nebula.config import Settings
 from nebula.store.blobs import BlobStore
 from tests import crau
 from tests.factories import Host
+from tests.statements import statements
 
 NEW = "4152.2.3"
 MAIN, AZURE = "flatcar_production_update.gz", "oem-azure.gz"
@@ -58,21 +59,27 @@ def attr(doc: etree._Element, path: str, name: str) -> str:
     return value
 
 
-@pytest.fixture
-async def uploaded(client: Any, admin_token: str, signing_key: RSAPrivateKey) -> Uploaded:
-    main = payload(signing_key, SIZE, b"main")
-    ext = payload(signing_key, 4096, b"ext")
+async def upload(
+    client: Any, token: str, key: RSAPrivateKey, version: str, tag: bytes, size: int
+) -> Uploaded:
+    """Upload a package of `version` (a main payload of `size` data bytes, an extension)."""
+    main, ext = payload(key, size, tag), payload(key, 4096, tag + b"-ext")
     form = aiohttp.FormData()
     form.add_field("payload", main, filename=MAIN)
     form.add_field("extension", ext, filename=AZURE)
     resp = await client.post(
         "/api/v1/packages/upload",
-        params={"version": NEW, "arch": "amd64"},
+        params={"version": version, "arch": "amd64"},
         data=form,
-        headers=auth(admin_token),
+        headers=auth(token),
     )
     assert resp.status == 201, await resp.text()
     return Uploaded(await resp.json(), main, ext)
+
+
+@pytest.fixture
+async def uploaded(client: Any, admin_token: str, signing_key: RSAPrivateKey) -> Uploaded:
+    return await upload(client, admin_token, signing_key, NEW, b"main", SIZE)
 
 
 async def test_get_and_head(client: Any, uploaded: Uploaded) -> None:
@@ -319,10 +326,6 @@ async def test_a_known_file_is_served_without_a_query(
     """Two replicas on one database and payload store. Catches a payload route that queries the
     package files for every download, and a file map that is the only source: a file uploaded on
     the other replica (this one's catalog is up to cache_ttl old) must still be served."""
-    from contextlib import contextmanager
-
-    from sqlalchemy import event
-
     from nebula.store import db
     from nebula.web.app import create_app
     from tests.factories import make_settings
@@ -332,36 +335,11 @@ async def test_a_known_file_is_served_without_a_query(
     here = await aiohttp_client(create_app(settings, engine=engine))
     there = await aiohttp_client(create_app(settings))
 
-    @contextmanager
     def file_queries() -> Any:
-        seen: list[str] = []
-
-        def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-            if "package_files" in statement:
-                seen.append(statement)
-
-        event.listen(engine.sync_engine, "before_cursor_execute", record)
-        try:
-            yield seen
-        finally:
-            event.remove(engine.sync_engine, "before_cursor_execute", record)
-
-    async def upload(client: Any, version: str, tag: bytes) -> Uploaded:
-        main, ext = payload(signing_key, 4096, tag), payload(signing_key, 4096, tag + b"x")
-        form = aiohttp.FormData()
-        form.add_field("payload", main, filename=MAIN)
-        form.add_field("extension", ext, filename=AZURE)
-        resp = await client.post(
-            "/api/v1/packages/upload",
-            params={"version": version, "arch": "amd64"},
-            data=form,
-            headers=auth(admin_token),
-        )
-        assert resp.status == 201, await resp.text()
-        return Uploaded(await resp.json(), main, ext)
+        return statements(engine, lambda statement: "package_files" in statement)
 
     try:
-        first = await upload(here, NEW, b"first")
+        first = await upload(here, admin_token, signing_key, NEW, b"first", 4096)
         await here.post("/v1/update/", data=Host(machine_id="e" * 32).check())  # catalog loaded
         with file_queries() as seen:
             for _ in range(3):
@@ -370,7 +348,7 @@ async def test_a_known_file_is_served_without_a_query(
         assert seen == []
 
         # Uploaded on the other replica: not in this one's catalog yet, found in the database.
-        second = await upload(there, "4152.2.4", b"second")
+        second = await upload(there, admin_token, signing_key, "4152.2.4", b"second", 4096)
         with file_queries() as seen:
             resp = await here.get(second.path(AZURE))
             assert resp.status == 200 and await resp.read() == second.ext

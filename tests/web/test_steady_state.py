@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from lxml import etree
-from sqlalchemy import event, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from nebula.store import db
@@ -24,6 +24,7 @@ from nebula.web.app import create_app
 from nebula.web.keys import SERVICE
 from tests.conftest import FakeClock
 from tests.factories import FLATCAR_APP_ID, Host, make_settings, make_token
+from tests.statements import is_write, statements
 
 OLD, NEW = "3815.2.0", "4152.2.3"
 STABLE = "/api/v1/groups/stable"
@@ -66,20 +67,9 @@ async def check(client: Client, host: Host, **kwargs: Any) -> str | None:
     return None if uc.get("status") == "noupdate" else uc.find("manifest").get("version")  # type: ignore[union-attr]
 
 
-@contextmanager
-def writes(engine: AsyncEngine) -> Iterator[list[str]]:
+def writes(engine: AsyncEngine) -> AbstractContextManager[list[str]]:
     """The INSERT/UPDATE/DELETE statements the engine runs inside the block."""
-    seen: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement.lstrip().split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE"):
-            seen.append(statement)
-
-    event.listen(engine.sync_engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", record)
+    return statements(engine, is_write)
 
 
 async def started(
@@ -125,7 +115,7 @@ async def test_steady_check_in_writes_nothing_until_the_batch(
         assert done == [], done
     async with engine.connect() as conn:
         logged = (await conn.execute(select(Event.event_type, Event.previous_version))).all()
-    assert logged == [(3, "0.0.0.0")]  # a fresh install's 3/2 is kept; the routine ones not
+    assert [tuple(r) for r in logged] == [(3, "0.0.0.0")]  # a fresh install's 3/2 is kept; the routine ones not
 
     for _ in range(100):  # the batch writes within its interval (bounded wait, not a timing)
         if (await last_seen(engine, host.machine_id))[0] == clock.now:
