@@ -115,7 +115,8 @@ async def test_steady_check_in_writes_nothing_until_the_batch(
         assert done == [], done
     async with engine.connect() as conn:
         logged = (await conn.execute(select(Event.event_type, Event.previous_version))).all()
-    assert [tuple(r) for r in logged] == [(3, "0.0.0.0")]  # a fresh install's 3/2 is kept; the routine ones not
+    # A fresh install's 3/2 is kept; the routine ones are not.
+    assert [tuple(r) for r in logged] == [(3, "0.0.0.0")]
 
     for _ in range(100):  # the batch writes within its interval (bounded wait, not a timing)
         if (await last_seen(engine, host.machine_id))[0] == clock.now:
