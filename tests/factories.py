@@ -68,8 +68,11 @@ async def make_token(db_url: str, name: str = "ops", role: str = "admin") -> str
         await engine.dispose()
 
 
-async def assert_status_counts_match(db_url: str) -> dict[tuple[str, str], int]:
-    """The maintained per-group status counts equal a count of the hosts themselves."""
+async def assert_status_counts_match(
+    db_url: str, *, by_version: bool = False
+) -> dict[tuple[str, str], int]:
+    """The maintained per-group status counts equal a count of the hosts themselves (and, with
+    `by_version`, per version too)."""
     from sqlalchemy import func, select
 
     from nebula.store.models import InstanceApp, StatusCount
@@ -77,6 +80,29 @@ async def assert_status_counts_match(db_url: str) -> dict[tuple[str, str], int]:
     engine = db.create_engine(db_url)
     try:
         async with engine.connect() as conn:
+            if by_version:
+                version = func.coalesce(InstanceApp.version, "")
+                kept_v = {
+                    (g, s, v): int(n)
+                    for g, s, v, n in await conn.execute(
+                        select(
+                            StatusCount.group_id,
+                            StatusCount.status,
+                            StatusCount.version,
+                            func.sum(StatusCount.count),
+                        ).group_by(StatusCount.group_id, StatusCount.status, StatusCount.version)
+                    )
+                    if n
+                }
+                counted_v = {
+                    (g, s, v): int(n)
+                    for g, s, v, n in await conn.execute(
+                        select(InstanceApp.group_id, InstanceApp.status, version, func.count())
+                        .where(InstanceApp.group_id.is_not(None))
+                        .group_by(InstanceApp.group_id, InstanceApp.status, version)
+                    )
+                }
+                assert kept_v == counted_v, f"status_counts {kept_v} != hosts {counted_v}"
             kept = {
                 (g, s): int(n)
                 for g, s, n in (

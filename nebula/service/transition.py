@@ -127,7 +127,7 @@ async def apply_app(
         raise NeedsExclusiveLock(group.id)
     await upsert_instance(session, host_facts(app, machine_id, ip), now)
     state = await lock_instance_app(session, machine_id, app.app_id)
-    before: counts.Key | None = (state.group_id, state.status) if state else None
+    before: counts.Key | None = (state.group_id, state.status, state.version) if state else None
     cached_before = _cached_fields(_snapshot_of(state, app)) if state is not None else None
     if state is None:
         state = new_instance_app(machine_id, app.app_id, now)
@@ -271,7 +271,7 @@ def _set_status(state: InstanceApp, status: str, now: datetime) -> None:
 
 async def _count_move(session: AsyncSession, before: counts.Key | None, state: InstanceApp) -> None:
     """Keep the per-group status counts in step with this host (only when it moved)."""
-    after = (state.group_id, state.status)
+    after = (state.group_id, state.status, state.version)
     if before != after:
         deltas: Counter[counts.ShardKey] = Counter()
         counts.move(deltas, state.instance_id, before, after)

@@ -1,9 +1,10 @@
-"""Hosts per group and status, maintained as statuses change (the status_counts table).
+"""Hosts per group, status and version, maintained as those change (the status_counts table).
 
-Dashboards and /metrics read these few rows instead of counting every host. Each change is an
-upsert adding a delta, in the transaction that changes the status, applied in sorted key order so
-that concurrent transactions lock count rows in one order (never a deadlock among themselves;
-count rows are always the last rows a transaction locks). Query functions never commit.
+Dashboards, /metrics and rollout status read these few rows instead of counting every host.
+Each change is an upsert adding a delta, in the transaction that changes the status, applied in
+sorted key order so that concurrent transactions lock count rows in one order (never a deadlock
+among themselves; count rows are always the last rows a transaction locks).
+Query functions never commit.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from nebula.store.models import Group, StatusCount
 
-Key = tuple[str | None, str]  # (group id, status)
-ShardKey = tuple[str | None, str, int]
+# (group id, status, version); a key without the version (older callers) counts the host
+# under "no version".
+Key = tuple[str | None, str, str | None] | tuple[str | None, str]
+ShardKey = tuple[str | None, str, str, int]  # (group id, status, version or '', shard)
 SHARDS = 8
 
 
@@ -34,9 +37,14 @@ def move(deltas: Counter[ShardKey], machine_id: str, before: Key | None, after: 
         return
     shard = shard_of(machine_id)
     if before is not None:
-        deltas[(*before, shard)] -= 1
+        deltas[_shard_key(before, shard)] -= 1
     if after is not None:
-        deltas[(*after, shard)] += 1
+        deltas[_shard_key(after, shard)] += 1
+
+
+def _shard_key(key: Key, shard: int) -> ShardKey:
+    version = key[2] if len(key) == 3 else None
+    return (key[0], key[1], version or "", shard)
 
 
 async def apply(session: AsyncSession, deltas: Counter[ShardKey]) -> None:
@@ -44,13 +52,13 @@ async def apply(session: AsyncSession, deltas: Counter[ShardKey]) -> None:
     if not changes:
         return
     insert: Any = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
-    for (group_id, status, shard), delta in changes:
+    for (group_id, status, version, shard), delta in changes:
         stmt = insert(StatusCount).values(
-            group_id=group_id, status=status, shard=shard, count=delta
+            group_id=group_id, status=status, version=version, shard=shard, count=delta
         )
         await session.execute(
             stmt.on_conflict_do_update(
-                index_elements=["group_id", "status", "shard"],
+                index_elements=["group_id", "status", "version", "shard"],
                 set_={"count": StatusCount.count + stmt.excluded.count},
             )
         )
@@ -77,3 +85,17 @@ async def counts_of_group(session: AsyncSession, group_id: str) -> dict[str, int
         .having(total != 0)
     )
     return {s: int(n) for s, n in (await session.execute(stmt)).all()}
+
+
+async def counts_by_version(
+    session: AsyncSession, group_id: str
+) -> dict[tuple[str, str | None], int]:
+    """{(status, version or None): hosts} of one group, every non-zero count."""
+    total = func.sum(StatusCount.count)
+    stmt = (
+        select(StatusCount.status, StatusCount.version, total)
+        .where(StatusCount.group_id == group_id)
+        .group_by(StatusCount.status, StatusCount.version)
+        .having(total != 0)
+    )
+    return {(s, v or None): int(n) for s, v, n in (await session.execute(stmt)).all()}

@@ -230,6 +230,21 @@ class InstanceApp(Base):
     __tablename__ = "instance_apps"
     __table_args__ = (
         Index("ix_instance_apps_group_status", "group_id", "status"),
+        Index("ix_instance_apps_group_version", "group_id", "version"),
+        # The few hosts rollout status looks at one by one (nebula.store.rollouts).
+        Index(
+            "ix_instance_apps_held",
+            "group_id",
+            sqlite_where=text("held"),
+            postgresql_where=text("held"),
+        ),
+        Index(
+            "ix_instance_apps_hold_reason",
+            "group_id",
+            "hold_reason",
+            sqlite_where=text("hold_reason IS NOT NULL"),
+            postgresql_where=text("hold_reason IS NOT NULL"),
+        ),
         CheckConstraint(
             "status IN ('new', 'idle', 'granted', 'downloading', 'downloaded', 'installed', "
             "'complete', 'error', 'rolled_back', 'timed_out')",
@@ -376,8 +391,9 @@ class Failure(Base):
 
 
 class StatusCount(Base):
-    """How many hosts of a group are in each status, kept up to date in the same transaction as
-    every status change, so that /metrics and dashboards never scan the hosts.
+    """How many hosts of a group are in each status on each version, kept up to date in the same
+    transaction as every change of either, so that /metrics, dashboards and rollout status never
+    scan the hosts. The version is '' for hosts that have not named one.
 
     Each (group, status) is spread over a few shard rows, picked by the host's machine id, and
     read as their sum: thousands of new hosts checking in at once would otherwise all queue on
@@ -389,6 +405,7 @@ class StatusCount(Base):
         ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True
     )
     status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), primary_key=True, server_default="")
     shard: Mapped[int] = mapped_column(Integer, primary_key=True, default=0)
     count: Mapped[int] = mapped_column(BigInteger, default=0)
 

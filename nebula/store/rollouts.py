@@ -310,7 +310,12 @@ async def mark_timeouts(
         # Locked, so that what is counted below is exactly what the UPDATE changes.
         hosts = (
             await session.execute(
-                select(InstanceApp.instance_id, InstanceApp.granted_version, InstanceApp.status)
+                select(
+                    InstanceApp.instance_id,
+                    InstanceApp.granted_version,
+                    InstanceApp.status,
+                    InstanceApp.version,
+                )
                 .where(stale)
                 .with_for_update()
             )
@@ -318,11 +323,13 @@ async def mark_timeouts(
         if not hosts:
             continue
         deltas: Counter[counts.ShardKey] = Counter()
-        for machine_id, version, status in hosts:
-            counts.move(deltas, machine_id, (group_id, status), (group_id, "timed_out"))
+        for machine_id, version, status, running in hosts:
+            counts.move(
+                deltas, machine_id, (group_id, status, running), (group_id, "timed_out", running)
+            )
             if version is not None:
                 await record_failure(session, group_id, version, machine_id, "timed_out", None, now)
-        found = sorted({v for _, v, _ in hosts if v is not None})
+        found = sorted({v for _, v, _, _ in hosts if v is not None})
         await session.execute(
             update(InstanceApp)
             .where(stale, InstanceApp.instance_id.in_([h[0] for h in hosts]))
@@ -442,65 +449,159 @@ def current_hold(
     return recorded if recorded in LIMIT_HOLDS else None
 
 
+Cell = tuple[str, str | None, str | None, bool, bool, bool, bool, int]
+"""Hosts alike for the status: (status, recorded hold, version, granted the target or a floor,
+past the update timeout, held by an operator, inside the staged percentage, how many)."""
+
+
+def _cell_columns(
+    dialect: str,
+    policy: GroupPolicy,
+    target: str | None,
+    floors: Sequence[str],
+    timeout_cutoff: datetime | None,
+) -> tuple[Any, ...]:
+    no: Any = literal(False)
+    return (
+        InstanceApp.status.label("status"),
+        InstanceApp.hold_reason.label("hold"),
+        InstanceApp.version.label("version"),
+        (InstanceApp.granted_version.in_([target, *floors]) if target else no).label(
+            "granted_target"
+        ),
+        (InstanceApp.granted_at <= timeout_cutoff if timeout_cutoff else no).label("late"),
+        InstanceApp.held.label("held"),
+        _in_rollout_sql(dialect, policy, target).label("inside"),
+    )
+
+
+async def _grouped_cells(session: AsyncSession, columns: tuple[Any, ...], where: Any) -> list[Cell]:
+    # Booleans are computed in a subquery and grouped by name: PostgreSQL would not match a
+    # GROUP BY expression to the selected one when each carries its own bound parameter.
+    rows = select(*columns).where(where).subquery()
+    names = tuple(rows.c)
+    stmt = select(*names, func.count()).group_by(*names)
+    return [
+        (s, h, v, bool(g), bool(late), bool(held), bool(inside), int(n))
+        for s, h, v, g, late, held, inside, n in (await session.execute(stmt)).all()
+    ]
+
+
+def _on_target(target: str | None, version: str | None) -> bool:
+    if target is None:
+        return False
+    have = try_parse_version(version)
+    return version == target or (have is not None and have == try_parse_version(target))
+
+
+def _ahead(policy: GroupPolicy, target: str | None, version: str | None) -> bool:
+    """Ahead of the target, so not behind it (unless downgrades are allowed)."""
+    have, want = try_parse_version(version), try_parse_version(target)
+    return have is not None and want is not None and have > want and not policy.allow_downgrade
+
+
+def _is_behind(policy: GroupPolicy, target: str | None, version: str | None) -> bool:
+    """Whether a host on `version` still has `target` to reach (as rollout_status decides)."""
+    return not _on_target(target, version) and not _ahead(policy, target, version)
+
+
+async def scan_cells(
+    session: AsyncSession,
+    group: Group,
+    target: str | None,
+    now: datetime,
+    floors: Sequence[str] = (),
+) -> list[Cell]:
+    """Every host of the group grouped into cells, in one scan: what `host_cells` must add up
+    to (the tests compare them), and what rollout status did before the counts knew versions."""
+    policy = policy_of(group)
+    columns = _cell_columns(
+        session.bind.dialect.name, policy, target, floors, _timeout_cutoff(policy, now)
+    )
+    return await _grouped_cells(session, columns, InstanceApp.group_id == group.id)
+
+
+def _timeout_cutoff(policy: GroupPolicy, now: datetime) -> datetime | None:
+    if not policy.update_timeout_seconds:
+        return None
+    return now - timedelta(seconds=policy.update_timeout_seconds)
+
+
+async def host_cells(
+    session: AsyncSession,
+    group: Group,
+    target: str | None,
+    now: datetime,
+    floors: Sequence[str] = (),
+) -> list[Cell]:
+    """The group's hosts in cells, without scanning them all: the maintained counts by status
+    and version give every host, and only the hosts for which more than those two matter are
+    read one by one (each set from an index): in progress or failed, held by an operator, held
+    by a limit at their last check, and while a staged percentage could hold them, the hosts
+    behind the target. The rest are alike: a cell per (status, version) of what is left."""
+    policy = policy_of(group)
+    by_version = await counts.counts_by_version(session, group.id)
+    singled_out = (
+        InstanceApp.status.in_(sorted(IN_PROGRESS | FAILED))
+        | (InstanceApp.held == True)  # noqa: E712 (SQL, matches the partial index's WHERE held)
+        | InstanceApp.hold_reason.in_(sorted(LIMIT_HOLDS))
+    )
+    if (
+        target is not None
+        and policy.percentage < 100
+        and policy.updates_enabled
+        and is_open(policy.windows, now)
+    ):
+        behind = sorted(
+            {v for _, v in by_version if v is not None and _is_behind(policy, target, v)}
+        )
+        if behind:
+            singled_out = singled_out | InstanceApp.version.in_(behind)
+        if any(v is None for _, v in by_version):
+            singled_out = singled_out | InstanceApp.version.is_(None)
+    columns = _cell_columns(
+        session.bind.dialect.name, policy, target, floors, _timeout_cutoff(policy, now)
+    )
+    cells = await _grouped_cells(session, columns, (InstanceApp.group_id == group.id) & singled_out)
+    left = Counter(by_version)
+    for status, _, version, *_, n in cells:
+        left[(status, version)] -= n
+    cells += [(s, None, v, False, False, False, True, n) for (s, v), n in left.items() if n]
+    return cells
+
+
 async def rollout_status(
     session: AsyncSession,
     group: Group,
     target: str | None,
     now: datetime,
     floors: Sequence[str] = (),
+    cells: Sequence[Cell] | None = None,
 ) -> RolloutStatus:
-    """The state of the group's rollout to `target` under the policy in force now, from one
-    grouped query over its hosts. A host granted one of the `floors` (the stepping stones below
-    the target) is on its way too: in progress, failed or timed out like one granted the target.
+    """The state of the group's rollout to `target` under the policy in force now, from the
+    group's hosts in cells (`host_cells`, unless given). A host granted one of the `floors`
+    (the stepping stones below the target) is on its way too: in progress, failed or timed out
+    like one granted the target.
 
     Holds follow the policy now, not each host's last answer: after a resume nobody is "paused",
     after raising the percentage the hosts it adds are not "percentage". The staged percentage
     is drawn by the final target (as nebula.policy.screen does), computed in SQL per host."""
     policy = policy_of(group)
-    timeout_cutoff = (
-        now - timedelta(seconds=policy.update_timeout_seconds)
-        if policy.update_timeout_seconds
-        else None
-    )
-    dialect = session.bind.dialect.name
-    # Booleans are computed in a subquery and grouped by name: PostgreSQL would not match a
-    # GROUP BY expression to the selected one when each carries its own bound parameter.
-    no: Any = literal(False)
-    rows = (
-        select(
-            InstanceApp.status.label("status"),
-            InstanceApp.hold_reason.label("hold"),
-            InstanceApp.version.label("version"),
-            (InstanceApp.granted_version.in_([target, *floors]) if target else no).label(
-                "granted_target"
-            ),
-            (InstanceApp.granted_at <= timeout_cutoff if timeout_cutoff else no).label("late"),
-            InstanceApp.held.label("held"),
-            _in_rollout_sql(dialect, policy, target).label("inside"),
-        )
-        .where(InstanceApp.group_id == group.id)
-        .subquery()
-    )
-    c = rows.c
-    names = (c.status, c.hold, c.version, c.granted_target, c.late, c.held, c.inside)
-    stmt = select(*names, func.count()).group_by(*names)
-    want = try_parse_version(target)
+    if cells is None:
+        cells = await host_cells(session, group, target, now, floors)
     total = complete = in_progress = failed = timed_out = remaining = stuck = 0
     held: dict[str, int] = {}
-    for status, recorded, version, granted_target, late, host_held, inside, n in (
-        await session.execute(stmt)
-    ).all():
+    for status, recorded, version, granted_target, late, host_held, inside, n in cells:
         total += n
         # Versions compare as versions (the few distinct ones are grouped on): a host ahead of
-        # the target is not behind it, so not "remaining" (unless downgrades are allowed).
-        have = try_parse_version(version)
-        if target is not None and (version == target or (have is not None and have == want)):
+        # the target is not behind it, so not "remaining".
+        if _on_target(target, version):
             complete += n
             continue
         if status in IN_PROGRESS and granted_target and not late:
             in_progress += n
             continue
-        if have is not None and want is not None and have > want and not policy.allow_downgrade:
+        if _ahead(policy, target, version):
             continue
         remaining += n
         if granted_target and (status == "timed_out" or (status in IN_PROGRESS and late)):
@@ -510,9 +611,7 @@ async def rollout_status(
             if status == "rolled_back":
                 stuck += n  # never offered the version it rolled back from again
         elif target is not None:
-            reason = current_hold(
-                policy, now, held=bool(host_held), in_rollout=bool(inside), recorded=recorded
-            )
+            reason = current_hold(policy, now, held=host_held, in_rollout=inside, recorded=recorded)
             if reason is not None:
                 held[reason] = held.get(reason, 0) + n
                 if reason in _STUCK_HOLDS:

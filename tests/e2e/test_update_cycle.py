@@ -125,5 +125,5 @@ async def test_host_updates_end_to_end(
         assert state["granted_version"] == NEW
         assert state["boot_id"] == "7b2e7e0e-5f0a-4c59-9d7e-1f2a3b4c5d6e"
         assert state["alias"] == "web-1"
-    counted = await assert_status_counts_match(db_url)
+    counted = await assert_status_counts_match(db_url, by_version=True)
     assert counted == {("9a2deb70-37be-4026-853f-bfdd6b347bbe", "complete"): 1}
