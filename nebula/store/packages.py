@@ -22,6 +22,13 @@ from nebula.versions import is_valid_version
 ARCHES = ("amd64", "arm64")
 # Hosts look files up by name (oem-azure.gz, flatcar-podman.gz): plain names only.
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]{0,254}$")
+
+
+def is_file_name(name: str) -> bool:
+    """Whether `name` could be a package file's name (what check_file_name accepts)."""
+    return _FILE_NAME.match(name) is not None and name not in (".", "..")
+
+
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 MAX_FILE_SIZE = 1 << 63  # the size column is a signed 64-bit integer

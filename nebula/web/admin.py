@@ -187,6 +187,13 @@ async def upload_package(request: web.Request) -> web.Response:
             blobs.discard(item.temp)
         await _drain(request)
         raise
+    except BaseException:
+        # A connection cut inside a later part, a full disk, a lost database: the parts that
+        # came in complete must not stay behind in incoming/ (the one being read removed itself).
+        metrics.uploads.labels(outcome="failed").inc()
+        for item in ingested:
+            blobs.discard(item.temp)
+        raise
     metrics.uploads.labels(outcome="stored").inc()
     log.info("package %s %s (%s) uploaded by %s", version, arch, package.kind, actor(request))
     return web.json_response(package_json(package, request.app[SETTINGS].base_url), status=201)

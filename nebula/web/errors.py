@@ -1,14 +1,18 @@
 """The one place exceptions become HTTP answers.
 
 NebulaError subclasses carry their status; the admin API answers JSON, the hosts' routes plain
-text. A lost database connection is a 503 (update_engine backs off on it); anything else
-unexpected is logged with its traceback and answered with a bare 500 that shows nothing of it.
+text. A lost database connection is a 503 (update_engine backs off on it); a full payload disk
+a 507 that says so; a client that hung up is logged at INFO and not answered (it is gone);
+anything else unexpected is logged with its traceback and answered with a bare 500 that shows
+nothing of it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -52,6 +56,40 @@ def _is_unavailable(exc: BaseException) -> bool:
     return False
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not s for s in seen):
+        seen.append(current)
+        current = current.__cause__ or getattr(current, "orig", None)
+    return seen
+
+
+def _disk_error(exc: BaseException) -> int | None:
+    """The errno of a full disk (or quota) anywhere in `exc`'s causes; else None."""
+    for cause in _causes(exc):
+        if isinstance(cause, OSError) and cause.errno in _DISK_FULL:
+            return cause.errno
+    return None
+
+
+def _client_gone(request: web.Request, exc: BaseException) -> bool:
+    """A connection error while the client's own connection is gone: the client hung up.
+
+    A database's connection errors come wrapped by SQLAlchemy (DBAPIError) or from the pool;
+    a bare ConnectionError with the request's transport closed is the host's socket.
+    """
+    transport = request.transport
+    if transport is not None and not transport.is_closing():
+        return False
+    return isinstance(exc, ConnectionError) and not any(
+        isinstance(c, DBAPIError | PoolTimeoutError) for c in _causes(exc)
+    )
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -68,6 +106,20 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except NebulaError as exc:
         return answer(request, exc.http_status, str(exc), type(exc).__name__)
     except Exception as exc:
+        if _client_gone(request, exc):
+            # The host hung up (mid-body, say): it is no outage, and nobody will read this.
+            log.info("client closed the connection during %s %s", request.method, request.path)
+            return answer(request, 400, "client closed the connection", "ClientGone")
+        if (code := _disk_error(exc)) is not None:
+            reason = os.strerror(code)
+            log.error("payload store: %s on %s %s", reason, request.method, request.path)
+            return answer(
+                request,
+                507,
+                f"the payload store is out of space ({reason}): free space on the payload "
+                "disk, then upload again",
+                "InsufficientStorage",
+            )
         if _is_unavailable(exc):
             log.error("database unavailable on %s %s: %s", request.method, request.path, exc)
             response = answer(request, 503, "service unavailable, retry later", "Unavailable")

@@ -22,7 +22,7 @@ from aiohttp.abc import AbstractStreamWriter
 from multidict import CIMultiDict
 
 from nebula.store.db import transaction
-from nebula.store.packages import find_file
+from nebula.store.packages import find_file, is_file_name
 from nebula.web.keys import BLOBS, CATALOG, METRICS, READ_SESSIONS
 
 _UUID_CHARS = frozenset("0123456789abcdef-")
@@ -84,7 +84,9 @@ async def handle_payload(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     # Requests are counted once, by count_payload_bytes (404s included: HTTPNotFound is prepared
     # like any response), not here.
-    if len(package_id) != 36 or not set(package_id) <= _UUID_CHARS:
+    # Neither a query nor a log line for what cannot be a stored file: a NUL (x%00) would
+    # reach PostgreSQL's driver and fail there, and other control characters the log.
+    if len(package_id) != 36 or not set(package_id) <= _UUID_CHARS or not is_file_name(name):
         raise web.HTTPNotFound(text="no such payload\n")
     sha256 = await _stored_sha256(request, package_id, name)
     blobs = request.app[BLOBS]
