@@ -1,55 +1,472 @@
-"""`nebula bench` runs end to end with tiny numbers and prints its ratio lines.
+"""`nebula bench` and its parts: the generators send what the workload says, the ceiling answers
+what Nebula answers, the host pools are the hosts the phases address, and the whole bench runs
+end to end with tiny numbers on both databases and with both generators.
 
 No timing is asserted: machines are noisy. What is checked is that every phase ran without a
-failed or unexpected answer (an update check from an old host must be granted, from a current
-host answered noupdate) and that the report has the lines a reader compares between runs.
+failed or unexpected answer (a grant phase answer must be `ok`, a steady-state one `noupdate`)
+and that the report has the lines a reader compares between runs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import os
 import re
+import urllib.request
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
 
+import asyncpg
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from click.testing import CliRunner
+from sqlalchemy import func, insert, make_url, select
 
-from nebula.loadtest.bench import bench
+from nebula.cli.bench import PHASES, bench
+from nebula.loadtest import ceiling, fleet, pygen, servers, wrk
+from nebula.loadtest.bench import Options, report, serve_has_workers, serve_workers
+from nebula.loadtest.bench import run as run_bench
+from nebula.loadtest.workload import (
+    PHASE_NAMES,
+    TARGET,
+    Phase,
+    body_of,
+    boot_id,
+    fill,
+    machine_id,
+    phases,
+    pools,
+    template,
+)
+from nebula.store import db
+from nebula.store.counts import counts_of_group
+from nebula.store.models import Grant, Group, InstanceApp, Package
+from tests.conftest import PG_ADMIN_URL, PgServer, _asyncpg_dsn
+from tests.factories import assert_status_counts_match
 
-PHASES = ("check-current", "check-repeat", "check-old", "ping")
+HAVE_WRK = wrk.available() is not None
+needs_wrk = pytest.mark.skipif(not HAVE_WRK, reason="wrk is not installed (apt-get install wrk)")
 _NUMBER = r"[0-9.]+|inf|nan"
+_MID = re.compile(rb'machineid="([0-9a-f]{32})"')
+_EVENT = re.compile(rb'eventtype="(\d+)"')
 
 
-def _check_report(output: str, requests: int) -> None:
-    assert f"{requests} requests per phase" in output
-    for phase in ("baseline", *PHASES):
-        row = re.search(rf"^{phase} .*?(\S+)\s+(\S+)\s+(\S+)\s+(\d+)$", output, re.M)
-        assert row is not None, f"no row for {phase}:\n{output}"
-        assert row.group(4) == "0", f"{phase} had failed requests:\n{output}"
-    for phase in PHASES:
-        pattern = (
-            rf"^ratio {phase}/baseline: throughput ({_NUMBER})x, "
-            rf"p50 ({_NUMBER})x, p99 ({_NUMBER})x$"
-        )
-        assert re.search(pattern, output, re.M), f"no ratio line for {phase}:\n{output}"
+def _check_report(output: str, names: tuple[str, ...] = PHASE_NAMES) -> None:
+    for phase in names:
+        for server in ("ceiling", "nebula"):
+            row = re.search(rf"^{phase} .*? {server} +(\S+) +(\S+) +(\S+) +(\d+)$", output, re.M)
+            assert row is not None, f"no {server} row for {phase}:\n{output}"
+            assert row.group(4) == "0", f"{phase} on {server} had errors:\n{output}"
+        ratio = rf"^ratio {phase}: throughput ({_NUMBER})x, p50 ({_NUMBER})x, p99 ({_NUMBER})x$"
+        assert re.search(ratio, output, re.M), f"no ratio line for {phase}:\n{output}"
+    for phase in set(PHASE_NAMES) - set(names):
+        assert not re.search(rf"^(ratio )?{phase}\b", output, re.M), f"{phase} ran:\n{output}"
+    assert re.search(r"^nebula bench: \d+ CPUs \(.+\), generator ", output, re.M), output
 
 
-def test_bench_on_a_temporary_sqlite_file() -> None:
-    result = CliRunner().invoke(bench, ["--requests", "20", "--concurrency", "4"])
+# A second of load per phase and server (and a second of warm-up), 40 hosts: a bench test
+# takes seconds. The default runs split the phases between them; every phase on every
+# database with both generators is the slow test below.
+_TINY = ["--duration", "1", "--connections", "4", "--hosts", "40"]
+
+
+def test_bench_with_the_python_generator_on_sqlite() -> None:
+    result = CliRunner().invoke(
+        bench, [*_TINY, "--generator", "python", "--phases", "steady,grant"]
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
-    _check_report(result.output, 20)
+    _check_report(result.output, ("steady", "grant"))
+    assert "generator python aiohttp" in result.output
     assert "temporary SQLite file" in result.output
 
 
-def test_bench_on_a_given_database(db_url: str) -> None:
-    result = CliRunner().invoke(bench, ["--requests", "10", "--concurrency", "3", "--db", db_url])
+@needs_wrk
+def test_bench_with_wrk_on_sqlite() -> None:
+    phases_ = ("events", "ping")
+    result = CliRunner().invoke(
+        bench, [*_TINY, "--generator", "wrk", "--phases", ",".join(phases_)]
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
-    _check_report(result.output, 10)
-    # A second run refuses the database: it now has a package and hosts.
-    again = CliRunner().invoke(bench, ["--requests", "10", "--db", db_url])
-    assert again.exit_code != 0
-    assert "empty database" in again.output
+    _check_report(result.output, phases_)
+    assert "generator wrk" in result.output
 
 
-def test_bench_options_are_bounded() -> None:
-    result = CliRunner().invoke(bench, ["--requests", "0"])
-    assert result.exit_code == 2
-    result = CliRunner().invoke(bench, ["--concurrency", "0"])
-    assert result.exit_code == 2
+async def _database_names() -> set[str]:
+    conn = await asyncpg.connect(_asyncpg_dsn(PG_ADMIN_URL), timeout=5)
+    try:
+        return {r["datname"] for r in await conn.fetch("SELECT datname FROM pg_database")}
+    finally:
+        await conn.close()
+
+
+def _options(names: tuple[str, ...], generator: str, db: str | None = None) -> Options:
+    return Options(
+        db=db,
+        workers=1,
+        connections=4,
+        duration=1,
+        hosts=40,
+        phases=names,
+        generator=generator,
+    )
+
+
+@pytest.mark.postgres
+def test_bench_on_postgresql_makes_and_drops_its_own_database(
+    pg_server: PgServer | None,
+) -> None:
+    if pg_server is None:
+        pytest.skip("PostgreSQL unavailable (set NEBULA_TEST_PG); CI never skips this")
+    # Other tests and benches create and drop databases on this server meanwhile: only this
+    # run's own database is looked at. Its name is in the header; when the set-up line comes,
+    # the hosts are written, so the database must exist then, and be gone after the run.
+    lines: list[str] = []
+    seen_during_run: list[bool] = []
+
+    def echo(line: str) -> None:
+        lines.append(line)
+        if line.startswith("set up in"):
+            name = re.search(
+                r"temporary PostgreSQL database (nebula_bench_[0-9a-f]{6})\b", lines[0]
+            )
+            assert name is not None, lines[0]
+            seen_during_run.append(name.group(1) in asyncio.run(_database_names()))
+
+    generator = "wrk" if HAVE_WRK else "python"
+    rows = run_bench(_options(("steady", "grant"), generator, PG_ADMIN_URL), echo)
+    output = "\n".join([*lines, *report(rows)])
+    _check_report(output, ("steady", "grant"))
+    used = re.search(r"temporary PostgreSQL database (nebula_bench_[0-9a-f]{6})\b", output)
+    assert used is not None, output
+    assert seen_during_run == [True]
+    after = asyncio.run(_database_names())
+    assert used.group(1) not in after
+    assert make_url(PG_ADMIN_URL).database in after  # the one in --db is only connected to
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("generator", ["wrk", "python"])
+@pytest.mark.parametrize(
+    "database", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_bench_runs_every_phase(generator: str, database: str, pg_server: PgServer | None) -> None:
+    if generator == "wrk" and not HAVE_WRK:
+        pytest.skip("wrk is not installed (apt-get install wrk)")
+    if database == "postgres" and pg_server is None:
+        pytest.skip("PostgreSQL unavailable (set NEBULA_TEST_PG); CI never skips this")
+    args = [*_TINY, "--generator", generator]
+    if database == "postgres":
+        args += ["--db", PG_ADMIN_URL]
+    result = CliRunner().invoke(bench, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    _check_report(result.output)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--connections", "0"],
+        ["--duration", "0"],
+        ["--duration", "601"],
+        ["--hosts", "0"],
+        ["--phases", "steady,bogus"],
+        ["--phases", ""],
+        ["--db", "sqlite:///somebody-elses.db"],
+        ["--generator", "ab"],
+    ],
+)
+def test_bench_refuses_options_out_of_bounds(args: list[str]) -> None:
+    result = CliRunner().invoke(bench, args)
+    assert result.exit_code == 2, result.output
+
+
+@pytest.mark.parametrize(
+    ("workers", "supported", "given"),
+    [
+        (1, True, 1),  # serve's own default is a process per CPU: 1 must be said
+        (3, True, 3),
+        (1, False, None),  # a serve without --workers is one process
+    ],
+)
+def test_serve_gets_the_workers_asked_for(workers: int, supported: bool, given: int | None) -> None:
+    assert serve_workers(workers, supported) == given
+
+
+def test_a_serve_without_workers_is_not_run_with_several() -> None:
+    with pytest.raises(RuntimeError, match="no --workers"):
+        serve_workers(2, supported=False)
+
+
+def test_bench_says_when_serve_has_no_workers_yet() -> None:
+    if serve_has_workers():
+        pytest.skip("nebula serve has --workers")
+    result = CliRunner().invoke(bench, [*_TINY, "--workers", "2"])
+    assert result.exit_code == 1
+    assert "no --workers" in result.output
+
+
+def test_the_light_cli_module_knows_every_phase() -> None:
+    assert PHASES == PHASE_NAMES
+
+
+def test_templates_are_update_engine_bytes() -> None:
+    golden = Path(__file__).parent / "data/omaha/update_check.xml"
+    body = fill(
+        template(
+            "3815.2.0",
+            '        <ping active="1"></ping>\n'
+            "        <updatecheck></updatecheck>\n"
+            '        <event eventtype="3" eventresult="2" previousversion=""></event>\n',
+        ),
+        "dbff85b41ae14f41bde761eefbdafaac",
+    )
+    expected = golden.read_bytes().replace(
+        b"{0c288430-2504-4db4-913a-8c3de52afd07}",
+        boot_id("dbff85b41ae14f41bde761eefbdafaac").encode(),
+    )
+    assert body == expected
+    assert phases("abcdef", pools("abcdef", 10, 4))["steady"].templates[0] == template(
+        TARGET,
+        '        <ping active="1"></ping>\n'
+        "        <updatecheck></updatecheck>\n"
+        '        <event eventtype="3" eventresult="2" previousversion=""></event>\n',
+    )
+
+
+# -- the generators send what the workload says ----------------------------------------------
+
+
+async def _recorder(answer: bytes) -> tuple[TestServer, list[bytes]]:
+    received: list[bytes] = []
+
+    async def record(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        return web.Response(body=answer, content_type="text/xml")
+
+    app = web.Application()
+    app.router.add_post("/v1/update/", record)
+    server = TestServer(app, host="127.0.0.1", port=servers.free_port())
+    await server.start_server()
+    return server, received
+
+
+def _check_sent(phase: Phase, received: list[bytes], connections: int, threads: int = 1) -> None:
+    assert received, "nothing was sent"
+    # Request k of thread t is body_of(phase, t, threads, connections, k). Requests in flight
+    # at the stop may be missing, so compare with a few more than arrived.
+    expected = {
+        body_of(phase, t, threads, connections, k)
+        for t in range(threads)
+        for k in range(len(received) + connections)
+    }
+    assert set(received) <= expected
+    # The first request of every thread went out (wrk's check of the script took none of them).
+    assert {body_of(phase, t, threads, connections, 0) for t in range(threads)} <= set(received)
+    assert len(set(received)) >= len(received) - connections  # distinct requests, not repeats
+    # Each host's events arrive in update_engine's order: 13, 14, 3, (then again after a wrap).
+    seen: dict[bytes, list[int]] = defaultdict(list)
+    for body in received:
+        mid, event = _MID.search(body), _EVENT.search(body)
+        assert mid is not None and event is not None
+        seen[mid.group(1)].append(int(event.group(1)))
+    for events in seen.values():
+        assert events == [13, 14, 3][: len(events)], events
+
+
+def _events_phase() -> Phase:
+    return phases("abcdef", pools("abcdef", 100_000, 4))["events"]
+
+
+@needs_wrk
+async def test_wrk_sends_the_workload_and_checks_every_answer(tmp_path: Path) -> None:
+    phase = _events_phase()
+    server, received = await _recorder(b'<event status="ok"></event>')
+    try:
+        url = str(server.make_url("")).rstrip("/")
+        run = wrk.run
+        measured = await asyncio.to_thread(
+            run,
+            wrk.available() or "wrk",
+            url,
+            phase,
+            connections=4,
+            threads=1,
+            duration=1,
+            timeout=5,
+            work=tmp_path,
+        )
+        assert measured.errors == 0
+        assert 0 < measured.requests <= len(received)
+        _check_sent(phase, received, 4)
+        received.clear()
+        two = await asyncio.to_thread(
+            run,
+            wrk.available() or "wrk",
+            url,
+            phase,
+            connections=4,
+            threads=2,
+            duration=1,
+            timeout=5,
+            work=tmp_path,
+        )
+        assert two.errors == 0
+        _check_sent(phase, received, 4, threads=2)
+        # An answer without the expected fragment is an error.
+        wrong = dataclasses.replace(phase, expect="<nothing-like-this")
+        bad = await asyncio.to_thread(
+            run,
+            wrk.available() or "wrk",
+            url,
+            wrong,
+            connections=2,
+            threads=1,
+            duration=1,
+            timeout=5,
+            work=tmp_path,
+        )
+        assert bad.errors == bad.requests > 0
+    finally:
+        await server.close()
+
+
+async def test_the_python_generator_sends_the_workload_and_checks_every_answer(
+    tmp_path: Path,
+) -> None:
+    phase = _events_phase()
+    server, received = await _recorder(b'<event status="ok"></event>')
+    try:
+        url = str(server.make_url("")).rstrip("/")
+        spec = pygen.Spec(url, phase, processes=1, connections=4, duration=1, timeout=5)
+        measured = await asyncio.to_thread(pygen.run, spec, tmp_path)
+        assert measured.errors == 0
+        assert measured.requests == len(received) > 0
+        _check_sent(phase, received, 4)
+        wrong = pygen.Spec(
+            url,
+            dataclasses.replace(phase, expect="<nothing-like-this"),
+            processes=2,
+            connections=2,
+            duration=1,
+            timeout=5,
+        )
+        received.clear()
+        bad = await asyncio.to_thread(pygen.run, wrong, tmp_path)
+        assert bad.errors == bad.requests > 0
+        _check_sent(phase, received, 2, threads=2)
+    finally:
+        await server.close()
+
+
+def test_wrk_output_is_parsed_without_counting_a_bad_status_twice() -> None:
+    line = (
+        "noise\nNEBULA_WRK requests=1000 duration_us=2000000 p50_us=1500 p99_us=9000 "
+        "unexpected=3 connect=1 read=0 write=0 timeout=2 status=3\n"
+    )
+    m = wrk.parse(line)
+    assert (m.requests, m.seconds, m.p50_ms, m.p99_ms, m.errors) == (1000, 2.0, 1.5, 9.0, 6)
+    assert m.rate == 500.0
+    with pytest.raises(ValueError):
+        wrk.parse("Running 1s test @ http://127.0.0.1:1/\n")
+
+
+# -- the ceiling ------------------------------------------------------------------------------
+
+
+async def test_the_ceiling_answers_what_nebula_answers_a_current_host(
+    client: TestClient[web.Request, web.Application],
+) -> None:
+    phase = phases("abcdef", pools("abcdef", 10, 4))["first-seen"]
+    resp = await client.post("/v1/update/", data=body_of(phase, 0, 1, 4, 0))
+    assert resp.status == 200
+    assert await resp.read() == ceiling.noupdate_document()
+
+
+def test_the_ceiling_runs_workers_on_one_port_and_stops_with_them(tmp_path: Path) -> None:
+    port = servers.free_port()
+    server = servers.start("ceiling", servers.ceiling_argv(port, 2), port, tmp_path)
+    try:
+        servers.wait_ready(server)
+        for _ in range(5):
+            with urllib.request.urlopen(
+                urllib.request.Request(server.url + "/v1/update/", data=b"<x/>"), timeout=5
+            ) as resp:
+                assert resp.read() == ceiling.noupdate_document()
+    finally:
+        servers.stop(server)
+    assert server.process.poll() is not None
+    with pytest.raises(ProcessLookupError):
+        os.killpg(server.process.pid, 0)  # nobody left in its process group
+
+
+# -- the host pools ---------------------------------------------------------------------------
+
+
+async def test_pool_hosts_are_the_hosts_the_phases_address(db_url: str) -> None:
+    engine = db.create_engine(db_url)
+    try:
+        async with db.transaction(db.session_factory(engine)) as session:
+            await session.execute(
+                insert(Package).values(
+                    id="bench-package",
+                    app_id="e96281a6-d1af-4bde-9a0a-97b76e56dc57",
+                    version=TARGET,
+                    arch="amd64",
+                    kind="full",
+                    created_at=datetime.now(UTC),
+                    created_by="test",
+                )
+            )
+        host_pools = pools("abcdef", 30, 4)  # 30 known, 30 granted (4*4 < 30)
+        await fleet.insert_pools(engine, host_pools)
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(
+                        InstanceApp.instance_id,
+                        InstanceApp.boot_id,
+                        InstanceApp.status,
+                        InstanceApp.granted_package_id,
+                    )
+                )
+            ).all()
+            group_id = (
+                await conn.execute(
+                    select(Group.id).where(Group.track == "stable", Group.arch == "amd64")
+                )
+            ).scalar_one()
+        async with db.transaction(db.session_factory(engine)) as session:
+            counted = await counts_of_group(session, group_id)
+            grants = (await session.execute(select(func.count()).select_from(Grant))).scalar_one()
+    finally:
+        await engine.dispose()
+    known = {machine_id(host_pools.known, n) for n in range(30)}
+    granted = {machine_id(host_pools.granted, n) for n in range(30)}
+    by_id = {r.instance_id: r for r in rows}
+    assert set(by_id) == known | granted
+    for mid, row in by_id.items():
+        assert row.boot_id == boot_id(mid)
+        assert (row.status, row.granted_package_id) == (
+            ("idle", None) if mid in known else ("granted", "bench-package")
+        )
+    assert counted == {"idle": 30, "granted": 30}
+    assert grants == 30
+    await assert_status_counts_match(db_url)
+    # What the phases send addresses exactly these hosts.
+    all_phases = phases("abcdef", host_pools)
+    sent = {
+        _machine_id_in(body_of(all_phases[name], t, 2, 4, k))
+        for name in ("steady", "events", "ping")
+        for t in range(2)
+        for k in range(200)
+    }
+    assert sent == known | granted
+
+
+def _machine_id_in(body: bytes) -> str:
+    found = _MID.search(body)
+    assert found is not None, body
+    return found.group(1).decode()

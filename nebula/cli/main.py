@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from nebula import __version__
-from nebula.loadtest.bench import bench
+from nebula.cli.bench import bench
 from nebula.cli.catalog import channel_group, group_group, instance_group, package_group
 from nebula.cli.rollout import policy_group, rollout_group
 from nebula.cli.sample import sample_payload

@@ -1,327 +1,298 @@
-"""`nebula bench`: measure the Omaha hot path against a baseline taken in the same run.
+"""`nebula bench`: the Omaha hot path against a ceiling measured in the same run.
 
-Starts the real application on a real socket (127.0.0.1, a free port) over a freshly migrated
-database, uploads a payload signed with a throwaway key (trusted through settings.trusted_key),
-points stable amd64 at it, then drives it with an aiohttp client at the given concurrency:
+One run, everything on 127.0.0.1:
 
-    baseline       GET /healthz: the same server and client, no database
-    check-current  update checks from current hosts (noupdate), N new machine ids
-    check-repeat   the same N hosts checking in again (the steady state of a fleet)
-    check-old      update checks from hosts on an older version (grants), N new machine ids
-    ping           ping-only requests from those hosts (updated, waiting for their reboot)
+1. a database of its own (a temporary SQLite file, or a temporary database on the PostgreSQL
+   server given with --db), migrated, with an admin token (nebula.loadtest.fleet);
+2. two servers as subprocesses (nebula.loadtest.servers): the real `nebula serve` trusting a
+   throwaway payload key, and the ceiling (nebula.loadtest.ceiling), a bare aiohttp process
+   that answers every POST with the `noupdate` document Nebula sends a current host, each with
+   the same number of processes;
+3. a payload signed with the throwaway key uploaded through the admin API, stable amd64 pointed
+   at it, and the host pools written into the tables (known current hosts, granted hosts);
+   then one check of a known host sent to both, whose answers must be the same bytes;
+4. a warm-up of both, then for each phase (nebula.loadtest.workload) the same load on the
+   ceiling and then on Nebula, from a generator in processes of its own: wrk
+   (nebula.loadtest.wrk) or the Python one (nebula.loadtest.pygen);
+5. a report: req/s, p50, p99 and errors (non-200, unexpected answer, timeout, socket error)
+   per phase and server, and the ratios of Nebula to the ceiling. Absolute numbers drift with
+   the machine and its neighbours; ratios taken minutes apart on one machine much less.
 
-Each phase prints requests/s and p50/p99 latency, and a `ratio` line against the baseline:
-absolute numbers drift with the machine, the ratio much less. Client and server share one
-process and one event loop, so absolute rates are lower bounds; compare ratios between runs.
-Everything stays on 127.0.0.1, and every request and phase has a timeout.
-
-Imports the application (nebula.web.app), nebula.config, nebula.crau and nebula.store.
+Every step has a time limit: servers must come up within a minute, each generator run is
+killed well after its duration, servers get SIGTERM and then SIGKILL. Imports the rest of
+nebula.loadtest, nebula.crau and nebula.store; runs the application only as a subprocess.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
+import contextlib
+import dataclasses
 import os
 import secrets
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
-import aiohttp
-import click
-from aiohttp import web
-from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from nebula import crau
-from nebula.config import load_settings
-from nebula.errors import NebulaError
+from nebula.loadtest import fleet, pygen, servers, wrk
+from nebula.loadtest.workload import (
+    NOUPDATE,
+    PATH,
+    PHASE_NAMES,
+    Measurement,
+    Phase,
+    Pools,
+    body_of,
+    phases,
+    pools,
+)
 from nebula.store import db
-from nebula.store.models import ApiToken, Instance, Package
-from nebula.store.tokens import create_token
-from nebula.web.app import create_app
 
-APP_ID = "{e96281a6-d1af-4bde-9a0a-97b76e56dc57}"
-OLD, TARGET = "3815.2.0", "4152.2.3"
-REQUEST_TIMEOUT = 30.0  # seconds, per request
-PHASE_TIMEOUT = 900.0  # seconds, per phase
+REQUEST_TIMEOUT = 10  # seconds, per request
+WARMUP = 2  # seconds of load on each server before the first phase, not reported
 PAYLOAD_BYTES = 64 * 1024
 
-_CHECK = (
-    '<ping active="1"></ping><updatecheck></updatecheck>'
-    '<event eventtype="3" eventresult="2" previousversion=""></event>'
-)
-_PING = '<ping active="1"></ping>'
-_XML = {"Content-Type": "text/xml"}
 
-
-def omaha_body(machine_id: str, version: str, inner: str) -> bytes:
-    """A request as update_engine 0.4.10 sends it (contract §2)."""
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        '<request protocol="3.0" version="update_engine-0.4.10" '
-        'updaterversion="update_engine-0.4.10" installsource="scheduler" ismachine="1">\n'
-        f'<os version="Chateau" platform="CoreOS" sp="{version}_x86_64"></os>\n'
-        f'<app appid="{APP_ID}" version="{version}" track="stable" '
-        f'bootid="{{{machine_id[:8]}-0000-4000-8000-{machine_id[-12:]}}}" oem="qemu" '
-        f'oemversion="" alephversion="3510.2.1" machineid="{machine_id}" machinealias="" '
-        'lang="en-US" board="amd64-usr" hardware_class="" delta_okay="false">'
-        f"{inner}</app>\n</request>\n"
-    ).encode()
+@dataclass(frozen=True, slots=True)
+class Options:
+    db: str | None  # a PostgreSQL server URL; None: a temporary SQLite file
+    workers: int
+    connections: int
+    duration: int  # seconds per phase and server
+    hosts: int
+    phases: tuple[str, ...]
+    generator: str  # "wrk" or "python"
 
 
 @dataclass(frozen=True, slots=True)
-class Phase:
-    name: str
-    title: str
-    path: str
-    bodies: Sequence[bytes] | None  # None: GET
-    expect: bytes | None = None  # a fragment every answer must contain
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
+class Row:
     phase: Phase
-    errors: int
-    seconds: float
-    latencies: Sequence[float]  # sorted, seconds
-
-    @property
-    def rate(self) -> float:
-        return len(self.latencies) / self.seconds if self.seconds > 0 else math.inf
-
-    def percentile(self, q: float) -> float:
-        """Nearest-rank percentile in milliseconds."""
-        if not self.latencies:
-            return math.nan
-        rank = max(1, math.ceil(q / 100 * len(self.latencies)))
-        return self.latencies[rank - 1] * 1000
+    ceiling: Measurement
+    nebula: Measurement
 
 
-async def _run_phase(
-    http: aiohttp.ClientSession, base: str, phase: Phase, count: int, concurrency: int
-) -> Result:
-    latencies: list[float] = []
-    errors = 0
-    cursor = 0
-    url = base + phase.path
-
-    async def one(i: int) -> bool:
-        if phase.bodies is None:
-            async with http.get(url) as resp:
-                body = await resp.read()
-        else:
-            async with http.post(url, data=phase.bodies[i], headers=_XML) as resp:
-                body = await resp.read()
-        return resp.status == 200 and (phase.expect is None or phase.expect in body)
-
-    async def worker() -> None:
-        nonlocal cursor, errors
-        while cursor < count:
-            i = cursor
-            cursor += 1
-            started = time.perf_counter()
-            try:
-                ok = await one(i)
-            except (aiohttp.ClientError, TimeoutError):
-                ok = False
-            latencies.append(time.perf_counter() - started)
-            errors += not ok
-
-    started = time.perf_counter()
-    workers = [worker() for _ in range(min(concurrency, count))]
-    await asyncio.wait_for(asyncio.gather(*workers), PHASE_TIMEOUT)
-    return Result(phase, errors, time.perf_counter() - started, sorted(latencies))
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
 
 
-async def _prepare_database(engine: AsyncEngine, run_id: str) -> str:
-    """Migrate, refuse a database that already serves hosts, and make a one-run admin token."""
-    await db.upgrade(engine)
-    async with db.transaction(db.session_factory(engine)) as session:
-        used = (await session.execute(select(func.count()).select_from(Instance))).scalar_one()
-        used += (await session.execute(select(func.count()).select_from(Package))).scalar_one()
-        if used:
-            raise click.ClickException(
-                "the bench needs an empty database (it uploads a package and points stable "
-                "amd64 at it): this one already has packages or hosts"
+def generator_threads(connections: int) -> int:
+    """Generator threads (wrk) or processes (Python): half the CPUs, the rest for the server."""
+    return max(1, min(connections, (os.cpu_count() or 1) // 2))
+
+
+def serve_has_workers() -> bool:
+    from nebula.cli.server import serve
+
+    return any(p.name == "workers" for p in serve.params)
+
+
+def serve_workers(workers: int, supported: bool) -> int | None:
+    """The `--workers` to give nebula serve, or None to give none.
+
+    Where serve has the option it is always given, 1 included: its default is a process per
+    CPU, and a 1-worker bench must measure one. Where it has none yet, a serve without it is
+    one process, so only more than one is refused.
+    """
+    if supported:
+        return workers
+    if workers > 1:
+        raise RuntimeError("this nebula serve has no --workers yet: run the bench with 1 worker")
+    return None
+
+
+class _Load:
+    """Runs one phase against one server with the chosen generator."""
+
+    def __init__(self, options: Options, work: Path) -> None:
+        self.options = options
+        self.work = work
+        self.threads = generator_threads(options.connections)
+        self.wrk = wrk.available() if options.generator == "wrk" else None
+        if options.generator == "wrk" and self.wrk is None:
+            raise RuntimeError("--generator wrk: wrk is not installed (apt-get install wrk)")
+
+    def describe(self) -> str:
+        if self.wrk is not None:
+            n = self.threads
+            return f"{wrk.version(self.wrk)} ({n} thread{'s' * (n != 1)})"
+        n = self.threads
+        return f"python aiohttp ({n} process{'es' * (n != 1)})"
+
+    def __call__(self, url: str, phase: Phase, duration: int) -> Measurement:
+        o = self.options
+        if self.wrk is not None:
+            return wrk.run(
+                self.wrk,
+                url,
+                phase,
+                connections=o.connections,
+                threads=self.threads,
+                duration=duration,
+                timeout=REQUEST_TIMEOUT,
+                work=self.work,
             )
-        return await create_token(session, f"bench-{run_id}", "admin", datetime.now(UTC))
+        spec = pygen.Spec(url, phase, self.threads, o.connections, duration, REQUEST_TIMEOUT)
+        return pygen.run(spec, self.work)
 
 
-async def _revoke(engine: AsyncEngine, run_id: str) -> None:
-    async with db.transaction(db.session_factory(engine)) as session:
-        await session.execute(
-            update(ApiToken)
-            .where(ApiToken.name == f"bench-{run_id}")
-            .values(revoked_at=datetime.now(UTC))
-        )
+@contextlib.contextmanager
+def _database(options: Options, run_id: str, work: Path) -> Iterator[str]:
+    """The URL of a database for this run only, removed afterwards."""
+    if options.db is None:
+        yield f"sqlite:///{work / 'bench.db'}"  # removed with `work`
+        return
+    name = fleet.bench_database_name(run_id)
+    url = asyncio.run(fleet.create_database(options.db, name))
+    try:
+        yield url
+    finally:
+        asyncio.run(fleet.drop_database(options.db, name))
 
 
-async def _publish(http: aiohttp.ClientSession, base: str, token: str, payload: Path) -> None:
-    auth = {"Authorization": f"Bearer {token}"}
-    form = aiohttp.FormData()
-    form.add_field("payload", payload.read_bytes(), filename=payload.name)
-    async with http.post(
-        f"{base}/api/v1/packages/upload",
-        params={"version": TARGET, "arch": "amd64"},
-        data=form,
-        headers=auth,
-    ) as resp:
-        if resp.status != 201:
-            raise click.ClickException(f"upload failed: {resp.status} {await resp.text()}")
-    async with http.put(
-        f"{base}/api/v1/channels/stable",
-        json={"arch": "amd64", "version": TARGET},
-        headers=auth,
-    ) as resp:
-        if resp.status != 200:
-            raise click.ClickException(f"channel update failed: {resp.status} {await resp.text()}")
+async def _setup_database(url: str, run_id: str) -> str:
+    engine = db.create_engine(url)
+    try:
+        return await fleet.prepare(engine, run_id)
+    finally:
+        await engine.dispose()
 
 
-def _phases(run_id: str, count: int) -> list[Phase]:
-    current = [f"{run_id}c{i:023x}" for i in range(count)]
-    old = [f"{run_id}o{i:023x}" for i in range(count)]
-    noupdate = b'<updatecheck status="noupdate"'
-    ok = b'<updatecheck status="ok"'
-    return [
-        Phase("baseline", "GET /healthz (no database)", "/healthz", None),
-        Phase(
-            "check-current",
-            "check, current host, first seen",
-            "/v1/update/",
-            [omaha_body(m, TARGET, _CHECK) for m in current],
-            noupdate,
-        ),
-        Phase(
-            "check-repeat",
-            "check, current host, known",
-            "/v1/update/",
-            [omaha_body(m, TARGET, _CHECK) for m in current],
-            noupdate,
-        ),
-        Phase(
-            "check-old",
-            "check, old host -> grant",
-            "/v1/update/",
-            [omaha_body(m, OLD, _CHECK) for m in old],
-            ok,
-        ),
-        Phase(
-            "ping",
-            "ping only (waiting for reboot)",
-            "/v1/update/",
-            [omaha_body(m, OLD, _PING) for m in old],
-            b'<ping status="ok"',
-        ),
-    ]
-
-
-def _report(results: Sequence[Result], count: int, concurrency: int, db_label: str) -> None:
-    click.echo(
-        f"nebula bench: {count} requests per phase, concurrency {concurrency}, database {db_label}"
-    )
-    click.echo(f"{'phase':<15}{'what':<34}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
-    for r in results:
-        click.echo(
-            f"{r.phase.name:<15}{r.phase.title:<34}{r.rate:>10.1f}"
-            f"{r.percentile(50):>9.2f}{r.percentile(99):>9.2f}{r.errors:>8}"
-        )
-    base = results[0]
-    click.echo(
-        "ratios to the baseline, measured in this run (throughput: higher is better; "
-        "latency: lower is better):"
-    )
-    for r in results[1:]:
-        click.echo(
-            f"ratio {r.phase.name}/baseline: throughput {r.rate / base.rate:.3f}x, "
-            f"p50 {r.percentile(50) / base.percentile(50):.2f}x, "
-            f"p99 {r.percentile(99) / base.percentile(99):.2f}x"
-        )
-
-
-async def run_bench(count: int, concurrency: int, db_url: str | None) -> list[Result]:
-    run_id = secrets.token_hex(4)
-    with tempfile.TemporaryDirectory(prefix="nebula-bench-") as tmp:
-        work = Path(tmp)
+def run(options: Options, echo: Callable[[str], None]) -> list[Row]:
+    """The whole bench; `echo` gets the header and progress lines (the caller prints `report`)."""
+    workers = serve_workers(options.workers, serve_has_workers())
+    run_id = secrets.token_hex(3)
+    host_pools = pools(run_id, options.hosts, options.connections)
+    all_phases = phases(run_id, host_pools)
+    chosen = [all_phases[name] for name in options.phases]
+    with contextlib.ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nebula-bench-")))
+        load = _Load(options, work)
+        echo(_header(options, load, run_id))
+        started = time.monotonic()
         key = crau.make_rsa_key()
         key_file = work / "bench-key.pub.pem"
         key_file.write_bytes(crau.public_pem(key))
         payload = work / "flatcar_production_update.gz"
         payload.write_bytes(crau.build_payload(key, data=os.urandom(PAYLOAD_BYTES)))
-        url = db_url or f"sqlite:///{work / 'bench.db'}"
-        try:
-            settings = load_settings(
-                {
-                    "db": url,
-                    "payload_dir": str(work / "payloads"),
-                    "trusted_key": (str(key_file),),
-                    "trust_flatcar_key": False,
-                    "public_url": "http://127.0.0.1",  # codebase only; nothing is downloaded
-                    "migrate": False,
-                },
-                environ={},
+        url = stack.enter_context(_database(options, run_id, work))
+        token = asyncio.run(_setup_database(url, run_id))
+        port, ceiling_port = servers.free_port(), servers.free_port()
+        # Registered in order, stopped in reverse: both before the database goes.
+        nebula_argv = servers.nebula_argv(port, url, work / "payloads", key_file, workers)
+        nebula = servers.start("nebula", nebula_argv, port, work)
+        stack.callback(servers.stop, nebula)
+        ceiling_argv = servers.ceiling_argv(ceiling_port, options.workers)
+        ceiling = servers.start("ceiling", ceiling_argv, ceiling_port, work)
+        stack.callback(servers.stop, ceiling)
+        servers.wait_ready(nebula)
+        servers.wait_ready(ceiling)
+        ready = time.monotonic()
+        asyncio.run(_fill(url, nebula.url, token, payload, host_pools))
+        _check_same_answer(all_phases["steady"], nebula, ceiling)
+        hosts = host_pools.known_size + host_pools.granted_size
+        done = time.monotonic()
+        echo(
+            f"set up in {done - started:.1f} s (servers up in {ready - started:.1f} s, "
+            f"payload and {hosts} hosts in {done - ready:.1f} s)"
+        )
+        return _measure(load, chosen, all_phases["steady"], nebula, ceiling, options)
+
+
+def _check_same_answer(steady: Phase, nebula: servers.Server, ceiling: servers.Server) -> None:
+    """The ceiling must send the very bytes Nebula sends a current host, or the ratio compares
+    different work (a longer document, another header): checked on a known host every run."""
+    body = body_of(steady, 0, 1, 1, 0)
+    got, top = servers.post(nebula, PATH, body), servers.post(ceiling, PATH, body)
+    if got != top:
+        raise RuntimeError(
+            "the ceiling does not answer what Nebula answers a current host:\n"
+            f"nebula  {got[0]}: {got[1]!r}\nceiling {top[0]}: {top[1]!r}"
+        )
+
+
+async def _fill(url: str, base: str, token: str, payload: Path, host_pools: Pools) -> None:
+    await fleet.publish(base, token, payload)
+    engine = db.create_engine(url)
+    try:
+        await fleet.insert_pools(engine, host_pools)
+    finally:
+        await engine.dispose()
+
+
+def _measure(
+    load: _Load,
+    chosen: Sequence[Phase],
+    warmup: Phase,
+    nebula: servers.Server,
+    ceiling: servers.Server,
+    options: Options,
+) -> list[Row]:
+    # The ceiling answers everything with its noupdate document: that is what its answers are
+    # checked for, with the same check (and so the same generator work) as Nebula's.
+    def as_ceiling(phase: Phase) -> Phase:
+        return dataclasses.replace(phase, expect=NOUPDATE)
+
+    load(ceiling.url, as_ceiling(warmup), min(WARMUP, options.duration))
+    load(nebula.url, warmup, min(WARMUP, options.duration))
+    rows = []
+    for phase in chosen:
+        # Side by side, ceiling first: whatever else the machine does then touches both.
+        top = load(ceiling.url, as_ceiling(phase), options.duration)
+        got = load(nebula.url, phase, options.duration)
+        rows.append(Row(phase, top, got))
+    return rows
+
+
+def _header(options: Options, load: _Load, run_id: str) -> str:
+    database = (
+        "temporary SQLite file"
+        if options.db is None
+        else f"temporary PostgreSQL database {fleet.bench_database_name(run_id)}"
+    )
+    w = options.workers
+    return (
+        f"nebula bench: {os.cpu_count()} CPUs ({cpu_model()}), generator {load.describe()}, "
+        f"{options.connections} connections, {options.duration} s per phase and server\n"
+        f"servers: nebula serve and the ceiling (bare aiohttp, constant noupdate), "
+        f"{w} process{'es' * (w != 1)} each; database {database}, {options.hosts} known hosts"
+    )
+
+
+def report(rows: Sequence[Row]) -> list[str]:
+    lines = [
+        f"{'phase':<11}{'what':<37}{'server':<9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'errors':>8}"
+    ]
+    for row in rows:
+        for name, m in (("ceiling", row.ceiling), ("nebula", row.nebula)):
+            lines.append(
+                f"{row.phase.name:<11}{row.phase.title:<37}{name:<9}{m.rate:>10.1f}"
+                f"{m.p50_ms:>9.2f}{m.p99_ms:>9.2f}{m.errors:>8}"
             )
-            engine = db.create_engine(settings.db, max(settings.db_pool_size, concurrency))
-        except NebulaError as exc:
-            raise click.ClickException(str(exc)) from None
-        try:
-            token = await _prepare_database(engine, run_id)
-            runner = web.AppRunner(create_app(settings, engine=engine), access_log=None)
-            await runner.setup()
-            try:
-                site = web.TCPSite(runner, "127.0.0.1", 0)
-                await site.start()
-                port = runner.addresses[0][1]
-                base = f"http://127.0.0.1:{port}"
-                connector = aiohttp.TCPConnector(limit=concurrency)
-                timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
-                async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
-                    await _publish(http, base, token, payload)
-                    phases = _phases(run_id, count)
-                    # Warm up connections and caches; not measured.
-                    await _run_phase(http, base, phases[0], min(count, 100), concurrency)
-                    results = [
-                        await _run_phase(http, base, phase, count, concurrency) for phase in phases
-                    ]
-            finally:
-                await runner.cleanup()
-            await _revoke(engine, run_id)
-        finally:
-            await engine.dispose()
-    label = "temporary SQLite file" if db_url is None else db.normalize_url(url).get_backend_name()
-    _report(results, count, concurrency, label)
-    return results
+    lines.append(
+        "ratios of nebula to the ceiling of this run (throughput: higher is better, at most 1; "
+        "latency: lower is better):"
+    )
+    for row in rows:
+        lines.append(
+            f"ratio {row.phase.name}: throughput {_ratio(row.nebula.rate, row.ceiling.rate):.3f}x, "
+            f"p50 {_ratio(row.nebula.p50_ms, row.ceiling.p50_ms):.2f}x, "
+            f"p99 {_ratio(row.nebula.p99_ms, row.ceiling.p99_ms):.2f}x"
+        )
+    return lines
 
 
-@click.command("bench")
-@click.option(
-    "--requests",
-    "count",
-    type=click.IntRange(1, 1_000_000),
-    default=2000,
-    show_default=True,
-    help="Requests per phase.",
-)
-@click.option(
-    "--concurrency",
-    type=click.IntRange(1, 1000),
-    default=20,
-    show_default=True,
-    help="Requests in flight at once.",
-)
-@click.option(
-    "--db",
-    "db_url",
-    help="An empty database to run against (it is migrated, given a package and hosts); "
-    "default: a temporary SQLite file.",
-)
-def bench(count: int, concurrency: int, db_url: str | None) -> None:
-    """Measure update checks and pings against a /healthz baseline from the same run."""
-    results = asyncio.run(run_bench(count, concurrency, db_url))
-    failed = sum(r.errors for r in results)
-    if failed:
-        raise click.ClickException(f"{failed} requests failed or got an unexpected answer")
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("nan")
+
+
+__all__ = ["PHASE_NAMES", "Options", "Row", "report", "run"]
