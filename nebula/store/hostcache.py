@@ -16,8 +16,11 @@ Nebula.
 
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -64,6 +67,7 @@ class HostCache:
     def __init__(self, capacity: int = 500_000) -> None:
         self.capacity = capacity
         self.enabled = capacity > 0
+        self.full = False  # it refused a newcomer for lack of room (said once in the log)
         self._entries: dict[str, Snapshot] = {}
         self._changed: dict[str, int] = {}  # machine id -> epoch of its last change
         self._epoch = 0
@@ -139,5 +143,16 @@ class HostCache:
     def _store(self, machine_id: str, entry: Snapshot) -> None:
         entries = self._entries
         if machine_id not in entries and len(entries) >= self.capacity:
-            del entries[next(iter(entries))]  # the oldest insertion
+            # Full: keep who is here. Hosts check in round after round in much the same order,
+            # so dropping the oldest (FIFO, LRU) would evict every host just before it comes
+            # back: no hits at all for a fleet a little larger than the cache. Refusing
+            # newcomers keeps capacity/fleet of the checks answered from memory.
+            if not self.full:
+                self.full = True
+                log.warning(
+                    "host cache full (%d hosts): the others are read from the database at "
+                    "every check; raise host_cache_size to hold the whole fleet",
+                    self.capacity,
+                )
+            return
         entries[machine_id] = entry

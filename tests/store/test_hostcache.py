@@ -75,18 +75,35 @@ def test_suspended_cache_answers_nothing() -> None:
     assert cache.get("a", APP) == state("idle")
 
 
-def test_capacity_drops_the_oldest_and_forgetting_changes_refuses_old_reads() -> None:
+def test_a_full_cache_keeps_who_is_there_and_forgetting_changes_refuses_old_reads() -> None:
     cache = HostCache(3)
     for name in "abcd":
         cache.put(name, state("idle"), cache.stamp())
-    assert len(cache) == 3 and cache.get("a", APP) is None and cache.get("d", APP) is not None
+    assert len(cache) == 3 and cache.get("a", APP) is not None and cache.get("d", APP) is None
+    assert cache.full
     # Marking more hosts than the record of changes holds: reads from before are refused.
     since = cache.stamp()
-    cache.evict([f"h{i}" for i in range(2000)])
+    cache.evict(["a", *(f"h{i}" for i in range(2000))])
     cache.put("a", state("idle"), since)
     assert cache.get("a", APP) is None
+    assert cache.get("b", APP) is not None  # not changed: still good
     cache.put("a", state("idle"), cache.stamp())
     assert cache.get("a", APP) is not None
+
+
+def test_a_fleet_larger_than_the_cache_still_hits_in_rounds() -> None:
+    """Hosts check in round after round in the same order. Catches FIFO or LRU eviction: each
+    host would be dropped just before its next check, and no check would ever hit."""
+    cache = HostCache(300)
+    fleet = [f"{i:032x}" for i in range(400)]
+    hits = 0
+    for _ in range(5):
+        for machine_id in fleet:
+            if cache.get(machine_id, APP) is not None:
+                hits += 1
+            else:
+                cache.put(machine_id, state("idle"), cache.stamp())
+    assert hits == 4 * 300  # every round after the first: the 300 that fit
 
 
 def test_versions_and_statuses_are_shared_strings() -> None:
