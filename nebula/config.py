@@ -58,6 +58,16 @@ class Settings:
     # Hosts whose state each process keeps in memory to answer steady-state check-ins (0: none,
     # every check reads it from the database). About 150 bytes each.
     host_cache_size: int = 500_000
+    # Processes serving the listen address(es): 0 picks the number of CPUs on PostgreSQL and 1
+    # on SQLite (one writer: more than 1 is refused there).
+    workers: int = 0
+    # Seconds in-flight requests get to finish after SIGTERM/SIGINT before they are cut; then
+    # the pending last-seen times are flushed and the process exits.
+    shutdown_timeout: float = 20.0
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.db.partition("://")[0].partition("+")[0] == "sqlite"
 
     @property
     def host(self) -> str:
@@ -154,6 +164,8 @@ def load_settings(
             raise ConfigError(f"unknown setting {name!r}")
         merged[name] = value
     values = {name: _coerce(name, known[name], value) for name, value in merged.items()}
+    if "db" in values:
+        values["db"] = _normalize_db(values["db"])
     settings = Settings(**values)
     split_listen(settings.listen)  # fail early on a bad address
     if settings.admin_listen and split_listen(settings.admin_listen)[1] == settings.port:
@@ -164,6 +176,23 @@ def load_settings(
             f"public_url must start with http:// or https://, got {settings.public_url!r}"
         )
     return settings
+
+
+_DB_HELP = "use sqlite:///PATH or postgresql://USER@HOST/DB"
+
+
+def _normalize_db(raw: str) -> str:
+    """Refuse a database URL of a kind Nebula cannot use, at load rather than at start; take
+    `postgres://` (what many tools print) as `postgresql://`."""
+    scheme, sep, rest = raw.partition("://")
+    if not sep or not scheme:
+        raise ConfigError(f"db: not a database URL: {raw!r}: {_DB_HELP}")
+    base, plus, driver = scheme.partition("+")
+    if base == "postgres":
+        return f"postgresql{plus}{driver}://{rest}"
+    if base not in ("sqlite", "postgresql"):
+        raise ConfigError(f"unsupported database URL scheme {base!r}: {_DB_HELP}")
+    return raw
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -191,6 +220,15 @@ def _check_ranges(settings: Settings) -> None:
         )
     if settings.host_cache_size < 0:
         raise ConfigError(f"host_cache_size must be 0 or more, got {settings.host_cache_size}")
+    if settings.workers < 0:
+        raise ConfigError(f"workers must be 0 (one per CPU) or more, got {settings.workers}")
+    if settings.workers > 1 and settings.is_sqlite:
+        raise ConfigError(
+            f"workers: SQLite has one writer, so it is served by 1 worker, not "
+            f"{settings.workers}: run --workers 1, or use PostgreSQL for more"
+        )
+    if settings.shutdown_timeout < 0:
+        raise ConfigError(f"shutdown_timeout must be seconds >= 0, got {settings.shutdown_timeout}")
     if settings.db_pool_size < 1:
         raise ConfigError(f"db_pool_size must be at least 1, got {settings.db_pool_size}")
     for proxy in settings.trusted_proxy:

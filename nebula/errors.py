@@ -2,6 +2,7 @@
 
     NebulaError
     ├── ConfigError               bad settings, flags or configuration file
+    ├── DatabaseUnavailableError  a database that cannot be reached or opened
     ├── ProtocolError             an Omaha request that cannot be understood (HTTP 400)
     │   └── RequestTooLargeError  a body over the size limit (HTTP 413)
     ├── PayloadError              a payload file that is refused (HTTP 422)
@@ -31,6 +32,12 @@ class NebulaError(Exception):
 
 class ConfigError(NebulaError):
     """Settings, flags or a configuration file that cannot be used."""
+
+
+class DatabaseUnavailableError(NebulaError):
+    """A database that cannot be reached or opened (down, missing, refused credentials)."""
+
+    http_status = 503
 
 
 class ProtocolError(NebulaError):

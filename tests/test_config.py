@@ -307,3 +307,43 @@ def test_base_url(flags: dict[str, Any], base_url: str) -> None:
 def test_client_env() -> None:
     assert client_env({"NEBULA_URL": "http://x", "NEBULA_TOKEN": "t"}) == ("http://x", "t")
     assert client_env({}) == (None, None)
+
+
+# -- the database URL and the workers ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("postgres://u@h/d", "postgresql://u@h/d"),
+        ("postgres+asyncpg://u@h/d", "postgresql+asyncpg://u@h/d"),
+        ("postgresql://u@h/d", "postgresql://u@h/d"),
+        ("sqlite:///x.db", "sqlite:///x.db"),
+    ],
+)
+def test_database_urls_are_taken_as_written_or_as_their_alias(raw: str, expected: str) -> None:
+    assert load_settings({"db": raw}, environ={}).db == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        ("mysql://u@h/d", "unsupported database URL scheme 'mysql'"),
+        ("nebula.db", "not a database URL"),
+    ],
+)
+def test_database_urls_of_other_kinds_are_refused(raw: str, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        load_settings({"db": raw}, environ={})
+
+
+def test_workers_on_sqlite_are_one() -> None:
+    assert load_settings({"workers": "1"}, environ={}).workers == 1
+    with pytest.raises(ConfigError, match="SQLite has one writer"):
+        load_settings({"workers": "2"}, environ={})
+    with pytest.raises(ConfigError, match="workers must be"):
+        load_settings({"workers": "-1", "db": "postgresql://u@h/d"}, environ={})
+    assert (
+        load_settings({}, environ={"NEBULA_WORKERS": "4", "NEBULA_DB": "postgres://u@h/d"}).workers
+        == 4
+    )

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import click
 
-from nebula.config import Settings, load_settings, split_listen
-from nebula.errors import NebulaError
+from nebula.config import Settings, load_settings
+from nebula.errors import ConfigError, NebulaError
 from nebula.store import db
 from nebula.store import tokens as token_store
 
@@ -69,16 +68,18 @@ def settings_from(**flags: Any) -> Settings:
     help="Migrate the database on start (default on) [NEBULA_MIGRATE]",
 )
 @click.option(
+    "--shutdown-timeout",
+    type=float,
+    help="Seconds requests in flight get to finish after SIGTERM/SIGINT "
+    "[NEBULA_SHUTDOWN_TIMEOUT, default 20]",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     help="[NEBULA_LOG_LEVEL]",
 )
 def serve(**flags: Any) -> None:
     """Run the update server."""
-    from aiohttp import web
-
-    from nebula.web.app import create_app
-
     settings = settings_from(**flags)
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -89,38 +90,32 @@ def serve(**flags: Any) -> None:
             "no --public-url: hosts will be sent payload URLs under %s", settings.base_url
         )
     try:
-        app = create_app(settings)
+        _serve_one(settings)
     except NebulaError as exc:
         raise click.ClickException(str(exc)) from None
-    sockets = [_bind(settings.listen)]
+
+
+def _where(settings: Settings) -> str:
     where = f"http://{settings.listen}"
     if settings.admin_listen:
-        sockets.append(_bind(settings.admin_listen))
         where += f", admin API and /metrics only on http://{settings.admin_listen}"
-    click.echo(f"nebula listening on {where} (database {_safe(settings.db)})")
-    web.run_app(app, sock=sockets, print=None, access_log_format='%a "%r" %s %b %Tfs')
+    return f"{where} (database {db.safe_url(settings.db)})"
 
 
-def _bind(listen: str) -> socket.socket:
-    host, port = split_listen(listen)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host or "0.0.0.0", port))
-    except OSError as exc:
-        sock.close()
-        raise click.ClickException(f"cannot listen on {listen}: {exc.strerror}") from None
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
+def _serve_one(settings: Settings) -> None:
+    """One process: bind, start the app, say "listening" once it serves, drain on a signal."""
+    from nebula.web.app import create_app
+    from nebula.web.serve import bind, serve_app
 
+    app = create_app(settings)
+    sockets = [bind(settings.listen)]
+    if settings.admin_listen:
+        sockets.append(bind(settings.admin_listen))
 
-def _safe(url: str) -> str:
-    try:
-        return db.normalize_url(url).render_as_string(hide_password=True)
-    except NebulaError:
-        return "?"
+    def ready() -> None:
+        click.echo(f"nebula listening on {_where(settings)}")
+
+    asyncio.run(serve_app(app, sockets, shutdown_timeout=settings.shutdown_timeout, on_ready=ready))
 
 
 def _run_db(settings: Settings, work: Callable[[Any], Any]) -> Any:
@@ -150,6 +145,7 @@ def db_upgrade(**flags: Any) -> None:
     settings = settings_from(**flags)
 
     async def work(engine: Any) -> str | None:
+        await db.check_connection(engine)
         await db.upgrade(engine)
         return await db.current_revision(engine)
 
@@ -162,7 +158,12 @@ def db_upgrade(**flags: Any) -> None:
 def db_current(**flags: Any) -> None:
     """Show the database's schema revision and the newest one."""
     settings = settings_from(**flags)
-    current = _run_db(settings, db.current_revision)
+
+    async def work(engine: Any) -> str | None:
+        await db.check_connection(engine)
+        return await db.current_revision(engine)
+
+    current = _run_db(settings, work)
     click.echo(f"database: {current or 'empty'}; newest: {db.head_revision()}")
 
 
@@ -171,10 +172,25 @@ def token_group() -> None:
     """Admin API tokens (works on the database directly)."""
 
 
-def _in_transaction(settings: Settings, work: Callable[[Any], Any]) -> Any:
+def _in_transaction(
+    settings: Settings, work: Callable[[Any], Any], *, create: bool | None = None
+) -> Any:
+    """Run `work` in one transaction on a migrated Nebula database. One that is not migrated
+    (or a SQLite file that does not exist) is refused rather than made, unless `create` is
+    true (None: the command has no --create): a token written into a stray empty database is
+    a token the server never sees."""
+    hint = "run `nebula db upgrade`" + (" or pass --create" if create is not None else "")
+    where = db.safe_url(settings.db)
+    path = db.sqlite_path(settings.db)
+    if path is not None and not path.exists() and not create:
+        raise click.ClickException(f"database {where} does not exist ({path.resolve()}): {hint}")
+
     async def run(engine: Any) -> Any:
-        if settings.migrate:
+        await db.check_connection(engine)
+        if create:
             await db.upgrade(engine)
+        elif await db.current_revision(engine) is None:
+            raise ConfigError(f"database {where} is not migrated: {hint}")
         async with db.transaction(db.session_factory(engine)) as session:
             return await work(session)
 
@@ -186,12 +202,23 @@ def _in_transaction(settings: Settings, work: Callable[[Any], Any]) -> Any:
 @db_option
 @click.option("--name", required=True, help="Who or what uses the token")
 @click.option("--role", type=click.Choice(token_store.ROLES), default="admin", show_default=True)
-def token_create(name: str, role: str, **flags: Any) -> None:
-    """Create a token and print it (once: only its hash is kept)."""
+@click.option(
+    "--create",
+    is_flag=True,
+    help="Migrate the database first if it is not (or make the SQLite file)",
+)
+def token_create(name: str, role: str, create: bool, **flags: Any) -> None:
+    """Create a token and print it (once: only its hash is kept).
+
+    The database must be the server's, migrated: one that is not is refused unless --create.
+    Which database the token went into is said on stderr."""
     settings = settings_from(**flags)
     now = datetime.now(UTC)
-    token = _in_transaction(settings, lambda s: token_store.create_token(s, name, role, now))
+    token = _in_transaction(
+        settings, lambda s: token_store.create_token(s, name, role, now), create=create
+    )
     click.echo(token)
+    click.echo(f"token {name!r} ({role}) created in database {db.safe_url(settings.db)}", err=True)
 
 
 @token_group.command("list")

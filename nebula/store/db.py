@@ -1,8 +1,9 @@
 """Engine and session set-up, and schema migration, for SQLite (aiosqlite) and PostgreSQL (asyncpg).
 
 Imports only nebula.store.models, nebula.errors and nebula.policy (pure: SQLite is given its
-rollout key function, which PostgreSQL computes with its own sha256()). `postgresql://` and
-`sqlite:///` URLs are accepted as written and given their async driver. SQLite runs in WAL mode
+rollout key function, which PostgreSQL computes with its own sha256()). `postgresql://` (or
+`postgres://`) and `sqlite:///` URLs are accepted as written and given their async driver;
+`check_connection` turns a database that cannot be reached into one line. SQLite runs in WAL mode
 with foreign keys on, and every writing transaction starts with BEGIN IMMEDIATE: writers queue
 on SQLite's lock instead of failing on a lock upgrade, which also makes limits exact within one
 process. Sessions made with read_only=True begin plain (deferred) transactions, which WAL never
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import socket
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,42 +35,111 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from nebula.errors import ConfigError
+from nebula.errors import ConfigError, DatabaseUnavailableError
 from nebula.policy import rollout_key_hex
 
 # Any constant works; it only has to be the same for every Nebula process on one database.
 _MIGRATION_LOCK_KEY = 0x4E45_4255  # "NEBU"
 
 
+_SCHEMES_HELP = "use sqlite:///PATH or postgresql://USER@HOST/DB"
+
+
 def normalize_url(raw: str) -> URL:
-    """Give plain database URLs their async driver; refuse anything else."""
+    """Give plain database URLs their async driver; refuse anything else. `postgres://` (what
+    many tools print) is taken as `postgresql://`."""
     try:
         url = make_url(raw)
     except ArgumentError as exc:
-        raise ConfigError(f"not a database URL: {raw!r}") from exc
+        raise ConfigError(f"not a database URL: {raw!r}: {_SCHEMES_HELP}") from exc
     backend = url.get_backend_name()
     if backend == "sqlite":
         return url.set(drivername="sqlite+aiosqlite")
-    if backend == "postgresql":
+    if backend in ("postgresql", "postgres"):
         return url.set(drivername="postgresql+asyncpg")
-    raise ConfigError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
+    raise ConfigError(f"unsupported database URL scheme {backend!r}: {_SCHEMES_HELP}")
+
+
+def safe_url(raw: str) -> str:
+    """The URL as an operator may see it: plain scheme, password hidden."""
+    try:
+        url = normalize_url(raw)
+    except ConfigError:
+        return "?"
+    plain = url.set(drivername=url.get_backend_name())
+    return plain.render_as_string(hide_password=True)
 
 
 def is_sqlite(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+def sqlite_path(raw: str) -> Path | None:
+    """The file of a SQLite URL (None for other databases and for :memory:)."""
+    url = normalize_url(raw)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database)
+
+
 def create_engine(raw_url: str, pool_size: int = 10) -> AsyncEngine:
     url = normalize_url(raw_url)
     if url.get_backend_name() == "sqlite":
-        if url.database and url.database != ":memory:":
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        path = sqlite_path(raw_url)
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DatabaseUnavailableError(
+                    f"cannot open database {safe_url(raw_url)}: "
+                    f"{path.parent}: {exc.strerror or exc}"
+                ) from None
         engine = create_async_engine(url, connect_args={"timeout": 30})
         _tune_sqlite(engine)
         return engine
     return create_async_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=1800
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        # asyncpg waits 60 s by default for a server that does not answer.
+        connect_args={"timeout": _CONNECT_TIMEOUT},
     )
+
+
+_CONNECT_TIMEOUT = 10.0
+
+
+async def check_connection(engine: AsyncEngine) -> None:
+    """Connect once; DatabaseUnavailableError, in one line, if that fails (server down, no
+    such database, refused credentials, an unreadable file). What runs at start calls this
+    first, so that an operator's mistake is a sentence rather than a traceback."""
+    try:
+        async with engine.connect() as conn:
+            await conn.exec_driver_sql("SELECT 1")
+    except Exception as exc:
+        where = safe_url(engine.url.render_as_string(hide_password=False))
+        raise DatabaseUnavailableError(
+            f"cannot connect to database {where}: {describe_connect_error(exc)}"
+        ) from None
+
+
+def describe_connect_error(exc: BaseException) -> str:
+    """What went wrong connecting, as a short phrase (the driver's message where it has one)."""
+    orig = getattr(exc, "orig", None)  # SQLAlchemy's DBAPIError wraps the driver's error
+    if isinstance(orig, BaseException):
+        exc = orig
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the database server running, on that host and port?)"
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host ({exc.strerror})"
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {_CONNECT_TIMEOUT:.0f} s"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def _tune_sqlite(engine: AsyncEngine) -> None:

@@ -92,6 +92,7 @@ def create_app(
         own_engine = engine is None
         eng = engine or db.create_engine(settings.db, settings.db_pool_size)
         try:
+            await db.check_connection(eng)  # one line, not a traceback, if it is not there
             if settings.migrate:
                 await db.upgrade(eng)
             app[BLOBS].prepare()

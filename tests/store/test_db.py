@@ -20,6 +20,7 @@ from nebula.store import db
         ("sqlite+aiosqlite:///x.db", "sqlite+aiosqlite"),
         ("postgresql://u@h/d", "postgresql+asyncpg"),
         ("postgresql+psycopg://u@h/d", "postgresql+asyncpg"),
+        ("postgres://u@h/d", "postgresql+asyncpg"),  # what many tools print
     ],
 )
 def test_urls_get_async_drivers(raw: str, driver: str) -> None:
