@@ -21,13 +21,14 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from nebula.omaha.model import FLAG_SELF_HOSTED
+from nebula.omaha.model import FLAG_RESUMED, FLAG_SELF_HOSTED
 
 __all__ = [
     "ERROR_DOWNLOAD",
     "ERROR_HASH_MISMATCH",
     "ERROR_INVALID_RESPONSE",
     "ERROR_SIZE_MISMATCH",
+    "FLAG_RESUMED",
     "FLAG_SELF_HOSTED",
     "FLATCAR_APP_ID",
     "MAX_ANSWER",
@@ -35,6 +36,7 @@ __all__ = [
     "Host",
     "Offer",
     "http_error_code",
+    "read_ack",
     "read_answer",
     "safe_token",
 ]
@@ -181,6 +183,27 @@ def read_answer(body: bytes) -> Answer:
         # update_engine treats every status but these two (error-... included) as invalid.
         return _invalid(f"updatecheck status {status!r}")
     return _read_offer(check)
+
+
+def read_ack(body: bytes, element: str) -> str | None:
+    """What is wrong with the answer to an event or a ping-only request (`element` is "event"
+    or "ping"), or None: the first app must acknowledge it with `<element status="ok">`
+    (contract §4). update_engine itself ignores these answers; a server that does not
+    acknowledge is still not speaking Omaha."""
+    if len(body) > MAX_ANSWER:
+        return f"{element} answer of over {MAX_ANSWER} bytes"
+    if b"<!DOCTYPE" in body:
+        return f"{element} answer carries a DOCTYPE"
+    try:
+        root = etree.fromstring(body, _PARSER)
+    except etree.XMLSyntaxError as exc:
+        return f"{element} answer is not XML: {exc}"
+    ack = root.find(f"app/{element}") if root.tag == "response" else None
+    if ack is None:
+        return f"no response/app/{element} in the answer to a {element}"
+    if ack.get("status") != "ok":
+        return f"{element} answered with status {ack.get('status')!r}"
+    return None
 
 
 def _read_offer(check: etree._Element) -> Answer:

@@ -1,5 +1,6 @@
 """Tests of nebula.loadtest.update_engine: the request bytes against the golden requests, and the
-reading of answers as update_engine reads them (every field whose absence makes it fail with 34).
+reading of answers as update_engine reads them (every field whose absence makes it fail with 34),
+and of the acknowledgements of events and pings the simulator checks.
 
 The golden files under tests/data/omaha/ are update_engine's own bytes (update_check.xml is the
 contract's example), so `Host` building them exactly is what keeps the simulator and every test
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nebula.loadtest.update_engine import Host, Offer, http_error_code, read_answer
+from nebula.loadtest.update_engine import Host, Offer, http_error_code, read_ack, read_answer
 
 GOLDEN = Path(__file__).parent.parent / "data" / "omaha"
 HOST = Host(machine_id="dbff85b41ae14f41bde761eefbdafaac")
@@ -131,3 +132,25 @@ def test_a_codebase_without_a_slash_is_concatenated_as_the_client_does() -> None
 def test_http_error_codes_carry_the_self_hosted_flag() -> None:
     """Catches a code without the 1<<28 flag or without the 2000 base."""
     assert http_error_code(503) == 2503 | 1 << 28
+
+
+@pytest.mark.parametrize(
+    ("body", "element", "problem"),
+    [
+        (_golden("event_ack.xml"), "event", None),
+        (b'<response><app><ping status="ok"/></app></response>', "ping", None),
+        (b'<response><app><ping status="ok"/></app></response>', "event", "no response/app"),
+        (b'<response><app><event status="error"/></app></response>', "event", "status"),
+        (b"<html>not found</html>", "event", "no response/app"),
+        (b"<response", "ping", "not XML"),
+        (b'<!DOCTYPE r [<!ENTITY e "x">]><response/>', "event", "DOCTYPE"),
+        (b"<response>" + b" " * (1 << 20) + b"</response>", "event", "over"),
+    ],
+)
+def test_read_ack(body: bytes, element: str, problem: str | None) -> None:
+    """An event or ping is acknowledged by the first app's `<event|ping status="ok">`."""
+    got = read_ack(body, element)
+    if problem is None:
+        assert got is None
+    else:
+        assert got is not None and problem in got
