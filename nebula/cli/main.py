@@ -10,6 +10,7 @@ from nebula.cli.catalog import channel_group, group_group, instance_group, packa
 from nebula.cli.rollout import policy_group, rollout_group
 from nebula.cli.sample import sample_payload
 from nebula.cli.server import db_group, serve, token_group
+from nebula.cli.simulate import simulate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -28,6 +29,7 @@ for command in (
     instance_group,
     sample_payload,
     bench,
+    simulate,
     policy_group,
     rollout_group,
 ):
