@@ -246,3 +246,8 @@ def client_env(environ: Mapping[str, str] | None = None) -> tuple[str | None, st
     """NEBULA_URL and NEBULA_TOKEN for the CLI's API client."""
     env = os.environ if environ is None else environ
     return env.get("NEBULA_URL"), env.get("NEBULA_TOKEN")
+
+
+def child_environ(extra: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a worker process: this one plus `extra`."""
+    return {**os.environ, **extra}

@@ -3,7 +3,15 @@
 Label values come from fixed sets (request kinds, decisions, statuses) or from operator-made
 names (groups), never from what a host sends: an unknown event type is counted as "other".
 Imports nothing of Nebula. Instance counts per status are gauges read from the database at
-scrape time by nebula.web.status (see `InstanceCollector`).
+scrape time by nebula.web.status (see `InstanceCounts`).
+
+With several workers (`nebula serve --workers N`) every worker counts into files of its own in
+the directory the parent made (prometheus_client's multiprocess mode: the parent puts
+PROMETHEUS_MULTIPROC_DIR into each worker's environment, so values are file-backed from the
+first import), and whichever worker answers a scrape sums all of them: counters and histograms
+are totals over the workers, including workers that have exited since (a counter never goes
+back), `nebula_leader` is the sum over the live ones. The process_* metrics describe one
+process, so they are left out there; gauges read from the database are the same from any worker.
 """
 
 from __future__ import annotations
@@ -11,11 +19,15 @@ from __future__ import annotations
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     Info,
+    generate_latest,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
 
 KNOWN_EVENT_TYPES = frozenset({"3", "13", "14"})
 KNOWN_RESULTS = frozenset({"0", "1", "2"})
@@ -26,14 +38,30 @@ KNOWN_ERROR_CODES = frozenset({"5", "9", "10", "11", "18", "34", "44"})
 class Metrics:
     """One set of metrics on its own registry, so that tests and several apps do not collide."""
 
-    def __init__(self, registry: CollectorRegistry | None = None, version: str = "") -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        version: str = "",
+        multiprocess_dir: str | None = None,
+    ) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        # process_* (CPU, memory, open files) and python_info, as the default registry has them.
-        ProcessCollector(registry=r)
-        PlatformCollector(registry=r)
+        # What a scrape renders: this process's registry, or with workers the sum of all of
+        # theirs (their files) plus what is the same in every process (build info, gauges read
+        # from the database at scrape time; see `register`).
+        self.exposed = r
+        if multiprocess_dir is None:
+            # process_* (CPU, memory, open files) and python_info, as the default registry has.
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+        else:
+            self.exposed = CollectorRegistry()
+            MultiProcessCollector(self.exposed, path=multiprocess_dir)  # type: ignore[no-untyped-call]
+            PlatformCollector(registry=self.exposed)
         self.build = Info("nebula_build", "Nebula's version", registry=r)
         self.build.info({"version": version})
+        if self.exposed is not r:
+            self.exposed.register(self.build)  # an Info is not file-backed: the same everywhere
         self.omaha_requests = Counter(
             "nebula_omaha_requests_total",
             "Omaha requests by outcome",
@@ -88,6 +116,26 @@ class Metrics:
         self.uploads = Counter(
             "nebula_payload_uploads_total", "Payload uploads by outcome", ["outcome"], registry=r
         )
+        self.leader = Gauge(
+            "nebula_leader",
+            "1 in the process that runs the deployment's jobs (timeout sweep, event retention); "
+            "summed over a server's workers, and over replicas it must be 1",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.sweeps = Counter(
+            "nebula_timeout_sweeps_total", "Passes of the timeout sweeper", registry=r
+        )
+
+    def register(self, collector: Collector) -> None:
+        """A collector whose values are the same in every process (read from the database)."""
+        self.registry.register(collector)
+        if self.exposed is not self.registry:
+            self.exposed.register(collector)
+
+    def render(self) -> bytes:
+        """The text exposition of everything a scrape shows."""
+        return generate_latest(self.exposed)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         """One flush of coalesced check-ins (nebula.store.seen)."""

@@ -17,10 +17,10 @@ import pytest
 from lxml import etree
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from nebula.jobs.sweeper import sweep_once
 from nebula.policy import rollout_bucket
 from nebula.store.db import create_engine, session_factory
 from nebula.store.models import InstanceApp
-from nebula.sweeper import sweep_once
 from tests.conftest import FakeClock
 from tests.factories import FLATCAR_APP_ID, Host, assert_status_counts_match
 

@@ -68,6 +68,12 @@ def settings_from(**flags: Any) -> Settings:
     help="Migrate the database on start (default on) [NEBULA_MIGRATE]",
 )
 @click.option(
+    "--workers",
+    type=int,
+    help="Processes serving the port(s) [NEBULA_WORKERS, default: one per CPU on PostgreSQL, "
+    "1 on SQLite (which allows no more)]",
+)
+@click.option(
     "--shutdown-timeout",
     type=float,
     help="Seconds requests in flight get to finish after SIGTERM/SIGINT "
@@ -89,10 +95,22 @@ def serve(**flags: Any) -> None:
         logging.getLogger("nebula").warning(
             "no --public-url: hosts will be sent payload URLs under %s", settings.base_url
         )
+    from nebula.web.workers import run_workers, worker_count
+
+    count = worker_count(settings)
     try:
-        _serve_one(settings)
+        if count == 1:
+            _serve_one(settings)
+            return
+        status = run_workers(
+            settings,
+            count,
+            lambda n: click.echo(f"nebula listening on {_where(settings)}, {n} workers"),
+        )
     except NebulaError as exc:
         raise click.ClickException(str(exc)) from None
+    if status:
+        raise SystemExit(status)
 
 
 def _where(settings: Settings) -> str:

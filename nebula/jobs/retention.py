@@ -3,7 +3,7 @@
 Every update check carries an event (contract §2), so the log grows by one row per host per
 check; without retention a large fleet fills the database. Deleting in batches keeps each
 transaction short, so a first prune of a large backlog does not hold locks for long.
-Imports nebula.store.
+One process per deployment runs it, the leader (nebula.jobs.leader). Imports nebula.store.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The timeout sweeper: marks hosts that outlived their group's update timeout `timed_out`, and
 runs the failure gate for the rollouts they belonged to.
 
-Every replica runs it; the work is idempotent (an UPDATE of rows still in progress), so several
-sweepers at once only repeat each other. The grant path never waits for it: it counts a host past
+One process per deployment runs it, the leader (nebula.jobs.leader); the work is idempotent
+(an UPDATE of rows still in progress), so two sweepers at once while leadership changes hands
+only repeat each other. The grant path never waits for it: it counts a host past
 its timeout as not in flight by itself. Imports nebula.store.
 """
 
@@ -56,13 +57,15 @@ async def run_sweeper(
     clock: Callable[[], datetime],
     interval: float,
     changes: HostChanges | None = None,
+    observe: Callable[[], None] = lambda: None,
 ) -> None:
-    """Sweep every `interval` seconds (with jitter, so replicas spread out) until cancelled."""
+    """Sweep every `interval` seconds (with jitter) until cancelled; `observe` counts a pass."""
     while True:
         await asyncio.sleep(interval * random.uniform(0.8, 1.2))
         try:
             if await sweep_once(sessions, clock(), changes):
                 catalog.invalidate()
+            observe()
         except asyncio.CancelledError:
             raise
         except Exception:

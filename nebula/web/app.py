@@ -21,9 +21,11 @@ from nebula import __version__
 from nebula.config import Settings
 from nebula.durations import parse_duration
 from nebula.errors import ConfigError
+from nebula.jobs.leader import Job, Leader
+from nebula.jobs.retention import run_retention
+from nebula.jobs.sweeper import run_sweeper
 from nebula.metrics import Metrics
 from nebula.payload import TrustedKey, default_trusted_keys, load_trusted_key
-from nebula.retention import run_retention
 from nebula.service import OmahaService
 from nebula.store import db
 from nebula.store.blobs import BlobStore
@@ -31,7 +33,6 @@ from nebula.store.catalog import CatalogCache
 from nebula.store.changes import HostChanges
 from nebula.store.hostcache import HostCache
 from nebula.store.seen import SeenWriter
-from nebula.sweeper import run_sweeper
 from nebula.web import admin, omaha, payloads, rollout, status
 from nebula.web.api import auth_middleware, listener_middleware
 from nebula.web.errors import error_middleware
@@ -42,6 +43,7 @@ from nebula.web.keys import (
     CLOCK,
     ENGINE,
     HOST_CHANGES,
+    LEADER,
     METRICS,
     READ_SESSIONS,
     SERVICE,
@@ -76,13 +78,15 @@ def create_app(
     *,
     engine: AsyncEngine | None = None,
     clock: Callable[[], datetime] = utcnow,
+    multiprocess_dir: str | None = None,
 ) -> web.Application:
+    """The app; `multiprocess_dir` is where a worker of several counts its metrics."""
     app = web.Application(
         middlewares=[listener_middleware, error_middleware, auth_middleware],
         client_max_size=1 << 20,
     )
     app[SETTINGS] = settings
-    app[METRICS] = Metrics(version=__version__)
+    app[METRICS] = Metrics(version=__version__, multiprocess_dir=multiprocess_dir)
     app[CLOCK] = clock
     app[TRUSTED_KEYS] = load_keys(settings)
     app[BLOBS] = BlobStore(settings.payload_dir)
@@ -119,17 +123,30 @@ def create_app(
                 seen=seen,
             )
             await catalog.get()  # fail at start, not on the first host, if the schema is wrong
-            tasks = [
-                asyncio.create_task(
-                    run_sweeper(sessions, catalog, clock, settings.sweep_interval, changes)
-                ),
-                asyncio.create_task(seen.run()),
+            # The sweep and retention run once per deployment: in the process that leads.
+            jobs: list[Job] = [
+                lambda: run_sweeper(
+                    sessions,
+                    catalog,
+                    clock,
+                    settings.sweep_interval,
+                    changes,
+                    observe=metrics.sweeps.inc,
+                )
             ]
-            if eng.dialect.name == "postgresql":
-                tasks.append(asyncio.create_task(changes.listen(settings.db)))
             if settings.event_retention:
                 keep = parse_duration(settings.event_retention)
-                tasks.append(asyncio.create_task(run_retention(sessions, clock, keep)))
+                jobs.append(lambda: run_retention(sessions, clock, keep))
+            leader = Leader(
+                None if db.is_sqlite(eng) else eng.url.render_as_string(hide_password=False),
+                jobs,
+                names="the timeout sweep and event retention",
+                on_change=lambda leading: metrics.leader.set(1 if leading else 0),
+            )
+            app[LEADER] = leader
+            tasks = [asyncio.create_task(leader.run()), asyncio.create_task(seen.run())]
+            if eng.dialect.name == "postgresql":
+                tasks.append(asyncio.create_task(changes.listen(settings.db)))
             try:
                 yield
             finally:

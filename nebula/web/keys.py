@@ -9,6 +9,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from nebula.config import Settings
+from nebula.jobs.leader import Leader
 from nebula.metrics import Metrics
 from nebula.payload import TrustedKey
 from nebula.service import OmahaService
@@ -27,6 +28,8 @@ SERVICE = web.AppKey("service", OmahaService)
 # Where changes to hosts made outside the Omaha transaction (holds, sweeps) are announced.
 HOST_CHANGES = web.AppKey("host_changes", HostChanges)
 METRICS = web.AppKey("metrics", Metrics)
+# Whether this process runs the once-per-deployment jobs.
+LEADER = web.AppKey("leader", Leader)
 BLOBS = web.AppKey("blobs", BlobStore)
 TRUSTED_KEYS: web.AppKey[Sequence[TrustedKey]] = web.AppKey("trusted_keys")
 TRUSTED_PROXIES: web.AppKey[tuple[Network, ...]] = web.AppKey("trusted_proxies")

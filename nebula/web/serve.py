@@ -56,6 +56,7 @@ async def serve_app(
     *,
     shutdown_timeout: float,
     on_ready: Callable[[], None] = lambda: None,
+    signals: Sequence[int] = STOP_SIGNALS,
 ) -> int:
     """Serve `app` on `sockets` until a stop signal; returns the signal's number. Startup
     errors propagate (after whatever had started is cleaned up)."""
@@ -73,7 +74,7 @@ async def serve_app(
         received.append(signum)
         stop.set()
 
-    for signum in STOP_SIGNALS:
+    for signum in signals:
         loop.add_signal_handler(signum, on_signal, signum)
     runner = web.AppRunner(
         app,
@@ -96,6 +97,6 @@ async def serve_app(
         await stop.wait()
         await runner.cleanup()
     finally:
-        for signum in STOP_SIGNALS:
+        for signum in signals:
             loop.remove_signal_handler(signum)
     return received[0]

@@ -6,11 +6,12 @@ that several scrapers cost one query.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import select, text
@@ -67,12 +68,13 @@ async def _refresh_counts(app: web.Application) -> None:
 
 async def metrics(request: web.Request) -> web.Response:
     await _refresh_counts(request.app)
-    body = generate_latest(request.app[METRICS].registry)
+    body = request.app[METRICS].render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def healthz(_request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    # The pid tells an operator (and the tests) which worker answered.
+    return web.json_response({"status": "ok", "pid": os.getpid()})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -84,7 +86,7 @@ async def readyz(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     counts = InstanceCounts()
     app[COUNTS] = counts
-    app[METRICS].registry.register(counts)
+    app[METRICS].register(counts)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -56,11 +56,16 @@ class Serve:
             return exc.code, exc.read(), dict(exc.headers)
 
     def post(self, path: str, body: bytes) -> tuple[int, bytes, dict[str, str]]:
-        req = urllib.request.Request(
-            self.base + path,
-            data=body,
-            headers={"Content-Type": "text/xml", "Connection": "close"},
-        )
+        return self.post_from(path, body, None)
+
+    def post_from(
+        self, path: str, body: bytes, forwarded_for: str | None
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """A POST as if through a proxy for `forwarded_for` (when the server trusts 127.0.0.1)."""
+        headers = {"Content-Type": "text/xml", "Connection": "close"}
+        if forwarded_for:
+            headers["X-Forwarded-For"] = forwarded_for
+        req = urllib.request.Request(self.base + path, data=body, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
                 return resp.status, resp.read(), dict(resp.headers)
@@ -76,6 +81,10 @@ class Serve:
         except subprocess.TimeoutExpired:
             self.kill()
             raise AssertionError(f"nebula serve did not stop:\n{self.output()[-4000:]}") from None
+
+    def kill_worker(self, pid: int) -> None:
+        """SIGKILL one worker of the server (a pid its X-Nebula-Worker header named)."""
+        os.kill(pid, signal.SIGKILL)
 
     def kill(self) -> None:
         if self.proc.poll() is None:

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from nebula.config import load_settings
 from nebula.errors import ConfigError
-from nebula.retention import prune_events
+from nebula.jobs.retention import prune_events
 from nebula.store import db
 from nebula.store.hosts import record_event
 from nebula.store.models import Event, Instance

@@ -632,8 +632,8 @@ async def test_rollout_status_numbers(
     bucket: a timed-out host still in progress, a rollback not counted as failed, hosts already
     on the target counted as remaining, a host ahead of the target counted as remaining (the
     rollout would never look finished), holds not broken down by reason."""
+    from nebula.jobs.sweeper import sweep_once
     from nebula.store.db import create_engine, session_factory
-    from nebula.sweeper import sweep_once
 
     await set_policy(client, admin_token, update_timeout="1h")
     t1 = Host(machine_id=machine(1), version=OLD)

@@ -1,0 +1,2 @@
+"""Background jobs: the timeout sweeper, event retention, and the leadership that makes them
+run once per deployment (nebula.jobs.leader). Imports nebula.store, never web or CLI code."""
