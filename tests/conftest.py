@@ -105,6 +105,17 @@ def _pg_unavailable_reason() -> str | None:
     return None
 
 
+def require_tools(*names: str) -> None:
+    """Skip unless every one of the Debian tools `names` is on PATH; in CI fail instead, since
+    .ci/run installs them (so a test that needs them must run there)."""
+    missing = [n for n in names if shutil.which(n) is None]
+    if not missing:
+        return
+    if IN_CI:
+        pytest.fail(f"CI is set, so {', '.join(missing)} must be installed (.ci/run does it)")
+    pytest.skip(f"{', '.join(missing)} not installed (apt-get install as .ci/run does)")
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer | None]:
     reason = _pg_unavailable_reason()

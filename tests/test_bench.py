@@ -44,11 +44,10 @@ from nebula.loadtest.workload import (
 from nebula.store import db
 from nebula.store.counts import counts_of_group
 from nebula.store.models import Grant, Group, InstanceApp, Package
-from tests.conftest import PG_ADMIN_URL, PgServer, _asyncpg_dsn
+from tests.conftest import PG_ADMIN_URL, PgServer, _asyncpg_dsn, require_tools
 from tests.factories import assert_status_counts_match
 
 HAVE_WRK = wrk.available() is not None
-needs_wrk = pytest.mark.skipif(not HAVE_WRK, reason="wrk is not installed (apt-get install wrk)")
 _NUMBER = r"[0-9.]+|inf|nan"
 _MID = re.compile(rb'machineid="([0-9a-f]{32})"')
 _EVENT = re.compile(rb'eventtype="(\d+)"')
@@ -83,8 +82,8 @@ def test_bench_with_the_python_generator_on_sqlite() -> None:
     assert "temporary SQLite file" in result.output
 
 
-@needs_wrk
 def test_bench_with_wrk_on_sqlite() -> None:
+    require_tools("wrk")
     phases_ = ("events", "ping")
     result = CliRunner().invoke(
         bench, [*_TINY, "--generator", "wrk", "--phases", ",".join(phases_)]
@@ -153,8 +152,8 @@ def test_bench_on_postgresql_makes_and_drops_its_own_database(
     "database", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 )
 def test_bench_runs_every_phase(generator: str, database: str, pg_server: PgServer | None) -> None:
-    if generator == "wrk" and not HAVE_WRK:
-        pytest.skip("wrk is not installed (apt-get install wrk)")
+    if generator == "wrk":
+        require_tools("wrk")
     if database == "postgres" and pg_server is None:
         pytest.skip("PostgreSQL unavailable (set NEBULA_TEST_PG); CI never skips this")
     args = [*_TINY, "--generator", generator]
@@ -280,8 +279,8 @@ def _events_phase() -> Phase:
     return phases("abcdef", pools("abcdef", 100_000, 4))["events"]
 
 
-@needs_wrk
 async def test_wrk_sends_the_workload_and_checks_every_answer(tmp_path: Path) -> None:
+    require_tools("wrk")
     phase = _events_phase()
     server, received = await _recorder(b'<event status="ok"></event>')
     try:
