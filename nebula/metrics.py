@@ -123,6 +123,20 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.host_cache_lookups = Counter(
+            "nebula_host_cache_lookups_total",
+            "Update checks whose host state was in the process's memory (hit) or was read from "
+            "the database (miss)",
+            ["result"],
+            registry=r,
+        )
+        self.host_cache_hosts = Gauge(
+            "nebula_host_cache_hosts",
+            "Hosts held in the host cache (summed over a server's workers)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self._cache_seen = (0, 0)
         self.sweeps = Counter(
             "nebula_timeout_sweeps_total", "Passes of the timeout sweeper", registry=r
         )
@@ -141,6 +155,17 @@ class Metrics:
         """One flush of coalesced check-ins (nebula.store.seen)."""
         self.checkin_batch_size.observe(size)
         self.checkin_flush_seconds.observe(seconds)
+
+    def observe_host_cache(self, hits: int, misses: int, size: int) -> None:
+        """The host cache's running totals (nebula.store.hostcache), published periodically:
+        only what grew since the last call is added."""
+        last_hits, last_misses = self._cache_seen
+        if hits > last_hits:
+            self.host_cache_lookups.labels(result="hit").inc(hits - last_hits)
+        if misses > last_misses:
+            self.host_cache_lookups.labels(result="miss").inc(misses - last_misses)
+        self._cache_seen = (hits, misses)
+        self.host_cache_hosts.set(size)
 
     def count_event(self, event_type: int, result: int, error_code: int | None) -> None:
         t = str(event_type)

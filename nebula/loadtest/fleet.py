@@ -156,7 +156,12 @@ async def insert_pools(engine: AsyncEngine, pools: Pools) -> None:
         ):
             status = "granted" if granted else "idle"
             for n in range(size):
-                counts.move(deltas, machine_id(prefix, n), None, (group_id, status))
+                counts.move(
+                    deltas,
+                    machine_id(prefix, n),
+                    None,
+                    (group_id, status, OLD if granted else TARGET),
+                )
             params: dict[str, Any] = {
                 "prefix": prefix,
                 "last": size - 1,

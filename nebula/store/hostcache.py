@@ -68,6 +68,10 @@ class HostCache:
         self.capacity = capacity
         self.enabled = capacity > 0
         self.full = False  # it refused a newcomer for lack of room (said once in the log)
+        # Lookups answered from memory and not (off, suspended or unknown host): plain ints on
+        # the hot path, published to the metrics once a second (nebula.web.app).
+        self.hits = 0
+        self.misses = 0
         self._entries: dict[str, Snapshot] = {}
         self._changed: dict[str, int] = {}  # machine id -> epoch of its last change
         self._epoch = 0
@@ -84,11 +88,11 @@ class HostCache:
         return self._epoch
 
     def get(self, machine_id: str, app_id: str) -> Snapshot | None:
-        if not self.enabled:
-            return None
-        entry = self._entries.get(machine_id)
+        entry = self._entries.get(machine_id) if self.enabled else None
         if entry is None or entry.app_id != app_id:
+            self.misses += 1
             return None
+        self.hits += 1
         return entry
 
     def put(self, machine_id: str, entry: Snapshot, since: int) -> None:

@@ -42,6 +42,7 @@ from nebula.web.keys import (
     CATALOG,
     CLOCK,
     ENGINE,
+    HOST_CACHE,
     HOST_CHANGES,
     LEADER,
     METRICS,
@@ -71,6 +72,14 @@ def load_keys(settings: Settings) -> list[TrustedKey]:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+async def publish_host_cache(hosts: HostCache, metrics: Metrics, every: float = 1.0) -> None:
+    """The host cache counts in plain ints on the hot path; its totals reach the metrics here
+    (and at each scrape), so that with several workers each one's share is in its files."""
+    while True:
+        await asyncio.sleep(every)
+        metrics.observe_host_cache(hosts.hits, hosts.misses, len(hosts))
 
 
 def create_app(
@@ -112,6 +121,7 @@ def create_app(
             app[SESSIONS] = sessions
             app[CATALOG] = catalog
             app[HOST_CHANGES] = changes
+            app[HOST_CACHE] = hosts
             app[SERVICE] = OmahaService(
                 sessions,
                 catalog,
@@ -144,7 +154,11 @@ def create_app(
                 on_change=lambda leading: metrics.leader.set(1 if leading else 0),
             )
             app[LEADER] = leader
-            tasks = [asyncio.create_task(leader.run()), asyncio.create_task(seen.run())]
+            tasks = [
+                asyncio.create_task(leader.run()),
+                asyncio.create_task(seen.run()),
+                asyncio.create_task(publish_host_cache(hosts, metrics)),
+            ]
             if eng.dialect.name == "postgresql":
                 tasks.append(asyncio.create_task(changes.listen(settings.db)))
             try:

@@ -16,6 +16,7 @@ from nebula.service import OmahaService
 from nebula.store.blobs import BlobStore
 from nebula.store.catalog import CatalogCache
 from nebula.store.changes import HostChanges
+from nebula.store.hostcache import HostCache
 from nebula.web.forwarded import Network
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -28,6 +29,8 @@ SERVICE = web.AppKey("service", OmahaService)
 # Where changes to hosts made outside the Omaha transaction (holds, sweeps) are announced.
 HOST_CHANGES = web.AppKey("host_changes", HostChanges)
 METRICS = web.AppKey("metrics", Metrics)
+# Per-process snapshots of hosts' state (published to the metrics by nebula.web.app).
+HOST_CACHE = web.AppKey("host_cache", HostCache)
 # Whether this process runs the once-per-deployment jobs.
 LEADER = web.AppKey("leader", Leader)
 BLOBS = web.AppKey("blobs", BlobStore)

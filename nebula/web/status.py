@@ -19,7 +19,7 @@ from sqlalchemy import select, text
 from nebula.store.counts import counts_by_group
 from nebula.store.db import transaction
 from nebula.store.models import Group
-from nebula.web.keys import METRICS, READ_SESSIONS
+from nebula.web.keys import HOST_CACHE, METRICS, READ_SESSIONS
 
 _COUNTS_TTL = 10.0
 
@@ -67,8 +67,12 @@ async def _refresh_counts(app: web.Application) -> None:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    await _refresh_counts(request.app)
-    body = request.app[METRICS].render()
+    app = request.app
+    await _refresh_counts(app)
+    hosts = app.get(HOST_CACHE)
+    if hosts is not None:
+        app[METRICS].observe_host_cache(hosts.hits, hosts.misses, len(hosts))
+    body = app[METRICS].render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -127,6 +127,44 @@ async def test_steady_check_in_writes_nothing_until_the_batch(
     await engine.dispose()
 
 
+def _sample(text: str, line_start: str) -> float:
+    lines = [line for line in text.splitlines() if line.startswith(line_start + " ")]
+    return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+
+
+async def test_host_cache_hits_and_misses_are_in_the_metrics(
+    db_url: str, tmp_path: Path, key_file: Path, clock: FakeClock, aiohttp_client: Any
+) -> None:
+    """Whether steady-state checks are answered from memory is visible to the operator: the
+    first check of a host is a miss (read from the database), the next ones hits. Catches a
+    counter never published, hits and misses swapped, or counts lost between scrapes."""
+    client, engine = await started(aiohttp_client, db_url, tmp_path, key_file, clock)
+    token = await make_token(db_url)
+    await add_version(client, token, NEW)
+    hosts = [Host(machine_id=f"{n:032x}", version=NEW) for n in (7, 8)]
+    for host in hosts:
+        assert await check(client, host) is None  # new host: written, then kept
+    for _ in range(3):
+        clock.advance(minutes=45)
+        for host in hosts:
+            assert await check(client, host) is None
+
+    async def scrape() -> str:
+        resp = await client.get("/metrics")
+        assert resp.status == 200
+        return await resp.text()
+
+    text = await scrape()
+    hits = _sample(text, 'nebula_host_cache_lookups_total{result="hit"}')
+    misses = _sample(text, 'nebula_host_cache_lookups_total{result="miss"}')
+    assert (hits, misses) == (6, 2), text
+    assert _sample(text, "nebula_host_cache_hosts") == 2
+    assert await check(client, hosts[0]) is None
+    text = await scrape()  # the second scrape adds only what came since the first
+    assert _sample(text, 'nebula_host_cache_lookups_total{result="hit"}') == 7, text
+    await engine.dispose()
+
+
 async def test_shutdown_flushes_pending_check_ins(
     aiohttp_client: Any, db_url: str, tmp_path: Path, key_file: Path, clock: FakeClock
 ) -> None:
