@@ -47,36 +47,21 @@ def _shard_key(key: Key, shard: int) -> ShardKey:
     return (key[0], key[1], version or "", shard)
 
 
-# One upsert per dialect, built once: bound parameters only, so SQLAlchemy compiles it once
-# and a grant's two count moves go out as one executemany (an INSERT built with .values() of
-# each row's literals was compiled anew on every request).
-_UPSERTS: dict[str, Any] = {}
-
-
-def _upsert(dialect: str) -> Any:
-    stmt = _UPSERTS.get(dialect)
-    if stmt is None:
-        insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        table: Any = StatusCount.__table__
-        base = insert(table)
-        stmt = base.on_conflict_do_update(
-            index_elements=["group_id", "status", "version", "shard"],
-            set_={"count": table.c.count + base.excluded.count},
-        )
-        _UPSERTS[dialect] = stmt
-    return stmt
-
-
 async def apply(session: AsyncSession, deltas: Counter[ShardKey]) -> None:
-    # Sorted: every transaction takes the count rows' locks in one order (no deadlock).
     changes = sorted((k, d) for k, d in deltas.items() if d != 0 and k[0] is not None)
     if not changes:
         return
-    rows = [
-        {"group_id": g, "status": st, "version": v, "shard": sh, "count": delta}
-        for (g, st, v, sh), delta in changes
-    ]
-    await session.execute(_upsert(session.bind.dialect.name), rows)
+    insert: Any = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+    for (group_id, status, version, shard), delta in changes:
+        stmt = insert(StatusCount).values(
+            group_id=group_id, status=status, version=version, shard=shard, count=delta
+        )
+        await session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["group_id", "status", "version", "shard"],
+                set_={"count": StatusCount.count + stmt.excluded.count},
+            )
+        )
 
 
 async def counts_by_group(session: AsyncSession) -> list[tuple[str, str, str, int]]:
