@@ -132,6 +132,10 @@ class Fleet:
             str(self.payload_dir),
             "--log-level",
             "warning",  # no access log: hundreds of lines per wave say nothing here
+            # Each server is one replica, one process: the probes that wait for a replica's
+            # catalog reach that process (workers are tested in tests/cli/test_workers.py).
+            "--workers",
+            "1",
         )
         env = child_env(cache_ttl=self.cache_ttl, db_pool_size=self.pool_size)
         with log.open("wb") as out:
