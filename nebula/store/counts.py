@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import zlib
 from collections import Counter
-from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nebula.store.models import Group, StatusCount
+from nebula.store.upsert import upsert
 
 # (group id, status, version); a key without the version (older callers) counts the host
 # under "no version".
@@ -47,21 +46,25 @@ def _shard_key(key: Key, shard: int) -> ShardKey:
     return (key[0], key[1], version or "", shard)
 
 
+# Adds a delta to a count row (created at the delta when missing).
+_ADD = upsert(
+    StatusCount.__table__,
+    ("group_id", "status", "version", "shard", "count"),
+    ("group_id", "status", "version", "shard"),
+    {"count": "status_counts.count + excluded.count"},
+)
+
+
 async def apply(session: AsyncSession, deltas: Counter[ShardKey]) -> None:
     changes = sorted((k, d) for k, d in deltas.items() if d != 0 and k[0] is not None)
     if not changes:
         return
-    insert: Any = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+    # One statement per row, in sorted order: the rows are locked in that order, so two
+    # transactions never wait for each other's count rows (a multi-row statement sent as an
+    # executemany deadlocked under concurrent grants on PostgreSQL).
     for (group_id, status, version, shard), delta in changes:
-        stmt = insert(StatusCount).values(
-            group_id=group_id, status=status, version=version, shard=shard, count=delta
-        )
-        await session.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["group_id", "status", "version", "shard"],
-                set_={"count": StatusCount.count + stmt.excluded.count},
-            )
-        )
+        params = {"group_id": group_id, "status": status, "version": version, "shard": shard}
+        await session.execute(_ADD, {**params, "count": delta})
 
 
 async def counts_by_group(session: AsyncSession) -> list[tuple[str, str, str, int]]:

@@ -1,7 +1,7 @@
 """Writes and reads of host state: instances, their per-application state, and the event log.
 
 Query functions take the session first and never commit: the caller owns the transaction.
-Imports only nebula.store.models.
+Imports only nebula.store.models and nebula.store.upsert.
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, bindparam, func, select
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import String, bindparam, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from nebula.store.models import Base, Event, Instance, InstanceApp
+from nebula.store.upsert import upsert
 
 
 def _lengths(model: type[Base]) -> dict[str, int]:
@@ -53,30 +53,18 @@ class HostFacts:
 
 
 _OPTIONAL_FACTS = ("alias", "oem", "oem_version", "aleph_version", "board")
-_UPSERTS: dict[str, Any] = {}
-
-
-def _upsert_statement(dialect: str) -> Any:
-    """The host upsert, built once per dialect with bound parameters, so that SQLAlchemy
-    compiles it once: this runs on every request (it was half the time of a check)."""
-    stmt = _UPSERTS.get(dialect)
-    if stmt is None:
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        table = Instance.__table__
-        base = insert(Instance).values(
-            {c: bindparam(c) for c in ("id", "ip", "created_at", "last_seen_at", *_OPTIONAL_FACTS)}
-        )
-        # Hosts that omit an attribute (old clients, the stub) must not erase what others
-        # reported: a NULL keeps the stored value.
-        update_cols = {
-            "ip": base.excluded.ip,
-            "last_seen_at": base.excluded.last_seen_at,
-            **{c: func.coalesce(base.excluded[c], table.c[c]) for c in _OPTIONAL_FACTS},
-        }
-        stmt = _UPSERTS[dialect] = base.on_conflict_do_update(
-            index_elements=["id"], set_=update_cols
-        )
-    return stmt
+# Hosts that omit an attribute (old clients, the stub) must not erase what others reported:
+# a NULL keeps the stored value.
+_UPSERT = upsert(
+    Instance.__table__,
+    ("id", "ip", "created_at", "last_seen_at", *_OPTIONAL_FACTS),
+    ("id",),
+    {
+        "ip": "excluded.ip",
+        "last_seen_at": "excluded.last_seen_at",
+        **{c: f"coalesce(excluded.{c}, instances.{c})" for c in _OPTIONAL_FACTS},
+    },
+)
 
 
 async def upsert_instance(session: AsyncSession, facts: HostFacts, now: datetime) -> None:
@@ -90,7 +78,7 @@ async def upsert_instance(session: AsyncSession, facts: HostFacts, now: datetime
     for name in _OPTIONAL_FACTS:
         value = getattr(facts, name)
         params[name] = None if value is None else clip(value, INSTANCE_LIMITS[name])
-    await session.execute(_upsert_statement(session.bind.dialect.name), params)
+    await session.execute(_UPSERT, params)
 
 
 async def lock_instance_app(
@@ -149,7 +137,9 @@ _READ_HOST = (
 )
 
 
-async def read_host(session: AsyncSession, machine_id: str, app_id: str) -> StoredHost | None:
+async def read_host(
+    session: AsyncSession | AsyncConnection, machine_id: str, app_id: str
+) -> StoredHost | None:
     """One indexed read, no lock: what a steady-state check-in is judged on when this process
     has no snapshot of the host."""
     row = (await session.execute(_READ_HOST, {"machine_id": machine_id, "app_id": app_id})).first()
