@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from nebula.checkin import facts_key, steady
@@ -38,13 +39,19 @@ from nebula.policy import Decision
 from nebula.service.transition import NeedsExclusiveLock, Transition, apply_app, host_facts
 from nebula.store.catalog import Catalog, CatalogCache, GroupEntry
 from nebula.store.changes import HostChanges
-from nebula.store.db import transaction
+from nebula.store.db import (
+    is_disconnect,
+    point_read,
+    read_again_if_disconnected,
+    transaction,
+)
 from nebula.store.hostcache import HostCache, snapshot
 from nebula.store.hosts import (
     INSTANCE_LIMITS,
     MACHINE_ID_MAX,
     STATE_LIMITS,
     VERSION_MAX,
+    StoredHost,
     clip,
     read_host,
 )
@@ -178,8 +185,7 @@ class OmahaService:
         known = self._hosts.get(machine_id, app.app_id)
         if known is None:
             since = self._hosts.stamp()
-            async with transaction(self._read_sessions) as session:
-                stored = await read_host(session, machine_id, app.app_id)
+            stored = await self._read_host(machine_id, app.app_id)
             if stored is None:
                 return None  # a new host (or app): the transaction records it
             facts = host_facts(app, machine_id, ip)
@@ -212,6 +218,15 @@ class OmahaService:
         )
         return _AppOutcome(self._answer(app, None), decision if app.update_check else None, group)
 
+    async def _read_host(self, machine_id: str, app_id: str) -> StoredHost | None:
+        """The stored state of a host this process has no snapshot of."""
+
+        async def read() -> StoredHost | None:
+            async with point_read(self._read_sessions) as conn:
+                return await read_host(conn, machine_id, app_id)
+
+        return await read_again_if_disconnected(read)
+
     async def _transact(
         self, pending: list[_Pending], ip: str | None, now: datetime
     ) -> list[Transition]:
@@ -231,23 +246,36 @@ class OmahaService:
     async def _apply(
         self, pending: list[_Pending], ip: str | None, now: datetime, *, exclusive: bool
     ) -> list[Transition]:
-        async with transaction(self._sessions) as session:
-            results = [
-                await apply_app(
-                    session,
-                    self._metrics,
-                    p.group,
-                    p.app,
-                    p.machine_id,
-                    ip,
-                    now,
-                    exclusive=exclusive,
-                )
-                for p in pending
-            ]
-            moved = [p.machine_id for p, r in zip(pending, results, strict=True) if r.moved]
-            await self._changes.announce(session, moved)
-        return results
+        """The transaction, run again once on a fresh connection when the database connection
+        turns out to be gone before the commit was sent: nothing of it was written then. A
+        connection lost during the commit is not retried (it may have committed): the host
+        gets a 503 and asks again."""
+        for attempt in (1, 2):
+            committing = False
+            try:
+                async with transaction(self._sessions) as session:
+                    results = [
+                        await apply_app(
+                            session,
+                            self._metrics,
+                            p.group,
+                            p.app,
+                            p.machine_id,
+                            ip,
+                            now,
+                            exclusive=exclusive,
+                        )
+                        for p in pending
+                    ]
+                    moved = [p.machine_id for p, r in zip(pending, results, strict=True) if r.moved]
+                    await self._changes.announce(session, moved)
+                    committing = True
+                return results
+            except DBAPIError as exc:
+                if attempt == 2 or committing or not is_disconnect(exc):
+                    raise
+                log.info("database connection lost before the commit; running it again")
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     def _answer(self, app: AppRequest, manifest: Manifest | None) -> AppResponse:
         check = None

@@ -15,11 +15,13 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from nebula.omaha.model import Manifest, PackageFile
 from nebula.policy import GroupPolicy, HostState, choose_target, hold_now
+from nebula.store.changes import CATALOG_CHANNEL
+from nebula.store.db import read_again_if_disconnected
 from nebula.store.models import Application, Channel, ChannelFloor, ConfigStamp, Group, Package
 from nebula.store.rollouts import policy_of
 from nebula.versions import parse_version, try_parse_version
@@ -160,9 +162,16 @@ async def read_stamp(session: AsyncSession) -> int:
     return int((await session.execute(select(ConfigStamp.stamp))).scalar_one())
 
 
+# Every process's CatalogCache re-reads the stamp when it hears this (nebula.store.changes).
+_NOTIFY_CATALOG = text(f"NOTIFY {CATALOG_CHANNEL}")
+
+
 async def bump_stamp(session: AsyncSession) -> None:
-    """Call in every transaction that changes what the catalog holds."""
+    """Call in every transaction that changes what the catalog holds. On PostgreSQL the other
+    processes hear of it at commit, so they need not wait for their cache's ttl."""
     await session.execute(update(ConfigStamp).values(stamp=ConfigStamp.stamp + 1))
+    if session.bind.dialect.name == "postgresql":
+        await session.execute(_NOTIFY_CATALOG)
 
 
 async def load_catalog(session: AsyncSession, base_url: str) -> Catalog:
@@ -258,12 +267,21 @@ class CatalogCache:
         async with self._lock:
             if self._snapshot is not None and time.monotonic() - self._checked_at < self._ttl:
                 return self._snapshot
-            async with self._sessions() as session:
-                stamp = await read_stamp(session)
-                if self._snapshot is None or stamp != self._snapshot.stamp:
-                    self._snapshot = await load_catalog(session, self._base_url)
+            self._snapshot = await read_again_if_disconnected(self._refresh)
             self._checked_at = time.monotonic()
             return self._snapshot
+
+    async def _refresh(self) -> Catalog:
+        async with self._sessions() as session:
+            stamp = await read_stamp(session)
+            if self._snapshot is None or stamp != self._snapshot.stamp:
+                return await load_catalog(session, self._base_url)
+            return self._snapshot
+
+    def expire(self) -> None:
+        """Re-read the stamp at the next request (another process changed the catalog, or may
+        have while this one could not hear it); the snapshot serves until then."""
+        self._checked_at = 0.0
 
     def invalidate(self) -> None:
         """Drop the snapshot: the next request reloads (after an admin change in this process)."""

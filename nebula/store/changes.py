@@ -7,6 +7,7 @@ transaction rolls back). After the commit the caller calls `applied`, which upda
 process's own cache at once. Each process LISTENs on a connection of its own; while that
 connection is down nothing is cached (the feed may have missed changes), and when it comes back
 the cache starts empty. SQLite serves one process, whose own `applied` calls are the whole feed.
+The same connection hears catalog changes (CATALOG_CHANNEL) and passes them on to a callback.
 Imports nebula.store.hostcache.
 """
 
@@ -16,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import text
@@ -28,6 +29,7 @@ from nebula.store.hostcache import HostCache, Snapshot
 log = logging.getLogger(__name__)
 
 CHANNEL = "nebula_hosts"
+CATALOG_CHANNEL = "nebula_catalog"  # notified by nebula.store.catalog.bump_stamp
 # NOTIFY payloads are limited to 8000 bytes: machine ids go in chunks well below that.
 _CHUNK = 100
 _NOTIFY = text("SELECT pg_notify(:channel, :payload)")
@@ -36,8 +38,13 @@ _NOTIFY = text("SELECT pg_notify(:channel, :payload)")
 class HostChanges:
     """This process's side of the feed."""
 
-    def __init__(self, cache: HostCache, dialect: str) -> None:
+    def __init__(
+        self, cache: HostCache, dialect: str, on_catalog: Callable[[], None] | None = None
+    ) -> None:
         self.cache = cache
+        # Called when another process changed the catalog (nebula.store.catalog.bump_stamp),
+        # and whenever the feed (re)connects, since changes may have gone unheard meanwhile.
+        self.on_catalog = on_catalog or (lambda: None)
         self.dialect = dialect
         self.origin = secrets.token_hex(8)  # to recognize (and skip) our own notifications
         self.received = 0
@@ -88,7 +95,9 @@ class HostChanges:
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(CHANNEL, lambda _c, _pid, _ch, p: self.on_notify(p))
+                await conn.add_listener(CATALOG_CHANNEL, lambda *_: self.on_catalog())
                 self.cache.resume()
+                self.on_catalog()
                 if warned:
                     log.info("host change feed connected again: caching host state")
                 warned = False

@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import socket
+import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -27,8 +28,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -41,6 +43,8 @@ from nebula.policy import rollout_key_hex
 # Any constant works; it only has to be the same for every Nebula process on one database.
 _MIGRATION_LOCK_KEY = 0x4E45_4255  # "NEBU"
 
+
+T = TypeVar("T")
 
 _SCHEMES_HELP = "use sqlite:///PATH or postgresql://USER@HOST/DB"
 
@@ -97,15 +101,66 @@ def create_engine(raw_url: str, pool_size: int = 10) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": 30})
         _tune_sqlite(engine)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
         pool_recycle=1800,
         # asyncpg waits 60 s by default for a server that does not answer.
         connect_args={"timeout": _CONNECT_TIMEOUT},
     )
+    _ping_when_idle(engine)
+    return engine
+
+
+# A pooled connection unused for this long is pinged before it is handed out.
+PING_IDLE_SECONDS = 2.0
+
+
+def _ping_when_idle(engine: AsyncEngine) -> None:
+    """Check a connection on checkout without a round trip, and ping it only when it sat unused
+    in the pool: pool_pre_ping pings on every checkout, a round trip per transaction that was
+    a tenth of a grant's time. A connection that dies while in use (or unseen) fails its
+    statement; the Omaha service's transactions then run once more on a fresh one
+    (`is_disconnect`), and SQLAlchemy replaces every connection of the pool after the first
+    one found dead."""
+
+    @event.listens_for(engine.sync_engine.pool, "checkin")
+    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        if record is not None:
+            record.info["nebula_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine.pool, "checkout")
+    def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        # A connection the server closed (terminated, restarted) is known to asyncpg as soon
+        # as the event loop read the end of its socket: no round trip needed to see it.
+        is_closed = getattr(record.driver_connection, "is_closed", None)
+        if is_closed is not None and is_closed():
+            raise DisconnectionError("pooled connection was closed by the server")
+        since = record.info.get("nebula_idle_since")
+        if since is None or time.monotonic() - since < PING_IDLE_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            # The pool drops this connection and checks out another (or connects anew).
+            raise DisconnectionError(f"pooled connection is gone: {exc}") from exc
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """Whether `exc` says the database connection was lost (the pool has dropped it)."""
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+async def read_again_if_disconnected(read: Callable[[], Awaitable[T]]) -> T:
+    """Run `read`, and once more (on a fresh connection) if the connection it used turned out
+    to be gone. Only for work that writes nothing."""
+    try:
+        return await read()
+    except DBAPIError as exc:
+        if not is_disconnect(exc):
+            raise
+        return await read()
 
 
 _CONNECT_TIMEOUT = 10.0
@@ -202,6 +257,26 @@ async def transaction(
         return
     async with lock, sessions() as session, session.begin():
         yield session
+
+
+@asynccontextmanager
+async def point_read(
+    sessions: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[AsyncConnection]:
+    """A connection for one read statement outside any transaction. On PostgreSQL it runs in
+    autocommit, a statement being its own snapshot: no BEGIN and COMMIT round trips around a
+    read that the hot path makes for every host it has no snapshot of. On SQLite it is a
+    deferred (read-only) transaction, which WAL never blocks. Only for single statements:
+    several reads that must agree with each other need `transaction`."""
+    bind = sessions.kw.get("bind")
+    if not isinstance(bind, AsyncEngine):
+        raise TypeError("point_read needs sessions bound to an engine")
+    if bind.dialect.name == "postgresql":
+        bind = bind.execution_options(isolation_level="AUTOCOMMIT")
+    else:
+        bind = bind.execution_options(nebula_read_only=True)
+    async with bind.connect() as conn:
+        yield conn
 
 
 def _alembic_config() -> Config:

@@ -113,7 +113,7 @@ def create_app(
             read_sessions = db.session_factory(eng, read_only=True)
             catalog = CatalogCache(read_sessions, settings.base_url, settings.cache_ttl)
             hosts = HostCache(settings.host_cache_size)
-            changes = HostChanges(hosts, eng.dialect.name)
+            changes = HostChanges(hosts, eng.dialect.name, on_catalog=catalog.expire)
             metrics = app[METRICS]
             seen = SeenWriter(sessions, settings.checkin_interval, observe=metrics.observe_batch)
             app[READ_SESSIONS] = read_sessions

@@ -273,3 +273,30 @@ async def test_a_release_made_elsewhere_reaches_every_process(
     assert resp.status == 200
     await heard(a, host.machine_id)
     assert await check(a, host) == NEW
+
+
+@ON_POSTGRES
+async def test_a_catalog_change_reaches_other_processes_without_waiting_for_the_ttl(
+    db_url: str, tmp_path: Path, key_file: Path, clock: FakeClock, aiohttp_client: Any
+) -> None:
+    """B keeps its catalog for an hour (cache_ttl); a release set through A must reach B at
+    once, through the change feed's catalog channel. Catches a bump_stamp without NOTIFY, a
+    feed that does not listen on it, and a cache that ignores it until its ttl."""
+    settings = make_settings(db_url, tmp_path, key_file, cache_ttl=3600.0)
+    a = await aiohttp_client(create_app(settings, clock=clock))
+    b = await aiohttp_client(create_app(settings, clock=clock))
+    for c in (a, b):
+        feed = c.server.app[SERVICE]._changes
+        for _ in range(200):
+            if feed.cache.enabled:
+                break
+            await asyncio.sleep(0.02)
+        assert feed.cache.enabled
+    token = await make_token(db_url)
+    assert await check(b, Host(machine_id="9" * 32, version=OLD)) is None  # B's catalog: no release
+    await add_version(a, token, NEW)
+    for n in range(200):  # bounded: the notification arrives at A's commit
+        if await check(b, Host(machine_id=f"{n:032x}", version=OLD)) == NEW:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("B still answers from its old catalog")
