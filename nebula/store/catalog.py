@@ -90,6 +90,9 @@ class Catalog:
     # (package_id, file name) -> SHA-256 hex of every file in Nebula's payload store: the
     # payload route serves a known file without a query.
     stored_files: dict[tuple[str, str], str] = field(default_factory=dict)
+    # (app_id, arch, version, file name) -> SHA-256 hex of every stored extension payload
+    # (oem-*.gz, flatcar-*.gz): the release-file route serves first boots from it, no query.
+    release_files: dict[tuple[str, str, str, str], str] = field(default_factory=dict)
 
     def find_group(self, app_id: str, track: str, arch: str | None) -> GroupEntry | None:
         if arch is None:
@@ -229,7 +232,19 @@ async def load_catalog(session: AsyncSession, base_url: str) -> Catalog:
         groups=groups,
         track_arches={k: tuple(sorted(v)) for k, v in arches.items()},
         stored_files={(p.id, f.name): f.sha256 for p in packages for f in p.files if f.stored},
+        release_files=release_files(packages),
     )
+
+
+def release_files(packages: list[Package]) -> dict[tuple[str, str, str, str], str]:
+    """The stored extension payloads by (app, arch, version, name). Those uploaded with a full
+    package win over a delta's of the same name (they are the same signed file anyway)."""
+    files: dict[tuple[str, str, str, str], str] = {}
+    for p in sorted(packages, key=lambda p: p.kind == "full"):  # deltas first, fulls override
+        for f in p.files:
+            if f.position > 0 and f.stored:
+                files[(p.app_id, p.arch, p.version, f.name)] = f.sha256
+    return files
 
 
 class CatalogCache:
