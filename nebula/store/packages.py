@@ -229,3 +229,26 @@ async def find_release_file(
         .limit(1)
     )
     return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def find_delta_extension(session: AsyncSession, package_id: str, name: str) -> str | None:
+    """The SHA-256 of the stored extension `name` of the full package a delta Nebula serves
+    leads to: offered with that delta and served under its codebase
+    (nebula.store.catalog.delta_files), or None."""
+    delta = await session.get(Package, package_id)
+    if delta is None or delta.kind != "delta" or delta.base_url is not None:
+        return None
+    stmt = (
+        select(PackageFile.sha256)
+        .join(Package, PackageFile.package_id == Package.id)
+        .where(
+            Package.app_id == delta.app_id,
+            Package.arch == delta.arch,
+            Package.version == delta.version,
+            Package.kind == "full",
+            PackageFile.name == name,
+            PackageFile.position > 0,
+            PackageFile.stored,
+        )
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()

@@ -22,7 +22,7 @@ from aiohttp.abc import AbstractStreamWriter
 from multidict import CIMultiDict
 
 from nebula.store.db import transaction
-from nebula.store.packages import find_file, is_file_name
+from nebula.store.packages import find_delta_extension, find_file, is_file_name
 from nebula.web.keys import BLOBS, CATALOG, METRICS, READ_SESSIONS
 
 # Routes whose answers are payload files (counted by count_payload_bytes).
@@ -132,7 +132,10 @@ async def _stored_sha256(request: web.Request, package_id: str, name: str) -> st
         return sha256
     async with transaction(request.app[READ_SESSIONS]) as session:
         file = await find_file(session, package_id, name)
-    return file.sha256 if file is not None and file.stored else None
+        if file is None:
+            # A delta is offered with its target's extensions under its own codebase.
+            return await find_delta_extension(session, package_id, name)
+    return file.sha256 if file.stored else None
 
 
 async def own_validator(request: web.Request, response: web.StreamResponse) -> None:
