@@ -122,11 +122,7 @@ def check_url(raw: str, what: str) -> str:
 def check_server(raw: str) -> str:
     """Nebula's base URL; the Omaha path ("/v1/update/") is added here, so it is taken off
     when an operator copies SERVER= from an update.conf."""
-    url = check_url(raw, "server")
-    for suffix in ("/v1/update", "/v1/update/"):
-        if url.endswith(suffix):
-            url = url[: -len(suffix)]
-    return url
+    return check_url(raw, "server").removesuffix("/v1/update")  # check_url took the '/' off
 
 
 def parse_sysext(raw: str) -> Sysext:
