@@ -64,6 +64,9 @@ class Settings:
     # Seconds in-flight requests get to finish after SIGTERM/SIGINT before they are cut; then
     # the pending last-seen times are flushed and the process exits.
     shutdown_timeout: float = 20.0
+    # Serve `GET /v1/ignition/{group}` (a host config any host may fetch without a token);
+    # off, that route answers 404.
+    ignition_public: bool = False
 
     @property
     def is_sqlite(self) -> bool:

@@ -293,22 +293,114 @@ async def test_delta_only_for_its_source_version(
     assert is_delta(await omaha(client, cases[0][0].check())) is True
 
 
-async def test_delta_without_the_extensions_is_not_offered(
+async def test_delta_uploaded_alone_is_offered_with_the_targets_extensions(
+    aiohttp_client: Any,
+    db_url: str,
+    tmp_path: Path,
+    key_file: Path,
+    clock: FakeClock,
     client: Client,
     admin_token: str,
     release: Release,
-    tmp_path: Path,
     signing_key: RSAPrivateKey,
 ) -> None:
     """Contract §6: post-install looks its extensions up in the response it was given. A delta
-    uploaded without them would leave an air-gapped host with error 5; it gets the full."""
+    uploaded without them is offered with the extension payloads uploaded with its target's
+    full payload, served under the delta's codebase (update_engine fetches codebase + name).
+    Catches a delta offered bare (error 5 in an air gap), one skipped for the full payload, and
+    extension URLs that 404 under the delta's codebase (here, or on a replica whose catalog
+    predates the delta)."""
+    from nebula.web.app import create_app
+    from tests.factories import make_settings
+
+    stale = await aiohttp_client(
+        create_app(make_settings(db_url, tmp_path, key_file, cache_ttl=3600.0), clock=clock)
+    )
+    await omaha(stale, Host(machine_id=machine(16), version=OLD).check())  # catalog loaded
     delta = payload_file(tmp_path / "upload" / "delta", MAIN, signing_key, size=6_000, delta=True)
     await upload(client, admin_token, NEW, [delta], from_version=OLD)
     doc = await omaha(client, Host(machine_id=machine(15), version=OLD, delta_okay=True).check())
     check = check_of(doc)
-    assert check.find("manifest/actions/action").get("IsDeltaPayload") is None
+    assert check.find("manifest/actions/action").get("IsDeltaPayload") == "true"
+    packages = check.findall("manifest/packages/package")
+    assert [p.get("name") for p in packages] == [MAIN, "oem-azure.gz", "flatcar-podman.gz"]
+    assert [p.get("required") for p in packages] == ["true", "false", "false"]
+    wanted = [delta, *release.extensions]
+    for package, path in zip(packages, wanted, strict=True):
+        data = path.read_bytes()
+        assert package.get("hash_sha256") == hashlib.sha256(data).hexdigest()
+        assert package.get("hash") == b64_sha1(data)
+        assert package.get("size") == str(len(data))
+    codebase = urlsplit(check.find("urls/url").get("codebase")).path
+    assert codebase != urlsplit(release.package["codebase"]).path  # the delta's own
+    for server in (client, stale):
+        for package, path in zip(packages, wanted, strict=True):
+            resp = await server.get(codebase + package.get("name"))
+            assert resp.status == 200, (codebase, package.get("name"))
+            assert await resp.read() == path.read_bytes()
+    # A host that takes no deltas still gets the full payload.
+    doc = await omaha(client, Host(machine_id=machine(17), version=OLD).check())
+    assert check_of(doc).find("manifest/actions/action").get("IsDeltaPayload") is None
+
+
+def _external(version: str, base_url: str, names: list[str], **extra: Any) -> dict[str, Any]:
+    files = []
+    for name in names:
+        data = f"{base_url}{name}".encode() * 50
+        files.append(
+            {
+                "name": name,
+                "size": len(data),
+                "sha1": hashlib.sha1(data).hexdigest(),
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
+        )
+    return {"version": version, "arch": "amd64", "base_url": base_url, "files": files, **extra}
+
+
+@pytest.mark.parametrize(
+    ("delta_base", "offered"),
+    [
+        ("https://cdn.example/flatcar/4152.2.3/", True),  # beside the target's extensions
+        ("https://other.example/deltas/", False),  # the extensions are not under it
+        (None, False),  # stored by Nebula, the extensions only elsewhere
+    ],
+)
+async def test_delta_is_offered_only_where_the_extensions_are_beside_it(
+    client: Client,
+    admin_token: str,
+    tmp_path: Path,
+    signing_key: RSAPrivateKey,
+    delta_base: str | None,
+    offered: bool,
+) -> None:
+    """Hosts fetch every file from the one codebase: a delta whose target's extensions cannot
+    be reached under it is not offered (the full package is)."""
+    full_base = "https://cdn.example/flatcar/4152.2.3/"
+    resp = await client.post(
+        "/api/v1/packages",
+        json=_external(NEW, full_base, [MAIN, "oem-azure.gz"]),
+        headers=_auth(admin_token),
+    )
+    assert resp.status == 201, await resp.text()
+    await point(client, admin_token, NEW)
+    if delta_base is None:
+        delta = payload_file(tmp_path / "d", MAIN, signing_key, size=6_000, delta=True)
+        await upload(client, admin_token, NEW, [delta], from_version=OLD)
+    else:
+        resp = await client.post(
+            "/api/v1/packages",
+            json=_external(NEW, delta_base, ["delta.gz"], from_version=OLD),
+            headers=_auth(admin_token),
+        )
+        assert resp.status == 201, await resp.text()
+    doc = await omaha(client, Host(machine_id=machine(18), version=OLD, delta_okay=True).check())
+    check = check_of(doc)
+    is_delta = check.find("manifest/actions/action").get("IsDeltaPayload") == "true"
+    assert is_delta is offered
     names = [p.get("name") for p in check.findall("manifest/packages/package")]
-    assert names == [MAIN, "oem-azure.gz", "flatcar-podman.gz"]
+    assert names[1:] == ["oem-azure.gz"]
+    assert check.find("urls/url").get("codebase") == (delta_base if offered else full_base)
 
 
 # -- applications and tracks --------------------------------------------------------------------

@@ -7,6 +7,7 @@ import click
 from nebula import __version__
 from nebula.cli.bench import bench
 from nebula.cli.catalog import channel_group, group_group, instance_group, package_group
+from nebula.cli.hostconfig import host_config
 from nebula.cli.rollout import policy_group, rollout_group
 from nebula.cli.sample import sample_payload
 from nebula.cli.server import db_group, serve, token_group
@@ -32,5 +33,6 @@ for command in (
     simulate,
     policy_group,
     rollout_group,
+    host_config,
 ):
     main.add_command(command)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -23,6 +24,7 @@ from nebula.policy import GroupPolicy, HostState, choose_target, hold_now
 from nebula.store.changes import CATALOG_CHANNEL
 from nebula.store.db import read_again_if_disconnected
 from nebula.store.models import Application, Channel, ChannelFloor, ConfigStamp, Group, Package
+from nebula.store.models import PackageFile as StoredFile
 from nebula.store.rollouts import policy_of
 from nebula.versions import parse_version, try_parse_version
 
@@ -92,6 +94,9 @@ class Catalog:
     # (package_id, file name) -> SHA-256 hex of every file in Nebula's payload store: the
     # payload route serves a known file without a query.
     stored_files: dict[tuple[str, str], str] = field(default_factory=dict)
+    # (app_id, arch, version, file name) -> SHA-256 hex of every stored extension payload
+    # (oem-*.gz, flatcar-*.gz): the release-file route serves first boots from it, no query.
+    release_files: dict[tuple[str, str, str, str], str] = field(default_factory=dict)
 
     def find_group(self, app_id: str, track: str, arch: str | None) -> GroupEntry | None:
         if arch is None:
@@ -107,47 +112,98 @@ def payload_codebase(base_url: str, package_id: str) -> str:
     return f"{base_url}/v1/payloads/{package_id}/"
 
 
-def to_manifest(package: Package, base_url: str) -> Manifest:
-    files = tuple(
-        PackageFile(
-            name=f.name,
-            size=f.size,
-            sha1_b64=base64.b64encode(bytes.fromhex(f.sha1)).decode(),
-            sha256_hex=f.sha256,
-            required=f.position == 0,
-        )
-        for f in package.files
-    )
+def _codebase(package: Package, base_url: str) -> str:
     codebase = package.base_url or payload_codebase(base_url, package.id)
-    if not codebase.endswith("/"):
-        codebase += "/"
+    return codebase if codebase.endswith("/") else codebase + "/"
+
+
+def to_manifest(
+    package: Package, base_url: str, files: Sequence[StoredFile] | None = None
+) -> Manifest:
+    """The manifest of `package`: its own files, or `files` (the main payload first)."""
+    chosen = list(package.files) if files is None else list(files)
     return Manifest(
         version=package.version,
-        codebase=codebase,
-        packages=files,
-        sha256_b64=base64.b64encode(bytes.fromhex(package.files[0].sha256)).decode(),
+        codebase=_codebase(package, base_url),
+        packages=tuple(
+            PackageFile(
+                name=f.name,
+                size=f.size,
+                sha1_b64=base64.b64encode(bytes.fromhex(f.sha1)).decode(),
+                sha256_hex=f.sha256,
+                required=n == 0,
+            )
+            for n, f in enumerate(chosen)
+        ),
+        sha256_b64=base64.b64encode(bytes.fromhex(chosen[0].sha256)).decode(),
         is_delta=package.kind == "delta",
     )
 
 
-def _entry(package: Package, base_url: str) -> PackageEntry:
+def delta_files(delta: Package, full: Package | None) -> list[StoredFile] | None:
+    """The files a delta into `full`'s version is offered with: its main payload, then every
+    extension payload of the full package (the delta's own file where it has one of that name,
+    then any others it brought), or None when one of them cannot be served beside it.
+
+    Post-install looks its extensions up in the response it was given (contract §6), so a
+    delta is offered with the target's; they must be under the delta's codebase: either Nebula
+    serves both (the payload route serves the full package's stored extension under the
+    delta's URL, see `delta_aliases`), or both are registered under one external base URL.
+    A delta that cannot list them is left out and hosts get the full package instead.
+    """
+    own = {f.name: f for f in delta.files[1:]}
+    wanted = list(full.files[1:]) if full is not None else []
+    files: list[StoredFile] = [delta.files[0]]
+    for f in wanted:
+        if f.name in own:
+            files.append(own.pop(f.name))
+        elif _beside(delta, full, f):
+            files.append(f)
+        else:
+            return None
+    files.extend(own.values())
+    return files
+
+
+def _beside(delta: Package, full: Package | None, file: StoredFile) -> bool:
+    """Whether the full package's `file` is reachable under the delta's codebase."""
+    if full is None:
+        return False
+    if delta.base_url is None:
+        return bool(file.stored)
+    return full.base_url is not None and _codebase(full, "") == _codebase(delta, "")
+
+
+def delta_aliases(delta: Package, files: Sequence[StoredFile]) -> dict[tuple[str, str], str]:
+    """(delta id, name) -> SHA-256 of the full package's stored extensions offered with a
+    delta Nebula serves: the payload route finds them under the delta's codebase."""
+    if delta.base_url is not None:
+        return {}
+    own = {f.name for f in delta.files}
+    return {(delta.id, f.name): f.sha256 for f in files if f.name not in own and f.stored}
+
+
+def _entry(
+    package: Package, base_url: str, files: Sequence[StoredFile] | None = None
+) -> PackageEntry:
     return PackageEntry(
         id=package.id,
         version=package.version,
         arch=package.arch,
         kind=package.kind,
         from_version=package.from_version,
-        manifest=to_manifest(package, base_url),
+        manifest=to_manifest(package, base_url, files),
     )
 
 
 def _complete_deltas(
     deltas: dict[str, PackageEntry], target: PackageEntry
 ) -> dict[str, PackageEntry]:
-    """The deltas that list every extension payload of the full target.
+    """The deltas that list every extension payload of the full target (all do, by
+    `delta_files`; kept as the last check before an offer).
 
     Post-install looks extensions up in the response the host was given (contract §6); a delta
-    uploaded without them would send an air-gapped host to Flatcar's server (error 5), so such a
+    offered without them would send an air-gapped host to Flatcar's server (error 5), so such a
     host gets the full package instead.
     """
     needed = {f.name for f in target.manifest.packages[1:]}
@@ -185,10 +241,15 @@ async def load_catalog(session: AsyncSession, base_url: str) -> Catalog:
     by_id = {p.id: p for p in packages}
     full = {(p.app_id, p.arch, p.version): p for p in packages if p.kind == "full"}
     deltas: dict[tuple[str, str, str], dict[str, PackageEntry]] = {}
+    aliases: dict[tuple[str, str], str] = {}
     for p in packages:
         if p.kind == "delta" and p.files and p.from_version is not None:
             key = (p.app_id, p.arch, p.version)
-            deltas.setdefault(key, {})[p.from_version] = _entry(p, base_url)
+            offered = delta_files(p, full.get(key))
+            if offered is None:
+                continue
+            deltas.setdefault(key, {})[p.from_version] = _entry(p, base_url, offered)
+            aliases.update(delta_aliases(p, offered))
     groups: dict[tuple[str, str, str], GroupEntry] = {}
     arches: dict[tuple[str, str], list[str]] = {}
     for g in (await session.execute(select(Group))).scalars():
@@ -237,8 +298,23 @@ async def load_catalog(session: AsyncSession, base_url: str) -> Catalog:
         apps=apps,
         groups=groups,
         track_arches={k: tuple(sorted(v)) for k, v in arches.items()},
-        stored_files={(p.id, f.name): f.sha256 for p in packages for f in p.files if f.stored},
+        stored_files={
+            **aliases,
+            **{(p.id, f.name): f.sha256 for p in packages for f in p.files if f.stored},
+        },
+        release_files=release_files(packages),
     )
+
+
+def release_files(packages: list[Package]) -> dict[tuple[str, str, str, str], str]:
+    """The stored extension payloads by (app, arch, version, name). Those uploaded with a full
+    package win over a delta's of the same name (they are the same signed file anyway)."""
+    files: dict[tuple[str, str, str, str], str] = {}
+    for p in sorted(packages, key=lambda p: p.kind == "full"):  # deltas first, fulls override
+        for f in p.files:
+            if f.position > 0 and f.stored:
+                files[(p.app_id, p.arch, p.version, f.name)] = f.sha256
+    return files
 
 
 class CatalogCache:

@@ -207,3 +207,48 @@ async def find_file(session: AsyncSession, package_id: str, name: str) -> Packag
 async def blob_in_use(session: AsyncSession, sha256: str) -> bool:
     stmt = select(PackageFile.id).where(PackageFile.sha256 == sha256, PackageFile.stored).limit(1)
     return (await session.execute(stmt)).first() is not None
+
+
+async def find_release_file(
+    session: AsyncSession, app_id: str, arch: str, version: str, name: str
+) -> str | None:
+    """The SHA-256 of the stored extension payload `name` of `version` (a full package's
+    first, else a delta's), or None."""
+    stmt = (
+        select(PackageFile.sha256)
+        .join(Package, PackageFile.package_id == Package.id)
+        .where(
+            Package.app_id == app_id,
+            Package.arch == arch,
+            Package.version == version,
+            PackageFile.name == name,
+            PackageFile.position > 0,
+            PackageFile.stored,
+        )
+        .order_by(Package.kind.desc())  # 'full' before 'delta'
+        .limit(1)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def find_delta_extension(session: AsyncSession, package_id: str, name: str) -> str | None:
+    """The SHA-256 of the stored extension `name` of the full package a delta Nebula serves
+    leads to: offered with that delta and served under its codebase
+    (nebula.store.catalog.delta_files), or None."""
+    delta = await session.get(Package, package_id)
+    if delta is None or delta.kind != "delta" or delta.base_url is not None:
+        return None
+    stmt = (
+        select(PackageFile.sha256)
+        .join(Package, PackageFile.package_id == Package.id)
+        .where(
+            Package.app_id == delta.app_id,
+            Package.arch == delta.arch,
+            Package.version == delta.version,
+            Package.kind == "full",
+            PackageFile.name == name,
+            PackageFile.position > 0,
+            PackageFile.stored,
+        )
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()

@@ -33,7 +33,7 @@ from nebula.store.catalog import CatalogCache
 from nebula.store.changes import HostChanges
 from nebula.store.hostcache import HostCache
 from nebula.store.seen import SeenWriter
-from nebula.web import admin, omaha, payloads, rollout, status
+from nebula.web import admin, ignition, omaha, payloads, release, rollout, status
 from nebula.web.api import auth_middleware, listener_middleware
 from nebula.web.errors import error_middleware
 from nebula.web.forwarded import parse_networks
@@ -182,6 +182,8 @@ def create_app(
     app.cleanup_ctx.append(resources)
     omaha.add_routes(app)
     payloads.add_routes(app)
+    ignition.add_routes(app)
+    release.add_routes(app)
     status.add_routes(app)
     admin.add_routes(app)
     rollout.add_routes(app)

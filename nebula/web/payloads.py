@@ -22,9 +22,11 @@ from aiohttp.abc import AbstractStreamWriter
 from multidict import CIMultiDict
 
 from nebula.store.db import transaction
-from nebula.store.packages import find_file, is_file_name
+from nebula.store.packages import find_delta_extension, find_file, is_file_name
 from nebula.web.keys import BLOBS, CATALOG, METRICS, READ_SESSIONS
 
+# Routes whose answers are payload files (counted by count_payload_bytes).
+PAYLOAD_PATHS = ("/v1/payloads/", "/v1/release/")
 _UUID_CHARS = frozenset("0123456789abcdef-")
 _CACHE_CONTROL = "public, max-age=31536000, immutable"
 # What FileResponse must not see: it would decide them by the file's mtime.
@@ -89,11 +91,19 @@ async def handle_payload(request: web.Request) -> web.StreamResponse:
     if len(package_id) != 36 or not set(package_id) <= _UUID_CHARS or not is_file_name(name):
         raise web.HTTPNotFound(text="no such payload\n")
     sha256 = await _stored_sha256(request, package_id, name)
+    return serve_blob(request, sha256, name, "no such payload\n")
+
+
+def serve_blob(
+    request: web.Request, sha256: str | None, name: str, missing: str
+) -> web.StreamResponse:
+    """The stored file `sha256` as download `name`: 200/206/304/412/416 as above, or a 404
+    saying `missing` when there is no such file (or its blob is gone)."""
     blobs = request.app[BLOBS]
     # The blob is checked as well: a package deleted on another replica lingers in this
     # process's catalog for up to cache_ttl, its file does not.
     if sha256 is None or not blobs.exists(sha256):
-        raise web.HTTPNotFound(text="no such payload\n")
+        raise web.HTTPNotFound(text=missing)
     etag = f'"{sha256}"'
     if request.headers.get(hdrs.IF_MATCH) is not None and not _listed(
         request.headers.get(hdrs.IF_MATCH), etag, weak=False
@@ -122,7 +132,10 @@ async def _stored_sha256(request: web.Request, package_id: str, name: str) -> st
         return sha256
     async with transaction(request.app[READ_SESSIONS]) as session:
         file = await find_file(session, package_id, name)
-    return file.sha256 if file is not None and file.stored else None
+        if file is None:
+            # A delta is offered with its target's extensions under its own codebase.
+            return await find_delta_extension(session, package_id, name)
+    return file.sha256 if file.stored else None
 
 
 async def own_validator(request: web.Request, response: web.StreamResponse) -> None:
@@ -134,8 +147,9 @@ async def own_validator(request: web.Request, response: web.StreamResponse) -> N
 
 
 async def count_payload_bytes(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: count what payload routes send (the range, not the whole file)."""
-    if request.path.startswith("/v1/payloads/") and request.method == "GET":
+    """on_response_prepare: count what payload routes send (the range, not the whole file):
+    the payloads of update checks and the release files of first boots alike."""
+    if request.path.startswith(PAYLOAD_PATHS) and request.method == "GET":
         metrics = request.app[METRICS]
         metrics.payload_requests.labels(status=str(response.status)).inc()
         if response.status in (200, 206) and response.content_length:
