@@ -12,7 +12,7 @@ import click
 
 # Kept here (not imported from nebula.loadtest.workload) so that `nebula --help` stays light;
 # tests/test_bench.py checks the two agree.
-PHASES = ("steady", "first-seen", "grant", "events", "ping")
+PHASES = ("steady", "first-seen", "grant", "grant-limited", "events", "ping")
 
 
 def _phases(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:

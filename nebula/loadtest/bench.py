@@ -279,13 +279,13 @@ def _header(options: Options, load: _Load, run_id: str) -> str:
 
 def report(rows: Sequence[Row]) -> list[str]:
     lines = [
-        f"{'phase':<11}{'what':<37}{'server':<9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'phase':<15}{'what':<37}{'server':<9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
         f"{'errors':>8}"
     ]
     for row in rows:
         for name, m in (("ceiling", row.ceiling), ("nebula", row.nebula)):
             lines.append(
-                f"{row.phase.name:<11}{row.phase.title:<37}{name:<9}{m.rate:>10.1f}"
+                f"{row.phase.name:<15}{row.phase.title:<37}{name:<9}{m.rate:>10.1f}"
                 f"{m.p50_ms:>9.2f}{m.p99_ms:>9.2f}{m.errors:>8}"
             )
     lines.append(

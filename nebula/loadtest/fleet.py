@@ -21,7 +21,14 @@ import aiohttp
 from sqlalchemy import TextClause, bindparam, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from nebula.loadtest.workload import OLD, TARGET, Pools, machine_id
+from nebula.loadtest.workload import (
+    LIMITED_POLICY,
+    LIMITED_TRACK,
+    OLD,
+    TARGET,
+    Pools,
+    machine_id,
+)
 from nebula.store import counts, db
 from nebula.store.groups import FLATCAR_APP_ID
 from nebula.store.models import Group, Package, UTCDateTime
@@ -61,7 +68,8 @@ async def prepare(engine: AsyncEngine, run_id: str) -> str:
 
 
 async def publish(base: str, token: str, payload: Path) -> None:
-    """Upload the payload as TARGET for amd64 and point stable at it, through the admin API."""
+    """Upload the payload as TARGET for amd64 and point stable and beta at it, through the admin
+    API; beta's group gets limits (LIMITED_POLICY) that count every grant."""
     auth = {"Authorization": f"Bearer {token}"}
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(timeout=timeout) as http:
@@ -75,13 +83,24 @@ async def publish(base: str, token: str, payload: Path) -> None:
         ) as resp:
             if resp.status != 201:
                 raise RuntimeError(f"upload failed: {resp.status} {await resp.text()}")
-        async with http.put(
-            f"{base}/api/v1/channels/stable",
-            json={"arch": "amd64", "version": TARGET},
+        # stable for the unlimited phases, beta (LIMITED_TRACK) with limits for grant-limited.
+        for channel in ("stable", LIMITED_TRACK):
+            async with http.put(
+                f"{base}/api/v1/channels/{channel}",
+                json={"arch": "amd64", "version": TARGET},
+                headers=auth,
+            ) as resp:
+                if resp.status != 200:
+                    text_ = await resp.text()
+                    raise RuntimeError(f"channel update failed: {resp.status} {text_}")
+        async with http.patch(
+            f"{base}/api/v1/groups/{LIMITED_TRACK}/policy",
+            params={"arch": "amd64"},
+            json=LIMITED_POLICY,
             headers=auth,
         ) as resp:
             if resp.status != 200:
-                raise RuntimeError(f"channel update failed: {resp.status} {await resp.text()}")
+                raise RuntimeError(f"policy update failed: {resp.status} {await resp.text()}")
 
 
 # The hosts are made by the database itself from a series of numbers, in one statement per

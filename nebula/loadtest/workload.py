@@ -43,7 +43,7 @@ def _event(event_type: int, result: int) -> str:
 MID, BOOT = "\0MID\0", "\0BOOT\0"
 
 
-def template(version: str, inner: str) -> str:
+def template(version: str, inner: str, track: str = "stable") -> str:
     """A request body with the machine id and boot id left open; filled in, byte for byte what
     update_engine 0.4.10 sends (tests/data/omaha/update_check.xml is one)."""
     return (
@@ -51,7 +51,7 @@ def template(version: str, inner: str) -> str:
         '<request protocol="3.0" version="update_engine-0.4.10" '
         'updaterversion="update_engine-0.4.10" installsource="scheduler" ismachine="1">\n'
         f'    <os version="Chateau" platform="CoreOS" sp="{version}_x86_64"></os>\n'
-        f'    <app appid="{APP_ID}" version="{version}" track="stable" bootid="{BOOT}" '
+        f'    <app appid="{APP_ID}" version="{version}" track="{track}" bootid="{BOOT}" '
         f'oem="qemu" oemversion="" alephversion="3510.2.1" machineid="{MID}" machinealias="" '
         'lang="en-US" board="amd64-usr" hardware_class="" delta_okay="false" >\n'
         f"{inner}"
@@ -92,7 +92,11 @@ class Pools:
     granted_size: int
 
 
-PHASE_NAMES = ("steady", "first-seen", "grant", "events", "ping")
+PHASE_NAMES = ("steady", "first-seen", "grant", "grant-limited", "events", "ping")
+# The group of the grant-limited phase: rate and concurrency limits it never reaches, so that
+# every check is a grant decided on counts under the group's exclusive lock.
+LIMITED_TRACK = "beta"
+LIMITED_POLICY = {"max_updates_per_period": 1_000_000, "period": "1h", "max_concurrent": 1_000_000}
 NOUPDATE = '<updatecheck status="noupdate"'
 GRANTED = '<updatecheck status="ok"'
 
@@ -127,6 +131,13 @@ def phases(run_id: str, pools: Pools) -> dict[str, Phase]:
             "check, new host on old -> grant",
             (template(OLD, _CHECK),),
             f"{run_id}04",
+            GRANTED,
+        ),
+        Phase(
+            "grant-limited",
+            "check, new host -> counted grant",
+            (template(OLD, _CHECK, LIMITED_TRACK),),
+            f"{run_id}05",
             GRANTED,
         ),
         Phase(
