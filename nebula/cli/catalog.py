@@ -11,6 +11,7 @@ import click
 
 from nebula.cli.client import ApiClient
 from nebula.cli.output import emit_json, human_size, table
+from nebula.durations import format_duration
 from nebula.lifecycle import STATUSES  # pure and small: cheap enough for --help
 
 ARCH = click.Choice(["amd64", "arm64"])
@@ -344,6 +345,15 @@ def group_show(
 # -- instances -----------------------------------------------------------------------------------
 
 
+def _status_text(i: dict[str, Any]) -> str:
+    """An installed host with how long it has waited for its reboot ("installed 3d2h")."""
+    waited = i.get("reboot_wait_seconds")
+    if i["status"] != "installed" or waited is None:
+        return str(i["status"])
+    text = f"installed {format_duration(max(1, round(waited)))}"
+    return text + " (reboot overdue)" if i.get("reboot_overdue") else text
+
+
 @click.group("instance")
 def instance_group() -> None:
     """Hosts and their update state."""
@@ -371,7 +381,7 @@ def instance_list(url: str | None, token: str | None, as_json: bool, **filters: 
                 i["ip"],
                 i["group"],
                 i["version"],
-                i["status"],
+                _status_text(i),
                 i["granted_version"],
                 "held" if i["held"] else (i["hold_reason"] or ""),
                 i["last_check_at"],

@@ -219,6 +219,7 @@ async def _check(
         state.granted_version = chosen.version
         state.granted_at = now
         state.completed_at = None
+        state.installed_at = None
         _set_status(state, "granted", now)
         rollouts.record_grant(session, group.id, machine_id, chosen.version, now)
     state.granted_package_id = chosen.id
@@ -256,6 +257,8 @@ def _apply_event(
     if transition is None:
         return False
     _set_status(state, transition.status, now)
+    if transition.status == "installed":
+        state.installed_at = now  # its reboot wait starts: the update timeout ends here
     if transition.status in lifecycle.FAILED:
         state.last_error_code = transition.error_code
         state.last_error_at = now

@@ -27,6 +27,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     text,
+    true,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -206,6 +207,12 @@ class Group(Base):
     # The failure gate counts failures and attempts since the last resume: an operator who
     # resumes after looking into a pause starts the count afresh.
     resumed_at: Mapped[datetime | None]
+    # Hosts that installed an update and wait for their reboot (issue 12): past this they are
+    # flagged as overdue (a warning, never a failure); and whether they hold a concurrency slot.
+    reboot_timeout_seconds: Mapped[int | None] = mapped_column(Integer)
+    installed_counts_as_updating: Mapped[bool] = mapped_column(
+        Boolean, default=True, server_default=true()
+    )
 
 
 class Instance(Base):
@@ -268,6 +275,8 @@ class InstanceApp(Base):
         ForeignKey("packages.id", ondelete="SET NULL")
     )
     granted_at: Mapped[datetime | None]
+    # When it reported the update installed (3/1): how long it has waited for its reboot.
+    installed_at: Mapped[datetime | None]
     status_changed_at: Mapped[datetime]
     completed_at: Mapped[datetime | None]
     last_check_at: Mapped[datetime | None]

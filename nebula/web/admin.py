@@ -42,7 +42,13 @@ from nebula.web.keys import (
     SETTINGS,
     TRUSTED_KEYS,
 )
-from nebula.web.serialize import channel_json, group_json, instance_json, package_json
+from nebula.web.serialize import (
+    RebootWaitJson,
+    channel_json,
+    group_json,
+    instance_json,
+    package_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -425,13 +431,26 @@ async def list_instances(request: web.Request) -> web.Response:
         return web.json_response(
             {
                 "instances": [
-                    instance_json(s, i, g, _hold_in_force(catalog, s, arch, now))
+                    instance_json(
+                        s,
+                        i,
+                        g,
+                        _hold_in_force(catalog, s, arch, now),
+                        RebootWaitJson.of(s, _reboot_timeout(catalog, s, arch), now),
+                    )
                     for s, i, g, arch in rows
                 ],
                 "limit": limit,
                 "offset": offset,
             }
         )
+
+
+def _reboot_timeout(catalog: Catalog, state: InstanceApp, arch: str | None) -> int | None:
+    if state.group_id is None or arch is None:
+        return None
+    entry = catalog.groups.get((state.app_id, state.group_id, arch))
+    return entry.policy.reboot_timeout_seconds if entry is not None else None
 
 
 def _hold_in_force(

@@ -40,6 +40,9 @@ def _limit(value: Any, name: str) -> int | None:
     return value
 
 
+MAX_DURATION = 3650 * 86400  # ten years: beyond is a typo, and past a 32-bit column
+
+
 def _duration(value: Any, name: str) -> int | None:
     if value is None or value == "none":
         return None
@@ -48,9 +51,12 @@ def _duration(value: Any, name: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise InvalidInputError(f"{name}: {value!r} is not a duration like 90s, 15m, 2h or 1h30m")
     try:
-        return parse_duration(value)
+        seconds = parse_duration(value)
     except (ValueError, TypeError) as exc:
         raise InvalidInputError(f"{name}: {exc}") from None
+    if seconds > MAX_DURATION:
+        raise InvalidInputError(f"{name}: {value!r} is longer than ten years")
+    return seconds
 
 
 def _flag(value: Any, name: str) -> bool:
@@ -136,7 +142,9 @@ def parse_policy(data: dict[str, Any]) -> dict[str, Any]:
             out[key] = _limit(value, key)
         elif key == "update_timeout":
             out["update_timeout_seconds"] = _duration(value, key)
-        elif key in ("safe_mode", "allow_downgrade"):
+        elif key == "reboot_timeout":
+            out["reboot_timeout_seconds"] = _duration(value, key)
+        elif key in ("safe_mode", "allow_downgrade", "installed_counts_as_updating"):
             out[key] = _flag(value, key)
         elif key == "pause_on_failures":
             out.update(_failure_limits(value))
@@ -181,6 +189,10 @@ def policy_json(group: Group) -> dict[str, Any]:
         "percentage": group.percentage,
         "pin_version": group.pin_version,
         "allow_downgrade": group.allow_downgrade,
+        "reboot_timeout": (
+            format_duration(group.reboot_timeout_seconds) if group.reboot_timeout_seconds else None
+        ),
+        "installed_counts_as_updating": group.installed_counts_as_updating,
     }
 
 
@@ -312,6 +324,8 @@ async def rollout_status(request: web.Request) -> web.Response:
                     "total": status.total,
                     "complete": status.complete,
                     "in_progress": status.in_progress,
+                    "installed": status.installed,
+                    "reboot_overdue": status.reboot_overdue,
                     "failed": status.failed,
                     "timed_out": status.timed_out,
                     "held": status.held,
@@ -322,6 +336,9 @@ async def rollout_status(request: web.Request) -> web.Response:
                 "grants_last_hour": status.grants_last_hour,
                 "rate_per_hour": status.rate_per_hour,
                 "eta_seconds": status.eta_seconds,
+                "longest_reboot_wait_seconds": status.longest_reboot_wait,
+                "reboot_timeout": policy_json(group)["reboot_timeout"],
+                "installed_counts_as_updating": group.installed_counts_as_updating,
                 "next_window_opens": iso(opening),
             }
         )

@@ -130,6 +130,10 @@ async def test_policy_set_every_option_and_show(
         "none",
         "--allow-downgrade",
         "off",
+        "--reboot-timeout",
+        "3d",
+        "--installed-counts-as-updating",
+        "off",
     ]
     out = ok(await nebula(args, **env))
     status, body = await api(server, admin_token, "GET", f"{STABLE}/policy?arch=amd64")
@@ -150,6 +154,8 @@ async def test_policy_set_every_option_and_show(
         "percentage": 50.0,
         "pin_version": None,
         "allow_downgrade": False,
+        "reboot_timeout": "3d",
+        "installed_counts_as_updating": False,
         "floors": [FLOOR],
     }
     (window,) = policy["windows"]
@@ -166,6 +172,8 @@ async def test_policy_set_every_option_and_show(
         "floors": FLOOR,
         "pin": "none (follows its channel)",
         "allow downgrade": "off",
+        "reboot timeout": "3d (warns)",
+        "installed counts as updating": "off",
     }
     assert out.splitlines()[0] == "group stable (amd64): updates on"
     assert rows(out) == expected_rows

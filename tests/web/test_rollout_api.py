@@ -43,6 +43,8 @@ DEFAULTS = {
     "percentage": 100.0,
     "pin_version": None,
     "allow_downgrade": False,
+    "reboot_timeout": None,
+    "installed_counts_as_updating": True,
     "floors": [],
 }
 
@@ -215,6 +217,10 @@ BAD_POLICIES: list[tuple[Any, str]] = [
     ({"pause_on_failures": {"hosts": 5}}, "pause_on_failures"),
     ({"safe_mode": "maybe"}, "safe_mode must be true or false"),
     ({"allow_downgrade": 1}, "allow_downgrade must be true or false"),
+    ({"reboot_timeout": "a while"}, "reboot_timeout:"),
+    ({"reboot_timeout": "999999d"}, "longer than ten years"),
+    ({"update_timeout": 10**12}, "longer than ten years"),
+    ({"installed_counts_as_updating": "maybe"}, "installed_counts_as_updating must be"),
     ({"max_updates_per_period": 7}, "needs the period"),
     ({"pin_version": "latest"}, "is not a version"),
     ({"colour": "blue"}, "unknown policy field 'colour'"),
@@ -676,6 +682,8 @@ async def test_rollout_status_numbers(
         "total": 12,
         "complete": 3,
         "in_progress": 1,
+        "installed": 0,
+        "reboot_overdue": 0,
         "failed": 2,
         "timed_out": 1,
         "held": {"host_hold": 1, "percentage": 2, "concurrency": 1},
