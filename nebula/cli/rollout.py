@@ -1,5 +1,5 @@
-"""`nebula policy show|set`, `nebula rollout status|pause|resume`, `nebula instance hold|release`:
-the operator's rollout commands over the admin API."""
+"""`nebula policy show|set`, `nebula rollout status|pause|resume`, `nebula instance
+hold|release|delete`: the operator's rollout commands over the admin API."""
 
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ def _print_policy(body: dict[str, Any]) -> None:
             "installed counts as updating",
             "on" if p.get("installed_counts_as_updating", True) else "off",
         ),
+        ("retire after", p.get("retire_after") or "never"),
     ]
     for name, value in rows:
         click.echo(f"  {name:<29} {value}")
@@ -132,6 +133,11 @@ ON_OFF = click.Choice(["on", "off"])
     type=ON_OFF,
     help="Whether an installed host waiting for its reboot holds a --max-concurrent slot",
 )
+@click.option(
+    "--retire-after",
+    help="Retire hosts not seen this long, e.g. 14d (the default): they leave every count "
+    "until they check in again; or none",
+)
 def policy_set(
     url: str | None, token: str | None, as_json: bool, group: str, arch: str | None, **opts: Any
 ) -> None:
@@ -141,7 +147,7 @@ def policy_set(
     for name in ("max_updates_per_period", "max_concurrent"):
         if opts[name] is not None:
             patch[name] = _limit(opts[name])
-    for name in ("period", "update_timeout", "reboot_timeout"):
+    for name in ("period", "update_timeout", "reboot_timeout", "retire_after"):
         if opts[name] is not None:
             patch[name] = opts[name]
     for name in ("safe_mode", "allow_downgrade", "installed_counts_as_updating"):
@@ -311,3 +317,21 @@ def instance_release(
 ) -> None:
     """Let a held host update again."""
     _hold("release", url, token, machine_id, reason)
+
+
+@instance_group.command("delete")
+@api_options
+@json_option
+@click.argument("machine_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation")
+def instance_delete(
+    url: str | None, token: str | None, as_json: bool, machine_id: str, yes: bool
+) -> None:
+    """Remove a host, its update state and its events for good (admin token). A host that checks
+    in again afterwards is a new host; to only leave it out of counts, let it retire."""
+    if not yes:
+        click.confirm(f"delete host {machine_id}, its state and its events?", abort=True)
+    body = ApiClient(url, token).call("DELETE", f"/api/v1/instances/{machine_id}")
+    if as_json:
+        return emit_json(body)
+    click.echo(f"{body['machine_id']} deleted")

@@ -44,6 +44,9 @@ NAMING = {
 }
 
 
+RETIRE_AFTER_DEFAULT = 14 * 86400  # a host silent for two weeks is gone (migration 0009)
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Aware UTC datetimes on both databases (SQLite would hand back naive ones)."""
 
@@ -213,12 +216,18 @@ class Group(Base):
     installed_counts_as_updating: Mapped[bool] = mapped_column(
         Boolean, default=True, server_default=true()
     )
+    # Hosts not seen this long are retired: out of every count until they check in again
+    # (nebula.jobs.retirement). None: never.
+    retire_after_seconds: Mapped[int | None] = mapped_column(
+        Integer, default=RETIRE_AFTER_DEFAULT, server_default=text(str(RETIRE_AFTER_DEFAULT))
+    )
 
 
 class Instance(Base):
     """A host, keyed by its machine id; what it last told us about itself."""
 
     __tablename__ = "instances"
+    __table_args__ = (Index("ix_instances_last_seen_at", "last_seen_at"),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # machine id
     alias: Mapped[str | None] = mapped_column(String(255))
@@ -251,6 +260,12 @@ class InstanceApp(Base):
             "hold_reason",
             sqlite_where=text("hold_reason IS NOT NULL"),
             postgresql_where=text("hold_reason IS NOT NULL"),
+        ),
+        Index(
+            "ix_instance_apps_retired",
+            "group_id",
+            sqlite_where=text("retired_at IS NOT NULL"),
+            postgresql_where=text("retired_at IS NOT NULL"),
         ),
         CheckConstraint(
             "status IN ('new', 'idle', 'granted', 'downloading', 'downloaded', 'installed', "
@@ -285,6 +300,9 @@ class InstanceApp(Base):
     hold_reason: Mapped[str | None] = mapped_column(String(32))
     held: Mapped[bool] = mapped_column(Boolean, default=False)  # operator hold (per host)
     created_at: Mapped[datetime]
+    # Not seen for its group's retire_after: left out of the maintained counts (and so of
+    # rollout status, /metrics and the default instance list) until it checks in again.
+    retired_at: Mapped[datetime | None]
 
 
 class Event(Base):

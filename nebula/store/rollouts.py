@@ -36,6 +36,7 @@ from nebula.versions import try_parse_version
 from nebula.windows import Window, WindowError, is_open, window_from_json
 
 AUTOMATIC = "nebula"  # the actor of automatic pauses
+LIVE = InstanceApp.retired_at.is_(None)  # hosts not retired: the only ones any count includes
 NEVER_OPEN = Window(frozenset(), time(0, 0), time(0, 1), "UTC")
 
 
@@ -90,8 +91,11 @@ def _in_flight(policy: GroupPolicy, now: datetime) -> Any:
         cutoff = now - timedelta(seconds=policy.update_timeout_seconds)
         working = working & (InstanceApp.granted_at > cutoff)
     if policy.installed_counts_as_updating:
-        return working | (InstanceApp.status == "installed")
-    return working
+        working = working | (InstanceApp.status == "installed")
+    # A retired host (gone silent for retire_after) holds nothing; one that comes back takes
+    # the group's lock to un-retire (nebula.service.transition), so this count never grows
+    # behind a grant's back.
+    return working & LIVE
 
 
 async def _count(session: AsyncSession, stmt: Any) -> int:
@@ -131,7 +135,7 @@ async def rollout_stats(
         # failed, and nobody else may take the version before the sweeper marks it timed out
         # and the failure gate pauses the group for it.
         target_in_flight = await _count(
-            session, on_target.where(InstanceApp.status.in_(IN_PROGRESS))
+            session, on_target.where(InstanceApp.status.in_(IN_PROGRESS) & LIVE)
         )
     return RolloutStats(grants, in_flight, target_completed, target_in_flight)
 
@@ -313,6 +317,7 @@ async def mark_timeouts(
             InstanceApp.status.in_(sorted(WORKING))
             & (InstanceApp.granted_at <= cutoff)
             & (InstanceApp.group_id == group_id)
+            & LIVE  # a retired host is in no count to move; it times out when it is back
         )
         # Locked, so that what is counted below is exactly what the UPDATE changes.
         hosts = (
@@ -365,6 +370,7 @@ POLICY_FIELDS = (
     "allow_downgrade",
     "reboot_timeout_seconds",
     "installed_counts_as_updating",
+    "retire_after_seconds",
 )
 
 
@@ -535,7 +541,7 @@ async def scan_cells(
     columns = _cell_columns(
         session.bind.dialect.name, policy, target, floors, _timeout_cutoff(policy, now)
     )
-    return await _grouped_cells(session, columns, InstanceApp.group_id == group.id)
+    return await _grouped_cells(session, columns, (InstanceApp.group_id == group.id) & LIVE)
 
 
 def _timeout_cutoff(policy: GroupPolicy, now: datetime) -> datetime | None:
@@ -579,7 +585,9 @@ async def host_cells(
     columns = _cell_columns(
         session.bind.dialect.name, policy, target, floors, _timeout_cutoff(policy, now)
     )
-    cells = await _grouped_cells(session, columns, (InstanceApp.group_id == group.id) & singled_out)
+    cells = await _grouped_cells(
+        session, columns, (InstanceApp.group_id == group.id) & singled_out & LIVE
+    )
     left = Counter(by_version)
     for status, _, version, *_, n in cells:
         left[(status, version)] -= n
@@ -702,7 +710,7 @@ async def reboot_wait(
     row = (
         await session.execute(
             select(func.count(), func.min(InstanceApp.installed_at), overdue).where(
-                InstanceApp.group_id == group_id, InstanceApp.status == "installed"
+                InstanceApp.group_id == group_id, InstanceApp.status == "installed", LIVE
             )
         )
     ).one()

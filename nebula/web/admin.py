@@ -425,6 +425,11 @@ async def list_instances(request: web.Request) -> web.Response:
             stmt = stmt.where(InstanceApp.status == q["status"])
         if q.get("version"):
             stmt = stmt.where(InstanceApp.version == q["version"])
+        # Retired hosts (silent past their group's retire_after) only when asked for.
+        if _yes(q, "retired"):
+            stmt = stmt.where(InstanceApp.retired_at.is_not(None))
+        elif not _yes(q, "all"):
+            stmt = stmt.where(InstanceApp.retired_at.is_(None))
         rows = (await session.execute(stmt)).all()
         catalog = await request.app[CATALOG].get()
         now = request.app[CLOCK]()
@@ -444,6 +449,13 @@ async def list_instances(request: web.Request) -> web.Response:
                 "offset": offset,
             }
         )
+
+
+def _yes(query: Any, name: str) -> bool:
+    value = query.get(name, "")
+    if value not in ("", "0", "1", "true", "false"):
+        raise InvalidInputError(f"{name} must be true or false")
+    return value in ("1", "true")
 
 
 def _reboot_timeout(catalog: Catalog, state: InstanceApp, arch: str | None) -> int | None:

@@ -76,6 +76,7 @@ def group_json(group: Group, channel: str | None) -> dict[str, Any]:
             "allow_downgrade": group.allow_downgrade,
             "reboot_timeout_seconds": group.reboot_timeout_seconds,
             "installed_counts_as_updating": group.installed_counts_as_updating,
+            "retire_after_seconds": group.retire_after_seconds,
         },
     }
 
@@ -127,6 +128,7 @@ def instance_json(
         "installed_at": iso(state.installed_at),
         "reboot_wait_seconds": wait.seconds,  # installed and waiting for its reboot
         "reboot_overdue": wait.overdue,  # waited past the group's reboot timeout (a warning)
+        "retired_at": iso(state.retired_at),  # silent past retire_after; in no count
         "hold_reason": hold_reason,  # under the policy in force, not at its last check
         "held": state.held,
         "boot_id": state.boot_id,

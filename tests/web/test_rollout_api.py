@@ -45,6 +45,7 @@ DEFAULTS = {
     "allow_downgrade": False,
     "reboot_timeout": None,
     "installed_counts_as_updating": True,
+    "retire_after": "14d",
     "floors": [],
 }
 
@@ -221,6 +222,8 @@ BAD_POLICIES: list[tuple[Any, str]] = [
     ({"reboot_timeout": "999999d"}, "longer than ten years"),
     ({"update_timeout": 10**12}, "longer than ten years"),
     ({"installed_counts_as_updating": "maybe"}, "installed_counts_as_updating must be"),
+    ({"retire_after": "-1d"}, "retire_after:"),
+    ({"retire_after": True}, "retire_after:"),
     ({"max_updates_per_period": 7}, "needs the period"),
     ({"pin_version": "latest"}, "is not a version"),
     ({"colour": "blue"}, "unknown policy field 'colour'"),
