@@ -470,3 +470,32 @@ async def test_instance_delete_and_list_retired(
     fails(await nebula(["instance", "delete", silent.machine_id, "--yes"], **env), 1, "404")
     out = ok(await nebula(["rollout", "activity", "stable", "--arch", "amd64"], **env))
     assert f"host {silent.machine_id} deleted" in out and " ops " in out
+
+
+async def test_rollout_status_and_list_show_hosts_waiting_for_their_reboot(
+    server: str, admin_token: str, clock: FakeClock, env: dict[str, str]
+) -> None:
+    """An installed host waiting two days for its reboot: `rollout status` says how many wait and
+    for how long, warns past --reboot-timeout, and `instance list` shows the wait. Catches a CLI
+    that drops the server's new fields (the wait would show nowhere)."""
+    ok(
+        await nebula(
+            ["policy", "set", "stable", "--arch", "amd64", "--reboot-timeout", "1d"], **env
+        )
+    )
+    host = Host(machine_id="a" * 32, version=OLD)
+    assert await check(server, host) == NEW
+    async with aiohttp.ClientSession() as http:
+        for event in ((13, 1), (14, 1), (3, 1)):
+            async with http.post(f"{server}/v1/update/", data=host.event(*event)) as resp:
+                assert resp.status == 200
+    clock.advance(days=2, hours=3)
+    out = ok(await nebula(["rollout", "status", "stable", "--arch", "amd64"], **env))
+    assert (
+        "    installed  1 waiting for their reboot, longest 2d3h (holding a concurrency slot)"
+        in out.splitlines()
+    ), out
+    assert "WARNING      1 installed hosts waited past the reboot timeout (1d)" in out
+    out = ok(await nebula(["instance", "list"], **env))
+    (row,) = [line for line in out.splitlines() if line.startswith(host.machine_id)]
+    assert "installed 2d3h (reboot overdue)" in row
