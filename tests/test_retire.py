@@ -258,3 +258,23 @@ async def test_delete_removes_a_host_and_is_admin_only(
     gone.version = OLD
     assert await check(client, gone) == NEW
     assert await assert_status_counts_match(db_url) == {(STABLE_ID, "granted"): 2}
+
+
+async def test_deleting_a_retired_host_moves_no_count(
+    client: Client,
+    admin_token: str,
+    release: str,  # noqa: F811
+    clock: FakeClock,
+    db_url: str,
+) -> None:
+    """A retired host is in no count: deleting it must not take it out a second time. Catches
+    a delete that moves the counts of every state it removes (the count would go to -1)."""
+    gone, kept = hosts(2, version=NEW)
+    assert await check(client, gone) is None
+    clock.advance(days=15)
+    assert await check(client, kept) is None
+    assert await retire(client, db_url, clock) == [gone.machine_id]
+    resp = await client.delete(f"/api/v1/instances/{gone.machine_id}", headers=auth(admin_token))
+    assert resp.status == 200, await resp.text()
+    assert await assert_status_counts_match(db_url, by_version=True) == {(STABLE_ID, "idle"): 1}
+    assert await listed(client, admin_token, all="1") == {kept.machine_id}
