@@ -70,13 +70,21 @@ async def lock_group(session: AsyncSession, group_id: str, *, shared: bool = Fal
     """The group's row, locked until the transaction ends, and fresh from the database.
 
     `shared` (FOR SHARE) lets grants that count nothing run side by side while still ordering
-    them against every change of the group (a pause, a policy change: FOR UPDATE), which waits
-    for them and which they wait for. SQLite's writer lock is exclusive either way.
+    them against every change of the group (a pause, a policy change, a counted grant: FOR NO
+    KEY UPDATE), which waits for them and which they wait for. SQLite's writer lock is
+    exclusive either way.
+
+    Never FOR UPDATE: that also blocks the FOR KEY SHARE lock PostgreSQL takes on the group row
+    to check a foreign key (inserting an event or a new status-count row of the group). A
+    transaction that does not lock the group, holding a host's count row, then queued behind
+    the lock for its event's key check while the lock's holder waited for that count row: a
+    deadlock under concurrent grants (tests/loadtest/test_simulate.py). The group's key never
+    changes, so NO KEY UPDATE is all the exclusion needed.
     """
     stmt = (
         select(Group)
         .where(Group.id == group_id)
-        .with_for_update(read=shared)
+        .with_for_update(read=shared, key_share=not shared)
         .execution_options(populate_existing=True)
     )
     return (await session.execute(stmt)).scalar_one()
