@@ -18,6 +18,7 @@ from nebula.store.db import transaction
 from nebula.store.tokens import Principal, authenticate
 from nebula.web.errors import answer
 from nebula.web.keys import CATALOG, READ_SESSIONS, SESSIONS, SETTINGS
+from nebula.web.limits import bounded
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 MAX_JSON = 1 << 20
@@ -79,12 +80,32 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     try:
         # read() gets the whole body (a single content.read(n) may return only part of it);
         # the app's client_max_size bounds it.
-        data = json.loads(await request.read() or b"{}")
+        data = json.loads(await bounded(request, request.read()) or b"{}")
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInputError(f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidInputError("body is not JSON Nebula reads: nested too deep") from None
     if not isinstance(data, dict):
         raise InvalidInputError("body must be a JSON object")
+    if _has_nul(data):
+        # No field Nebula stores may hold one, and PostgreSQL refuses it in text (a 500).
+        raise InvalidInputError("body has a NUL character (\\u0000) in it")
     return data
+
+
+def _has_nul(value: Any) -> bool:
+    # A loop, not recursion: the body may nest as deep as the JSON parser allows.
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str) and "\x00" in item:
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def opt(data: dict[str, Any], key: str) -> str | None:

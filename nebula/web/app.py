@@ -53,6 +53,7 @@ from nebula.web.keys import (
     TRUSTED_KEYS,
     TRUSTED_PROXIES,
 )
+from nebula.web.limits import limits_middleware
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,12 @@ def create_app(
 ) -> web.Application:
     """The app; `multiprocess_dir` is where a worker of several counts its metrics."""
     app = web.Application(
-        middlewares=[listener_middleware, error_middleware, auth_middleware],
+        middlewares=[
+            listener_middleware,
+            error_middleware,
+            limits_middleware,
+            auth_middleware,
+        ],
         client_max_size=1 << 20,
     )
     app[SETTINGS] = settings
