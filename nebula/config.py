@@ -76,6 +76,11 @@ class Settings:
     # Bytes all of a request's header lines may take together (431 beyond); each line is also
     # limited to 8190 bytes and a request to 128 of them.
     max_header_bytes: int = 32768
+    # Bad admin tokens (wrong or revoked) one address may send within auth_failure_window
+    # seconds before its admin requests are answered 429 until the oldest is that old; counted
+    # in each process's memory. 0: no limit.
+    auth_failure_limit: int = 20
+    auth_failure_window: float = 60.0
 
     @property
     def is_sqlite(self) -> bool:
@@ -247,6 +252,14 @@ def _check_ranges(settings: Settings) -> None:
     if settings.max_header_bytes < 1024:
         raise ConfigError(
             f"max_header_bytes must be at least 1024, got {settings.max_header_bytes}"
+        )
+    if settings.auth_failure_limit < 0:
+        raise ConfigError(
+            f"auth_failure_limit must be 0 (no limit) or more, got {settings.auth_failure_limit}"
+        )
+    if not settings.auth_failure_window > 0:
+        raise ConfigError(
+            f"auth_failure_window must be seconds > 0, got {settings.auth_failure_window}"
         )
     if settings.db_pool_size < 1:
         raise ConfigError(f"db_pool_size must be at least 1, got {settings.db_pool_size}")

@@ -17,7 +17,16 @@ from nebula.store.catalog import bump_stamp
 from nebula.store.db import transaction
 from nebula.store.tokens import Principal, authenticate
 from nebula.web.errors import answer
-from nebula.web.keys import CATALOG, READ_SESSIONS, SESSIONS, SETTINGS
+from nebula.web.forwarded import Network, client_address
+from nebula.web.keys import (
+    AUTH_FAILURES,
+    CATALOG,
+    CLOCK,
+    READ_SESSIONS,
+    SESSIONS,
+    SETTINGS,
+    TRUSTED_PROXIES,
+)
 from nebula.web.limits import bounded
 
 PRINCIPAL = web.RequestKey("principal", Principal)
@@ -52,21 +61,55 @@ async def listener_middleware(request: web.Request, handler: Handler) -> web.Str
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every /api/ route needs a token; only admins may change anything."""
+    """Every /api/ route needs a token; only admins may change anything. An address that sent
+    too many bad tokens is answered 429 for a while (nebula.web.ratelimit)."""
     if not request.path.startswith("/api/"):
         return await handler(request)
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthError("the admin API needs 'Authorization: Bearer <token>'")
+    limiter = request.app[AUTH_FAILURES]
+    proxies: tuple[Network, ...] = request.app[TRUSTED_PROXIES]
+    address = (
+        client_address(request.remote, request.headers.get("X-Forwarded-For"), proxies) or "unknown"
+    )
+    now = request.app[CLOCK]().timestamp()
+    if (wait := limiter.retry_after(address, now)) is not None:
+        response = answer(
+            request,
+            429,
+            f"too many bad tokens from {address}: try again in {wait} s",
+            "TooManyAttempts",
+        )
+        response.headers["Retry-After"] = str(wait)
+        return response
     async with transaction(request.app[READ_SESSIONS]) as session:
         principal = await authenticate(session, token.strip())
     if principal is None:
+        limiter.fail(address, now)
         raise AuthError("unknown or revoked token")
     if request.method not in ("GET", "HEAD") and not principal.can_write:
         raise ForbiddenError(f"token {principal.name} has role {principal.role}: read only")
     request[PRINCIPAL] = principal
     return await handler(request)
+
+
+# What every admin answer says to a browser that should never render or keep it: it is data,
+# not a page; not to be framed, cached or sniffed into something else.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: SECURITY_HEADERS on every /api/ answer, errors included."""
+    if request.path.startswith("/api/"):
+        response.headers.update(SECURITY_HEADERS)
 
 
 def actor(request: web.Request) -> str:

@@ -34,10 +34,11 @@ from nebula.store.changes import HostChanges
 from nebula.store.hostcache import HostCache
 from nebula.store.seen import SeenWriter
 from nebula.web import admin, omaha, payloads, rollout, status
-from nebula.web.api import auth_middleware, listener_middleware
+from nebula.web.api import auth_middleware, listener_middleware, security_headers
 from nebula.web.errors import error_middleware
 from nebula.web.forwarded import parse_networks
 from nebula.web.keys import (
+    AUTH_FAILURES,
     BLOBS,
     CATALOG,
     CLOCK,
@@ -54,6 +55,7 @@ from nebula.web.keys import (
     TRUSTED_PROXIES,
 )
 from nebula.web.limits import limits_middleware
+from nebula.web.ratelimit import FailureLimiter
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,8 @@ def create_app(
     app[TRUSTED_KEYS] = load_keys(settings)
     app[BLOBS] = BlobStore(settings.payload_dir)
     app[TRUSTED_PROXIES] = parse_networks(settings.trusted_proxy)
+    app[AUTH_FAILURES] = FailureLimiter(settings.auth_failure_limit, settings.auth_failure_window)
+    app.on_response_prepare.append(security_headers)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         own_engine = engine is None
