@@ -319,7 +319,7 @@ async def test_sigterm_answers_requests_whose_body_is_arriving_and_exits_promptl
         "--trusted-key",
         str(key_file),
         db=f"sqlite:///{tmp_path / 'nebula.db'}",
-        body_timeout=2,
+        body_timeout=5,
         workers=1,
     )
     try:
