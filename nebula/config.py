@@ -67,6 +67,23 @@ class Settings:
     # Serve `GET /v1/ignition/{group}` (a host config any host may fetch without a token);
     # off, that route answers 404.
     ignition_public: bool = False
+    # Seconds a connection gets to send a request's line and headers, counted from its start
+    # or from its previous answer; an idle keep-alive connection is closed after it too. A
+    # client that trickles its headers is cut off then.
+    header_timeout: float = 15.0
+    # Seconds a host gets to send an Omaha request's whole body (64 KiB at most), and the
+    # longest an admin request's body (an upload) may go without a byte: a client that stalls
+    # half-way is answered 408 then. Below shutdown_timeout, so that a SIGTERM's drain answers
+    # a stalled request rather than cutting it.
+    body_timeout: float = 10.0
+    # Bytes all of a request's header lines may take together (431 beyond); each line is also
+    # limited to 8190 bytes and a request to 128 of them.
+    max_header_bytes: int = 32768
+    # Bad admin tokens (wrong or revoked) one address may send within auth_failure_window
+    # seconds before its admin requests are answered 429 until the oldest is that old; counted
+    # in each process's memory. 0: no limit.
+    auth_failure_limit: int = 20
+    auth_failure_window: float = 60.0
 
     @property
     def is_sqlite(self) -> bool:
@@ -232,6 +249,21 @@ def _check_ranges(settings: Settings) -> None:
         )
     if settings.shutdown_timeout < 0:
         raise ConfigError(f"shutdown_timeout must be seconds >= 0, got {settings.shutdown_timeout}")
+    for name in ("header_timeout", "body_timeout"):
+        if not getattr(settings, name) > 0:
+            raise ConfigError(f"{name} must be seconds > 0, got {getattr(settings, name)}")
+    if settings.max_header_bytes < 1024:
+        raise ConfigError(
+            f"max_header_bytes must be at least 1024, got {settings.max_header_bytes}"
+        )
+    if settings.auth_failure_limit < 0:
+        raise ConfigError(
+            f"auth_failure_limit must be 0 (no limit) or more, got {settings.auth_failure_limit}"
+        )
+    if not settings.auth_failure_window > 0:
+        raise ConfigError(
+            f"auth_failure_window must be seconds > 0, got {settings.auth_failure_window}"
+        )
     if settings.db_pool_size < 1:
         raise ConfigError(f"db_pool_size must be at least 1, got {settings.db_pool_size}")
     for proxy in settings.trusted_proxy:

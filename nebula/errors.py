@@ -5,6 +5,7 @@
     ├── DatabaseUnavailableError  a database that cannot be reached or opened
     ├── ProtocolError             an Omaha request that cannot be understood (HTTP 400)
     │   └── RequestTooLargeError  a body over the size limit (HTTP 413)
+    ├── SlowRequestError          a request body that did not arrive in time (HTTP 408)
     ├── PayloadError              a payload file that is refused (HTTP 422)
     │   ├── NotCrAUError          not a CrAU file at all
     │   ├── TruncatedPayloadError shorter than its header and manifest say
@@ -50,6 +51,12 @@ class RequestTooLargeError(ProtocolError):
     """A request body over the configured size limit."""
 
     http_status = 413
+
+
+class SlowRequestError(NebulaError):
+    """A request body that stalled or trickled past the body timeout."""
+
+    http_status = 408
 
 
 class PayloadError(NebulaError):

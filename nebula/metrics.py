@@ -66,7 +66,7 @@ class Metrics:
             "nebula_omaha_requests_total",
             "Omaha requests by outcome",
             ["outcome"],
-            registry=r,  # ok, bad_request, too_large, error
+            registry=r,  # ok, bad_request, too_large, timeout, error
         )
         self.omaha_duration = Histogram(
             "nebula_omaha_request_duration_seconds",

@@ -204,6 +204,12 @@ def test_numbers_from_env() -> None:
         ({}, {"NEBULA_CACHE_TTL": "-1"}, "cache_ttl"),
         ({}, {"NEBULA_DB_POOL_SIZE": "0"}, "db_pool_size"),
         ({}, {"NEBULA_LOG_LEVEL": "verbose"}, "log_level"),
+        ({}, {"NEBULA_HEADER_TIMEOUT": "0"}, "header_timeout must be seconds > 0"),
+        ({}, {"NEBULA_BODY_TIMEOUT": "-1"}, "body_timeout must be seconds > 0"),
+        ({}, {"NEBULA_BODY_TIMEOUT": "nan"}, "body_timeout must be seconds > 0"),
+        ({}, {"NEBULA_MAX_HEADER_BYTES": "100"}, "max_header_bytes must be at least 1024"),
+        ({}, {"NEBULA_AUTH_FAILURE_LIMIT": "-1"}, "auth_failure_limit must be 0"),
+        ({}, {"NEBULA_AUTH_FAILURE_WINDOW": "0"}, "auth_failure_window must be seconds > 0"),
     ],
 )
 def test_refused(flags: dict[str, Any], env: dict[str, str], message: str | None) -> None:

@@ -133,7 +133,7 @@ def _serve_one(settings: Settings) -> None:
     def ready() -> None:
         click.echo(f"nebula listening on {_where(settings)}")
 
-    asyncio.run(serve_app(app, sockets, shutdown_timeout=settings.shutdown_timeout, on_ready=ready))
+    asyncio.run(serve_app(app, sockets, settings=settings, on_ready=ready))
 
 
 def _run_db(settings: Settings, work: Callable[[Any], Any]) -> Any:

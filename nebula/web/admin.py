@@ -21,6 +21,7 @@ from nebula.errors import (
     InvalidInputError,
     NebulaError,
     PayloadError,
+    SlowRequestError,
 )
 from nebula.ingest import Ingested, ingest
 from nebula.lifecycle import STATUSES
@@ -42,6 +43,7 @@ from nebula.web.keys import (
     SETTINGS,
     TRUSTED_KEYS,
 )
+from nebula.web.limits import bounded
 from nebula.web.serialize import (
     RebootWaitJson,
     channel_json,
@@ -97,22 +99,29 @@ def _package_target(q: Any) -> tuple[str, str, str | None]:
     return version, arch, from_version
 
 
-async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
-    while chunk := await part.read_chunk(256 * 1024):
+async def _part_chunks(request: web.Request, part: BodyPartReader) -> AsyncIterator[bytes]:
+    # Each read has to make progress (an upload may be long, but not stalled).
+    while chunk := await bounded(request, part.read_chunk(256 * 1024)):
         yield chunk
 
 
-async def _next_part(reader: MultipartReader) -> MultipartReader | BodyPartReader | None:
+async def _next_part(
+    request: web.Request, reader: MultipartReader
+) -> MultipartReader | BodyPartReader | None:
     # aiohttp raises ValueError (or asserts) on a body that is not the multipart it claims.
     try:
-        return await reader.next()
+        return await bounded(request, reader.next())
     except (ValueError, AssertionError) as exc:
         raise InvalidInputError(f"the multipart body does not parse: {exc}") from None
 
 
 async def _drain(request: web.Request) -> None:
-    """Read what the client still sends, so that it gets our error instead of a reset."""
-    while await request.content.readany():
+    """Read what the client still sends, so that it gets our error instead of a reset; a
+    client that stalls gets it anyway after body_timeout."""
+    try:
+        while await bounded(request, request.content.readany()):
+            pass
+    except SlowRequestError:
         pass
 
 
@@ -142,7 +151,7 @@ async def upload_package(request: web.Request) -> web.Response:
             reader = await request.multipart()
         except ValueError as exc:  # e.g. no boundary in the Content-Type
             raise InvalidInputError(f"the multipart body does not parse: {exc}") from None
-        while (part := await _next_part(reader)) is not None:
+        while (part := await _next_part(request, reader)) is not None:
             if not isinstance(part, BodyPartReader) or part.name not in ("payload", "extension"):
                 raise InvalidInputError("parts must be named 'payload' or 'extension'")
             if (part.name == "payload") != (not ingested):
@@ -152,7 +161,9 @@ async def upload_package(request: web.Request) -> web.Response:
                 raise InvalidInputError(f"two files named {name}")
             try:
                 ingested.append(
-                    await ingest(name, _part_chunks(part), blobs, request.app[TRUSTED_KEYS])
+                    await ingest(
+                        name, _part_chunks(request, part), blobs, request.app[TRUSTED_KEYS]
+                    )
                 )
             except PayloadError as exc:
                 raise type(exc)(f"{name}: {exc}") from None

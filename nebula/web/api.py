@@ -17,7 +17,17 @@ from nebula.store.catalog import bump_stamp
 from nebula.store.db import transaction
 from nebula.store.tokens import Principal, authenticate
 from nebula.web.errors import answer
-from nebula.web.keys import CATALOG, READ_SESSIONS, SESSIONS, SETTINGS
+from nebula.web.forwarded import Network, client_address
+from nebula.web.keys import (
+    AUTH_FAILURES,
+    CATALOG,
+    CLOCK,
+    READ_SESSIONS,
+    SESSIONS,
+    SETTINGS,
+    TRUSTED_PROXIES,
+)
+from nebula.web.limits import bounded
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 MAX_JSON = 1 << 20
@@ -51,21 +61,55 @@ async def listener_middleware(request: web.Request, handler: Handler) -> web.Str
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every /api/ route needs a token; only admins may change anything."""
+    """Every /api/ route needs a token; only admins may change anything. An address that sent
+    too many bad tokens is answered 429 for a while (nebula.web.ratelimit)."""
     if not request.path.startswith("/api/"):
         return await handler(request)
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthError("the admin API needs 'Authorization: Bearer <token>'")
+    limiter = request.app[AUTH_FAILURES]
+    proxies: tuple[Network, ...] = request.app[TRUSTED_PROXIES]
+    address = (
+        client_address(request.remote, request.headers.get("X-Forwarded-For"), proxies) or "unknown"
+    )
+    now = request.app[CLOCK]().timestamp()
+    if (wait := limiter.retry_after(address, now)) is not None:
+        response = answer(
+            request,
+            429,
+            f"too many bad tokens from {address}: try again in {wait} s",
+            "TooManyAttempts",
+        )
+        response.headers["Retry-After"] = str(wait)
+        return response
     async with transaction(request.app[READ_SESSIONS]) as session:
         principal = await authenticate(session, token.strip())
     if principal is None:
+        limiter.fail(address, now)
         raise AuthError("unknown or revoked token")
     if request.method not in ("GET", "HEAD") and not principal.can_write:
         raise ForbiddenError(f"token {principal.name} has role {principal.role}: read only")
     request[PRINCIPAL] = principal
     return await handler(request)
+
+
+# What every admin answer says to a browser that should never render or keep it: it is data,
+# not a page; not to be framed, cached or sniffed into something else.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: SECURITY_HEADERS on every /api/ answer, errors included."""
+    if request.path.startswith("/api/"):
+        response.headers.update(SECURITY_HEADERS)
 
 
 def actor(request: web.Request) -> str:
@@ -79,12 +123,32 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     try:
         # read() gets the whole body (a single content.read(n) may return only part of it);
         # the app's client_max_size bounds it.
-        data = json.loads(await request.read() or b"{}")
+        data = json.loads(await bounded(request, request.read()) or b"{}")
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInputError(f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidInputError("body is not JSON Nebula reads: nested too deep") from None
     if not isinstance(data, dict):
         raise InvalidInputError("body must be a JSON object")
+    if _has_nul(data):
+        # No field Nebula stores may hold one, and PostgreSQL refuses it in text (a 500).
+        raise InvalidInputError("body has a NUL character (\\u0000) in it")
     return data
+
+
+def _has_nul(value: Any) -> bool:
+    # A loop, not recursion: the body may nest as deep as the JSON parser allows.
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str) and "\x00" in item:
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def opt(data: dict[str, Any], key: str) -> str | None:

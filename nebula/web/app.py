@@ -35,10 +35,11 @@ from nebula.store.changes import HostChanges
 from nebula.store.hostcache import HostCache
 from nebula.store.seen import SeenWriter
 from nebula.web import admin, ignition, omaha, payloads, release, rollout, status
-from nebula.web.api import auth_middleware, listener_middleware
+from nebula.web.api import auth_middleware, listener_middleware, security_headers
 from nebula.web.errors import error_middleware
 from nebula.web.forwarded import parse_networks
 from nebula.web.keys import (
+    AUTH_FAILURES,
     BLOBS,
     CATALOG,
     CLOCK,
@@ -54,6 +55,8 @@ from nebula.web.keys import (
     TRUSTED_KEYS,
     TRUSTED_PROXIES,
 )
+from nebula.web.limits import limits_middleware
+from nebula.web.ratelimit import FailureLimiter
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +95,12 @@ def create_app(
 ) -> web.Application:
     """The app; `multiprocess_dir` is where a worker of several counts its metrics."""
     app = web.Application(
-        middlewares=[listener_middleware, error_middleware, auth_middleware],
+        middlewares=[
+            listener_middleware,
+            error_middleware,
+            limits_middleware,
+            auth_middleware,
+        ],
         client_max_size=1 << 20,
     )
     app[SETTINGS] = settings
@@ -101,6 +109,8 @@ def create_app(
     app[TRUSTED_KEYS] = load_keys(settings)
     app[BLOBS] = BlobStore(settings.payload_dir)
     app[TRUSTED_PROXIES] = parse_networks(settings.trusted_proxy)
+    app[AUTH_FAILURES] = FailureLimiter(settings.auth_failure_limit, settings.auth_failure_window)
+    app.on_response_prepare.append(security_headers)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         own_engine = engine is None

@@ -1,10 +1,11 @@
 """The one place exceptions become HTTP answers.
 
 NebulaError subclasses carry their status; the admin API answers JSON, the hosts' routes plain
-text. A lost database connection is a 503 (update_engine backs off on it); a full payload disk
-a 507 that says so; a client that hung up is logged at INFO and not answered (it is gone);
-anything else unexpected is logged with its traceback and answered with a bare 500 that shows
-nothing of it.
+text. A body aiohttp cannot decode is the client's 400; a lost database connection is a 503
+(update_engine backs off on it); a full payload disk a 507 that says so; a client that hung up
+is logged at INFO and not answered (it is gone); anything else unexpected is logged with its
+traceback and answered with a bare 500 that shows nothing of it. What the client sent (the
+path) is logged with its control characters escaped.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from nebula.errors import NebulaError
+from nebula.web.logs import client_error, printable, reason
 
 log = logging.getLogger(__name__)
 
@@ -106,24 +108,29 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except NebulaError as exc:
         return answer(request, exc.http_status, str(exc), type(exc).__name__)
     except Exception as exc:
+        where = f"{request.method} {printable(request.path)}"
         if _client_gone(request, exc):
             # The host hung up (mid-body, say): it is no outage, and nobody will read this.
-            log.info("client closed the connection during %s %s", request.method, request.path)
+            log.info("client closed the connection during %s", where)
             return answer(request, 400, "client closed the connection", "ClientGone")
+        if client_error(exc):
+            # A body aiohttp cannot decode (a broken chunk, a gzip that is not): the client's.
+            log.info("malformed request body on %s: %s", where, reason(exc))
+            return answer(request, 400, f"malformed request body: {reason(exc)}", "BadBody")
         if (code := _disk_error(exc)) is not None:
-            reason = os.strerror(code)
-            log.error("payload store: %s on %s %s", reason, request.method, request.path)
+            strerror = os.strerror(code)
+            log.error("payload store: %s on %s", strerror, where)
             return answer(
                 request,
                 507,
-                f"the payload store is out of space ({reason}): free space on the payload "
+                f"the payload store is out of space ({strerror}): free space on the payload "
                 "disk, then upload again",
                 "InsufficientStorage",
             )
         if _is_unavailable(exc):
-            log.error("database unavailable on %s %s: %s", request.method, request.path, exc)
+            log.error("database unavailable on %s: %s", where, exc)
             response = answer(request, 503, "service unavailable, retry later", "Unavailable")
             response.headers["Retry-After"] = "60"
             return response
-        log.exception("unexpected error on %s %s", request.method, request.path)
+        log.exception("unexpected error on %s", where)
         return answer(request, 500, "internal error", "InternalError")

@@ -18,6 +18,7 @@ from nebula.store.catalog import CatalogCache
 from nebula.store.changes import HostChanges
 from nebula.store.hostcache import HostCache
 from nebula.web.forwarded import Network
+from nebula.web.ratelimit import FailureLimiter
 
 SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", AsyncEngine)
@@ -37,3 +38,5 @@ BLOBS = web.AppKey("blobs", BlobStore)
 TRUSTED_KEYS: web.AppKey[Sequence[TrustedKey]] = web.AppKey("trusted_keys")
 TRUSTED_PROXIES: web.AppKey[tuple[Network, ...]] = web.AppKey("trusted_proxies")
 CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("clock")
+# Bad admin tokens per address, in this process's memory.
+AUTH_FAILURES = web.AppKey("auth_failures", FailureLimiter)

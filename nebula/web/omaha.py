@@ -1,7 +1,8 @@
 """The Omaha endpoint hosts POST to: `/v1/update/` (and without the slash).
 
-Reads at most MAX_BODY bytes (413 beyond, before parsing anything), parses with the hardened
-parser (400 with the reason), and hands the request to the service. No token: hosts have none.
+Reads at most MAX_BODY bytes (413 beyond, before parsing anything; 408 when the body does not
+arrive within the body timeout), parses with the hardened parser (400 with the reason), and
+hands the request to the service. No token: hosts have none.
 """
 
 from __future__ import annotations
@@ -10,27 +11,12 @@ import time
 
 from aiohttp import web
 
-from nebula.errors import ProtocolError, RequestTooLargeError
+from nebula.errors import ProtocolError, RequestTooLargeError, SlowRequestError
 from nebula.omaha.build import build_response_cached
 from nebula.omaha.parse import MAX_BODY, parse_request
 from nebula.web.forwarded import Network, client_address
 from nebula.web.keys import CLOCK, METRICS, SERVICE, TRUSTED_PROXIES
-
-
-async def _read_body(request: web.Request) -> bytes:
-    length = request.content_length
-    if length is not None and length > MAX_BODY:
-        raise RequestTooLargeError(f"request body of {length} bytes is over {MAX_BODY}")
-    # Chunked bodies carry no length: read one byte past the limit to know.
-    body = await request.content.read(MAX_BODY + 1)
-    while len(body) <= MAX_BODY:
-        more = await request.content.read(MAX_BODY + 1 - len(body))
-        if not more:
-            break
-        body += more
-    if len(body) > MAX_BODY:
-        raise RequestTooLargeError(f"request body is over {MAX_BODY} bytes")
-    return body
+from nebula.web.limits import read_body
 
 
 async def handle_update(request: web.Request) -> web.Response:
@@ -38,7 +24,7 @@ async def handle_update(request: web.Request) -> web.Response:
     started = time.perf_counter()
     outcome = "error"
     try:
-        body = await _read_body(request)
+        body = await read_body(request, MAX_BODY)
         parsed = parse_request(body)
         proxies: tuple[Network, ...] = request.app[TRUSTED_PROXIES]
         ip = client_address(request.remote, request.headers.get("X-Forwarded-For"), proxies)
@@ -51,6 +37,9 @@ async def handle_update(request: web.Request) -> web.Response:
         raise
     except ProtocolError:
         outcome = "bad_request"
+        raise
+    except SlowRequestError:
+        outcome = "timeout"
         raise
     finally:
         metrics.omaha_requests.labels(outcome=outcome).inc()

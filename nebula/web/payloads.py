@@ -78,6 +78,11 @@ class PayloadFileResponse(web.FileResponse):
         if_range = request.headers.get(hdrs.IF_RANGE)
         if if_range is not None and if_range.strip() != self.validator:
             headers.popall(hdrs.RANGE, None)
+        # A range unit other than bytes (or none) must be ignored (RFC 9110 14.2), not refused
+        # with a 416 as FileResponse would: the client gets the whole file.
+        ranges = request.headers.get(hdrs.RANGE)
+        if ranges is not None and ranges.partition("=")[0].strip().lower() != "bytes":
+            headers.popall(hdrs.RANGE, None)
         return await super().prepare(request.clone(headers=headers))
 
 

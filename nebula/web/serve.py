@@ -6,10 +6,12 @@ starts the background tasks), and only then accept connections and call `on_read
 "listening" is said once the server really serves and a failed start is an exception (a
 NebulaError for an operator's mistake) instead of a traceback after "listening". The first
 SIGTERM or SIGINT stops it gracefully: the listening sockets close, requests in flight get
-`shutdown_timeout` seconds to finish, idle keep-alive connections close, and the app's cleanup
-runs (it flushes the batched last-seen times). Further signals during the drain are ignored.
+shutdown_timeout seconds to finish (one whose body is still arriving included: it completes,
+or its body timeout, shorter, answers it 408), idle keep-alive connections close, and the app's
+cleanup runs (it flushes the batched last-seen times). Further signals during the drain are
+ignored.
 
-Imports nebula.config and nebula.errors only.
+Imports nebula.config, nebula.errors and nebula.web.logs only.
 """
 
 from __future__ import annotations
@@ -19,16 +21,66 @@ import logging
 import signal
 import socket
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from aiohttp import web
 
-from nebula.config import split_listen
+from nebula.config import Settings, split_listen
 from nebula.errors import ConfigError
+from nebula.web.logs import ProtocolLog, SafeAccessLogger
 
 log = logging.getLogger(__name__)
 
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+CUT_GRACE = 1.0  # seconds aiohttp's shutdown gives what the drain's timeout left still running
+
+
+def runner_options(settings: Settings) -> dict[str, Any]:
+    """The keyword arguments of aiohttp's AppRunner that make a connection's limits Nebula's.
+
+    aiohttp's keep-alive timer runs from a connection's start (and from each answer) and closes
+    a connection still waiting for a whole request head when it fires: it is the header
+    timeout, and the idle timeout of keep-alive connections with it (aiohttp's default is an
+    hour). The body timeout is the handlers' (nebula.web.limits), the header budget a
+    middleware's.
+    """
+    return {
+        "keepalive_timeout": settings.header_timeout,
+        "access_log_format": ACCESS_LOG_FORMAT,
+        "access_log_class": SafeAccessLogger,
+        "logger": ProtocolLog(),
+    }
+
+
+async def drain(runner: web.AppRunner, timeout: float, poll: float = 0.05) -> None:
+    """Stop accepting, close idle connections, and wait up to `timeout` seconds for the
+    requests in flight to finish, their bodies still arriving included.
+
+    aiohttp's own shutdown (runner.cleanup) marks every connection closing first, and a closing
+    connection drops whatever it receives: a request whose body was still arriving could then
+    never finish. Here connections are closed one by one as they become idle, so that the busy
+    ones keep reading. Whether a connection is busy is aiohttp's private `_request_in_progress`;
+    were it gone, every connection would count as idle and the drain would be aiohttp's (such
+    a request then gets its 408 from the body timeout).
+    """
+    for site in list(runner.sites):
+        await site.stop()
+    server = runner.server
+    if server is None:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        busy = 0
+        for conn in server.connections:
+            if getattr(conn, "_request_in_progress", False):
+                busy += 1
+            else:
+                conn.close()  # idle, or between requests: no new request starts on it
+        if not busy or loop.time() >= deadline:
+            return
+        await asyncio.sleep(poll)
 
 
 def bind(listen: str, *, reuse_port: bool = False, backlog: int = 1024) -> socket.socket:
@@ -54,7 +106,7 @@ async def serve_app(
     app: web.Application,
     sockets: Sequence[socket.socket],
     *,
-    shutdown_timeout: float,
+    settings: Settings,
     on_ready: Callable[[], None] = lambda: None,
     signals: Sequence[int] = STOP_SIGNALS,
 ) -> int:
@@ -69,18 +121,17 @@ async def serve_app(
             log.info(
                 "%s: stopping (in-flight requests get %.0f s)",
                 signal.Signals(signum).name,
-                shutdown_timeout,
+                settings.shutdown_timeout,
             )
         received.append(signum)
         stop.set()
 
     for signum in signals:
         loop.add_signal_handler(signum, on_signal, signum)
+    # The graceful part of a stop is `drain`; what aiohttp's own shutdown then finds still busy
+    # has had its shutdown_timeout already and is cut after CUT_GRACE.
     runner = web.AppRunner(
-        app,
-        handle_signals=False,
-        shutdown_timeout=shutdown_timeout,
-        access_log_format=ACCESS_LOG_FORMAT,
+        app, handle_signals=False, shutdown_timeout=CUT_GRACE, **runner_options(settings)
     )
     try:
         try:
@@ -95,6 +146,7 @@ async def serve_app(
             raise
         on_ready()
         await stop.wait()
+        await drain(runner, settings.shutdown_timeout)
         await runner.cleanup()
     finally:
         for signum in signals:

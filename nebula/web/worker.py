@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
             serve_app(
                 app,
                 sockets,
-                shutdown_timeout=settings.shutdown_timeout,
+                settings=settings,
                 on_ready=lambda: _report(ready_fd, "ready"),
                 signals=(signal.SIGTERM,),
             )

@@ -137,3 +137,51 @@ async def test_a_payload_name_that_cannot_exist_is_a_404_without_a_query(
         resp = await client.get(path)
     assert resp.status == 404
     assert seen == []
+
+
+async def test_an_upload_cut_inside_an_extension_part_leaves_nothing(
+    served: Served, admin_token: str, signing_key: RSAPrivateKey
+) -> None:
+    """Catches the complete main part left in incoming/ when the connection is cut inside a
+    later part (temp files were discarded only on a NebulaError, not on a reset).
+
+    The cut comes once the server holds both parts' temp files (the main one complete): a
+    connection closed earlier makes aiohttp fail every read at once, before any part is in
+    (which is why an earlier attempt at this test never saw a part arrive)."""
+    blobs: BlobStore = served.app[BLOBS]
+    metrics = served.app[METRICS]
+    failed = counter(metrics.uploads, outcome="failed")
+    main = crau.build_payload(signing_key, data=os.urandom(200_000))
+    ext = crau.build_payload(signing_key, data=os.urandom(300_000))
+    boundary = "nebulacut"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="payload"; '
+            f'filename="flatcar_production_update.gz"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + main
+        + (
+            f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="extension"; '
+            f'filename="oem-azure.gz"\r\nContent-Type: application/octet-stream\r\n\r\n'
+        ).encode()
+    )
+    total = len(body) + len(ext) + len(f"\r\n--{boundary}--\r\n")
+    head = (
+        "POST /api/v1/packages/upload?version=4152.2.3&arch=amd64 HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {admin_token}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {total}\r\n\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection(served.host, served.port)
+    # A good part of the extension: aiohttp's multipart reader hands out a part's last chunk
+    # only once it has read some way past the boundary that ends it.
+    writer.write(head + body + ext[:100_000])
+    await writer.drain()
+    await until(lambda: len(list(blobs.incoming.iterdir())) >= 2)
+    writer.close()
+    await writer.wait_closed()
+    del reader
+    await until(lambda: counter(metrics.uploads, outcome="failed") > failed)
+    assert list(blobs.incoming.iterdir()) == []
+    assert not any(p.is_file() for p in blobs.root.rglob("*") if "incoming" not in p.parts)

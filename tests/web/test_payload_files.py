@@ -364,3 +364,87 @@ async def test_a_known_file_is_served_without_a_query(
         assert (await there.get(first.path(MAIN))).status == 404
     finally:
         await engine.dispose()
+
+
+# -- absurd ranges and path tricks (issue 8): a clear answer, never a 500 ------------------------
+
+_BIG = 10**30
+# (name, Range header, status). aiohttp serves one range; several (or a bytes range it cannot
+# read) are refused 416 with the size rather than answered multipart. A suffix or end past the
+# file is clamped to it (RFC 9110 14.1.2); a range in another unit is ignored (200).
+ABSURD_RANGES: list[tuple[str, str, int]] = [
+    ("two ranges", "bytes=0-1,5-9", 416),
+    ("a thousand ranges", "bytes=" + ",".join(f"{i}-{i}" for i in range(1000)), 416),
+    ("overlapping ranges", "bytes=0-100,50-150", 416),
+    ("huge start", f"bytes={_BIG}-", 416),
+    ("huge end", f"bytes=0-{_BIG}", 206),
+    ("huge suffix", f"bytes=-{_BIG}", 206),
+    ("suffix bigger than the file", "bytes=-100000000", 206),
+    ("suffix of zero", "bytes=-0", 206),
+    ("negative start", "bytes=-5-10", 416),
+    ("end before start", "bytes=100-10", 416),
+    ("no numbers", "bytes=-", 416),
+    ("letters", "bytes=a-b", 416),
+    ("other unit", "items=0-10", 200),  # an unknown unit is ignored (RFC 9110 14.2)
+    ("no unit", "0-10", 200),
+    ("empty", "", 200),
+    ("spaces", "bytes = 0 - 10", 416),
+    ("unicode digits", "bytes=\u0661-\u0662", 416),
+    ("float", "bytes=1.5-2", 416),
+    ("long header", "bytes=" + "0" * 8000 + "-1", 416),
+]
+
+
+@pytest.mark.parametrize(
+    ("header", "status"), [r[1:] for r in ABSURD_RANGES], ids=[r[0] for r in ABSURD_RANGES]
+)
+async def test_absurd_ranges_get_a_clear_answer(
+    client: Any, uploaded: Uploaded, header: str, status: int
+) -> None:
+    """Never a 500 or a hang; a 206 carries exactly the bytes its Content-Range names (catches
+    a clamp gone wrong), a 200 the whole file, a 416 the size and no bytes of the file. The
+    route serves on after."""
+    resp = await client.get(uploaded.path(MAIN), headers={"Range": header})
+    body = await resp.read()
+    size = len(uploaded.main)
+    assert resp.status == status
+    if status == 206:
+        first, last = map(int, resp.headers["Content-Range"][6:].split("/")[0].split("-"))
+        assert resp.headers["Content-Range"].endswith(f"/{size}")
+        assert body == uploaded.main[first : last + 1]
+    elif status == 200:
+        assert body == uploaded.main
+    else:
+        assert resp.headers["Content-Range"] == f"bytes */{size}"
+        assert uploaded.main[:64] not in body
+    assert (await client.get(uploaded.path(MAIN), headers={"Range": "bytes=0-9"})).status == 206
+
+
+PATH_TRICKS = [
+    "{base}../../../etc/passwd",
+    "{base}..%2F..%2F..%2Fetc%2Fpasswd",
+    "{base}%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+    "{base}..%5C..%5Cetc%5Cpasswd",
+    "{base}%252e%252e%252fetc%252fpasswd",  # double-encoded
+    "{base}flatcar_production_update.gz%2F..%2F..%2Fx",
+    "{base}flatcar_production_update.gz/",
+    "{base}flatcar_production_update.gz%00.txt",
+    "{base}.",
+    "{base}" + "a" * 4000,
+    "/v1/payloads/..%2F..%2F..%2Fetc/passwd",
+    "/v1/payloads/{id_upper}/flatcar_production_update.gz",
+    "/v1/payloads//flatcar_production_update.gz",
+    "/v1/payloads/{id}%2Fflatcar_production_update.gz",
+]
+
+
+@pytest.mark.parametrize("template", PATH_TRICKS)
+async def test_path_tricks_name_nothing(client: Any, uploaded: Uploaded, template: str) -> None:
+    """Catches a name joined onto a directory (or a case-folded id) reaching a file: each is a
+    404 (or aiohttp's own 400 for what is no URL), never a 500 or the bytes of any file."""
+    package_id = uploaded.package["id"]
+    path = template.format(base=uploaded.base, id=package_id, id_upper=package_id.upper())
+    resp = await client.get(URL(path, encoded=True))
+    body = await resp.read()
+    assert resp.status in (400, 404), (path, resp.status)
+    assert b"root:" not in body and uploaded.main[:64] not in body
