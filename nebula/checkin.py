@@ -3,10 +3,10 @@ memory and only its last-seen time is written (later, in a batch).
 
 Almost every request comes from a host that is current, or held back by a rule, and says again
 what it said last time. Such a request needs no transaction: `steady` returns its decision. It
-returns None for anything that may change state and must go through the Omaha transaction: a
-new host or application, another version, group or track, changed host facts, an event that
-means something, a completion, a host the rules leave eligible (the limits need counts under the
-group's lock), and every grant or regrant.
+returns None for anything that may change state and must go through the Omaha transaction: a new
+host or application, another version, group or track, changed host facts, an event that means
+something, a completion, a retired host coming back, a host the rules leave eligible (the limits
+need counts under the group's lock), and every grant or regrant.
 
 Pure: imports nebula.policy, nebula.lifecycle and nebula.omaha.model. The snapshot is the one
 nebula.store.hostcache holds; its type is described here by the attributes read.
@@ -35,6 +35,8 @@ class Snapshot(Protocol):
     def held(self) -> bool: ...
     @property
     def facts(self) -> int: ...
+    @property
+    def retired(self) -> bool: ...
 
 
 def facts_key(app: AppRequest) -> int:
@@ -64,6 +66,8 @@ def steady(
     A ping-only or event-only request (no update check) that changes nothing gets a NO_UPDATE
     decision without a reason: there is no update check to answer."""
     if snapshot is None or snapshot.status == "new":  # "new" turns "idle" at its first check
+        return None
+    if snapshot.retired:  # back after going silent: un-retiring it is a state change
         return None
     if snapshot.version != app.version or snapshot.group_id != group_id:
         return None

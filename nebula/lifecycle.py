@@ -4,6 +4,9 @@
         --3/1--> installed --(check on the granted version, 3/2)--> complete
     any in-progress state --x/0--> error (code kept) | rolled_back (3/0, code 44)
 
+The update timeout runs from the grant to `installed` (WORKING); an installed host waits for its
+reboot as long as its reboot strategy says.
+
 Events only move a host that is in the middle of an update Nebula granted: a forged or stale
 event is written to the log but changes nothing.
 """
@@ -13,6 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 IN_PROGRESS = frozenset({"granted", "downloading", "downloaded", "installed"})
+# What a host does on its own after a grant, which the update timeout covers. Not "installed":
+# that host waits for its reboot (locksmithd, FLUO, kured, often in a window days away), which
+# is the operator's schedule, not a failure (issue 12).
+WORKING = frozenset({"granted", "downloading", "downloaded"})
 FAILED = frozenset({"error", "rolled_back", "timed_out"})
 _CAN_COMPLETE = IN_PROGRESS | {"error", "timed_out"}
 STATUSES = (

@@ -118,8 +118,8 @@ class Metrics:
         )
         self.leader = Gauge(
             "nebula_leader",
-            "1 in the process that runs the deployment's jobs (timeout sweep, event retention); "
-            "summed over a server's workers, and over replicas it must be 1",
+            "1 in the process that runs the deployment's jobs (timeout sweep, retirement, event "
+            "retention); summed over a server's workers, and over replicas it must be 1",
             registry=r,
             multiprocess_mode="livesum",
         )

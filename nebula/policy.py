@@ -69,6 +69,11 @@ class GroupPolicy:
     pause_on_failed_percent: float | None = None
     windows: tuple[Window, ...] = ()
     percentage: float = 100.0
+    # Installed hosts wait for their reboot (locksmithd, FLUO, kured): never timed out for it;
+    # past `reboot_timeout_seconds` they are only flagged as overdue. Whether they hold a
+    # concurrency slot meanwhile is the group's choice (by default they do: a reboot is ahead).
+    reboot_timeout_seconds: int | None = None
+    installed_counts_as_updating: bool = True
 
     @property
     def counts_grants(self) -> bool:
@@ -97,7 +102,9 @@ class RolloutStats:
     """Counts in one group at one moment, read under the group's lock."""
 
     grants_in_period: int = 0  # new grants within the last period_seconds
-    in_flight: int = 0  # hosts between grant and complete, not timed out (any version)
+    # Hosts holding a concurrency slot (any version): between grant and installed and not past
+    # the update timeout, and installed ones waiting for their reboot if the policy says so.
+    in_flight: int = 0
     target_completed: int = 0  # hosts that completed the target version
     target_in_flight: int = 0  # hosts in flight to the target version
 

@@ -71,8 +71,8 @@ async def make_token(db_url: str, name: str = "ops", role: str = "admin") -> str
 async def assert_status_counts_match(
     db_url: str, *, by_version: bool = False
 ) -> dict[tuple[str, str], int]:
-    """The maintained per-group status counts equal a count of the hosts themselves (and, with
-    `by_version`, per version too)."""
+    """The maintained per-group status counts equal a count of the live hosts themselves (and,
+    with `by_version`, per version too). Retired hosts are in no count."""
     from sqlalchemy import func, select
 
     from nebula.store.models import InstanceApp, StatusCount
@@ -98,7 +98,7 @@ async def assert_status_counts_match(
                     (g, s, v): int(n)
                     for g, s, v, n in await conn.execute(
                         select(InstanceApp.group_id, InstanceApp.status, version, func.count())
-                        .where(InstanceApp.group_id.is_not(None))
+                        .where(InstanceApp.group_id.is_not(None), InstanceApp.retired_at.is_(None))
                         .group_by(InstanceApp.group_id, InstanceApp.status, version)
                     )
                 }
@@ -119,7 +119,7 @@ async def assert_status_counts_match(
                 for g, s, n in (
                     await conn.execute(
                         select(InstanceApp.group_id, InstanceApp.status, func.count())
-                        .where(InstanceApp.group_id.is_not(None))
+                        .where(InstanceApp.group_id.is_not(None), InstanceApp.retired_at.is_(None))
                         .group_by(InstanceApp.group_id, InstanceApp.status)
                     )
                 ).all()

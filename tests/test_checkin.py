@@ -91,6 +91,12 @@ def test_ping_only_is_steady() -> None:
             snap(replace(APP, version=OLD), status="idle", version=OLD, granted_version=None),
             replace(APP, version=OLD),
         ),
+        ("a retired host coming back is un-retired", snap(retired=True), APP),
+        (
+            "a retired host's ping un-retires it too",
+            snap(replace(APP, update_check=False, events=()), retired=True),
+            replace(APP, update_check=False, events=()),
+        ),
         (
             "a regrant is answered ok with the manifest",
             snap(replace(APP, version=OLD), status="downloading", version=OLD),

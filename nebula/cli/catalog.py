@@ -11,6 +11,7 @@ import click
 
 from nebula.cli.client import ApiClient
 from nebula.cli.output import emit_json, human_size, table
+from nebula.durations import format_duration
 from nebula.lifecycle import STATUSES  # pure and small: cheap enough for --help
 
 ARCH = click.Choice(["amd64", "arm64"])
@@ -344,6 +345,16 @@ def group_show(
 # -- instances -----------------------------------------------------------------------------------
 
 
+def _status_text(i: dict[str, Any]) -> str:
+    """An installed host with how long it has waited for its reboot ("installed 3d2h")."""
+    waited = i.get("reboot_wait_seconds")
+    if i["status"] != "installed" or waited is None:
+        return str(i["status"]) + (" (retired)" if i.get("retired_at") else "")
+    text = f"installed {format_duration(max(1, round(waited)))}"
+    text = text + " (reboot overdue)" if i.get("reboot_overdue") else text
+    return text + " (retired)" if i.get("retired_at") else text
+
+
 @click.group("instance")
 def instance_group() -> None:
     """Hosts and their update state."""
@@ -358,8 +369,23 @@ def instance_group() -> None:
 @click.option("--version")
 @click.option("--limit", type=int, default=100, show_default=True)
 @click.option("--offset", type=int, default=0)
-def instance_list(url: str | None, token: str | None, as_json: bool, **filters: Any) -> None:
-    """List hosts."""
+@click.option("--all", "show_all", is_flag=True, help="Retired hosts too")
+@click.option(
+    "--retired", is_flag=True, help="Only retired hosts (not seen for their group's retire-after)"
+)
+def instance_list(
+    url: str | None,
+    token: str | None,
+    as_json: bool,
+    show_all: bool,
+    retired: bool,
+    **filters: Any,
+) -> None:
+    """List hosts (live ones: not retired, unless --all or --retired)."""
+    if show_all and retired:
+        raise click.UsageError("--all and --retired: say one")
+    filters["all"] = "1" if show_all else None
+    filters["retired"] = "1" if retired else None
     result = ApiClient(url, token).get("/api/v1/instances", filters)
     if as_json:
         return emit_json(result)
@@ -371,7 +397,7 @@ def instance_list(url: str | None, token: str | None, as_json: bool, **filters: 
                 i["ip"],
                 i["group"],
                 i["version"],
-                i["status"],
+                _status_text(i),
                 i["granted_version"],
                 "held" if i["held"] else (i["hold_reason"] or ""),
                 i["last_check_at"],

@@ -1,5 +1,5 @@
-"""`nebula policy show|set`, `nebula rollout status|pause|resume`, `nebula instance hold|release`:
-the operator's rollout commands over the admin API."""
+"""`nebula policy show|set`, `nebula rollout status|pause|resume`, `nebula instance
+hold|release|delete`: the operator's rollout commands over the admin API."""
 
 from __future__ import annotations
 
@@ -41,9 +41,15 @@ def _print_policy(body: dict[str, Any]) -> None:
         ("floors", ", ".join(p.get("floors", [])) or "none"),
         ("pin", p["pin_version"] or "none (follows its channel)"),
         ("allow downgrade", "on" if p["allow_downgrade"] else "off"),
+        ("reboot timeout", f"{p['reboot_timeout']} (warns)" if p["reboot_timeout"] else "none"),
+        (
+            "installed counts as updating",
+            "on" if p.get("installed_counts_as_updating", True) else "off",
+        ),
+        ("retire after", p.get("retire_after") or "never"),
     ]
     for name, value in rows:
-        click.echo(f"  {name:<20} {value}")
+        click.echo(f"  {name:<29} {value}")
 
 
 @click.group("policy")
@@ -91,7 +97,8 @@ ON_OFF = click.Choice(["on", "off"])
 @click.option("--max-concurrent", help="At most N hosts updating at once (or none)")
 @click.option(
     "--update-timeout",
-    help="A host not complete this long after its grant has timed out, e.g. 2h (or none)",
+    help="A host not installed this long after its grant has timed out, e.g. 2h (or none); "
+    "the wait for its reboot after that is not counted",
 )
 @click.option("--safe-mode", type=ON_OFF, help="A new version goes to one host first")
 @click.option(
@@ -116,6 +123,21 @@ ON_OFF = click.Choice(["on", "off"])
 @click.option("--remove-floor", "removed_floors", multiple=True, help="Unmark a floor")
 @click.option("--pin", help="Offer this version instead of the channel's, or none")
 @click.option("--allow-downgrade", type=ON_OFF, help="Allow offering a lower version (with --pin)")
+@click.option(
+    "--reboot-timeout",
+    help="Flag hosts installed and waiting longer than this for their reboot, e.g. 7d (a "
+    "warning, never a failure; or none)",
+)
+@click.option(
+    "--installed-counts-as-updating",
+    type=ON_OFF,
+    help="Whether an installed host waiting for its reboot holds a --max-concurrent slot",
+)
+@click.option(
+    "--retire-after",
+    help="Retire hosts not seen this long, e.g. 14d (the default): they leave every count "
+    "until they check in again; or none",
+)
 def policy_set(
     url: str | None, token: str | None, as_json: bool, group: str, arch: str | None, **opts: Any
 ) -> None:
@@ -125,10 +147,10 @@ def policy_set(
     for name in ("max_updates_per_period", "max_concurrent"):
         if opts[name] is not None:
             patch[name] = _limit(opts[name])
-    for name in ("period", "update_timeout"):
+    for name in ("period", "update_timeout", "reboot_timeout", "retire_after"):
         if opts[name] is not None:
             patch[name] = opts[name]
-    for name in ("safe_mode", "allow_downgrade"):
+    for name in ("safe_mode", "allow_downgrade", "installed_counts_as_updating"):
         if opts[name] is not None:
             patch[name] = _on_off(opts[name])
     if opts["pause_on_failures"]:
@@ -186,6 +208,19 @@ def rollout_status(
     click.echo(f"  hosts        {h['total']}")
     click.echo(f"  complete     {h['complete']}")
     click.echo(f"  in progress  {h['in_progress']}")
+    if h.get("installed"):
+        waited = s.get("longest_reboot_wait_seconds")
+        longest = f", longest {format_duration(max(1, round(waited)))}" if waited else ""
+        slot = "holding" if s.get("installed_counts_as_updating", True) else "not holding"
+        click.echo(
+            f"    installed  {h['installed']} waiting for their reboot{longest} "
+            f"({slot} a concurrency slot)"
+        )
+    if h.get("reboot_overdue"):
+        click.echo(
+            f"  WARNING      {h['reboot_overdue']} installed hosts waited past the reboot "
+            f"timeout ({s.get('reboot_timeout')}): check their reboot strategy"
+        )
     click.echo(f"  failed       {h['failed']}")
     click.echo(f"  timed out    {h['timed_out']}")
     held = ", ".join(f"{k} {v}" for k, v in sorted(h["held"].items())) or "none"
@@ -282,3 +317,21 @@ def instance_release(
 ) -> None:
     """Let a held host update again."""
     _hold("release", url, token, machine_id, reason)
+
+
+@instance_group.command("delete")
+@api_options
+@json_option
+@click.argument("machine_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation")
+def instance_delete(
+    url: str | None, token: str | None, as_json: bool, machine_id: str, yes: bool
+) -> None:
+    """Remove a host, its update state and its events for good (admin token). A host that checks
+    in again afterwards is a new host; to only leave it out of counts, let it retire."""
+    if not yes:
+        click.confirm(f"delete host {machine_id}, its state and its events?", abort=True)
+    body = ApiClient(url, token).call("DELETE", f"/api/v1/instances/{machine_id}")
+    if as_json:
+        return emit_json(body)
+    click.echo(f"{body['machine_id']} deleted")

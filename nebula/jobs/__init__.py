@@ -1,2 +1,3 @@
-"""Background jobs: the timeout sweeper, event retention, and the leadership that makes them
-run once per deployment (nebula.jobs.leader). Imports nebula.store, never web or CLI code."""
+"""Background jobs: the timeout sweeper, retirement of silent hosts, event retention, and the
+leadership that makes them run once per deployment (nebula.jobs.leader). Imports nebula.store,
+never web or CLI code."""

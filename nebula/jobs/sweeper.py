@@ -1,5 +1,6 @@
 """The timeout sweeper: marks hosts that outlived their group's update timeout `timed_out`, and
-runs the failure gate for the rollouts they belonged to.
+runs the failure gate for the rollouts they belonged to. Only hosts still working on the update
+(granted, downloading, downloaded): an installed host waits for its reboot, never a failure.
 
 One process per deployment runs it, the leader (nebula.jobs.leader); the work is idempotent
 (an UPDATE of rows still in progress), so two sweepers at once while leadership changes hands

@@ -198,6 +198,7 @@ class OmahaService:
                 stored.held,
                 # Unknown facts (0) are never steady: the transaction writes and records them.
                 facts_key(app) if stored.same_facts(facts, app.track) else 0,
+                bool(stored.retired),
             )
             self._hosts.put(machine_id, known, since)
         target = group.target_for(app.version)

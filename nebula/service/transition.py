@@ -79,15 +79,17 @@ def _snapshot_of(state: InstanceApp, app: AppRequest) -> Snapshot:
         state.granted_version,
         state.held,
         facts_key(app),
+        state.retired_at is not None,
     )
 
 
 def _cached_fields(s: Snapshot) -> tuple[object, ...]:
-    return (s.group_id, s.version, s.status, s.granted_version, s.held)
+    return (s.group_id, s.version, s.status, s.granted_version, s.held, s.retired)
 
 
 class NeedsExclusiveLock(Exception):
-    """The group's policy counts grants now, unlike the catalog that chose a shared lock."""
+    """The group's lock is needed alone: its policy counts grants now, unlike the catalog that
+    chose a shared lock, or a retired host in the middle of an update comes back."""
 
 
 async def apply_app(
@@ -116,7 +118,7 @@ async def apply_app(
     shared = may_grant and not may_fail and not group.policy.counts_grants and not exclusive
     locked = (
         await rollouts.lock_group(session, group.id, shared=shared)
-        if may_grant or may_fail
+        if may_grant or may_fail or exclusive
         else None
     )
     policy = rollouts.policy_of(locked) if locked is not None else group.policy
@@ -129,6 +131,14 @@ async def apply_app(
     state = await lock_instance_app(session, machine_id, app.app_id)
     before: counts.Key | None = (state.group_id, state.status, state.version) if state else None
     cached_before = _cached_fields(_snapshot_of(state, app)) if state is not None else None
+    if state is not None and state.retired_at is not None:
+        # Back after going silent past retire_after: live again with its state intact, and in
+        # the counts again (it was in none). An update in progress joins the concurrency and
+        # canary counts, which only change under the group's lock: take it (start over).
+        if locked is None and state.status in lifecycle.IN_PROGRESS:
+            raise NeedsExclusiveLock(group.id)
+        state.retired_at = None
+        before = None
     if state is None:
         state = new_instance_app(machine_id, app.app_id, now)
         session.add(state)
@@ -219,6 +229,7 @@ async def _check(
         state.granted_version = chosen.version
         state.granted_at = now
         state.completed_at = None
+        state.installed_at = None
         _set_status(state, "granted", now)
         rollouts.record_grant(session, group.id, machine_id, chosen.version, now)
     state.granted_package_id = chosen.id
@@ -256,6 +267,8 @@ def _apply_event(
     if transition is None:
         return False
     _set_status(state, transition.status, now)
+    if transition.status == "installed":
+        state.installed_at = now  # its reboot wait starts: the update timeout ends here
     if transition.status in lifecycle.FAILED:
         state.last_error_code = transition.error_code
         state.last_error_at = now

@@ -9,9 +9,9 @@ every change bumps an epoch, remembered per host, and `put(..., since)` refuses 
 before the host's last change. Capacity is bounded; the oldest entries go first.
 
 Never a source of truth: whatever changes state reads the database under its locks. A stale
-entry could only make a steady-state answer stale, so every path that changes a host outside
-the Omaha transaction (holds, the timeout sweep, deletes) reports the change. Imports nothing of
-Nebula.
+entry could only make a steady-state answer stale, so every path that changes a host outside the
+Omaha transaction (holds, the timeout sweep, retirement, deletes) reports the change. Imports
+nothing of Nebula.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ class Snapshot:
     granted_version: str | None
     held: bool
     facts: int  # nebula.checkin.facts_key of the request that last wrote the host's facts
+    # Retired (silent past its group's retire_after): its next check-in is a state change that
+    # brings it back, never a steady one.
+    retired: bool = False
 
 
 def _shared(value: str | None) -> str | None:
@@ -49,6 +52,7 @@ def snapshot(
     granted_version: str | None,
     held: bool,
     facts: int,
+    retired: bool = False,
 ) -> Snapshot:
     return Snapshot(
         sys.intern(app_id),
@@ -58,6 +62,7 @@ def snapshot(
         _shared(granted_version),
         held,
         facts,
+        retired,
     )
 
 

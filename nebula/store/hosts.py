@@ -108,6 +108,7 @@ class StoredHost:
     oem_version: str | None
     aleph_version: str | None
     board: str | None
+    retired: bool
 
     def same_facts(self, facts: HostFacts, track: str | None) -> bool:
         """Whether recording `facts` and `track` would change nothing (a value not sent keeps
@@ -130,6 +131,7 @@ _READ_HOST = (
         InstanceApp.granted_version,
         InstanceApp.held,
         *(getattr(Instance, name) for name in _OPTIONAL_FACTS),
+        InstanceApp.retired_at.is_not(None),
     )
     .join(Instance, Instance.id == InstanceApp.instance_id)
     .where(InstanceApp.instance_id == bindparam("machine_id"))

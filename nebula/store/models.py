@@ -27,6 +27,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     text,
+    true,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -41,6 +42,9 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+RETIRE_AFTER_DEFAULT = 14 * 86400  # a host silent for two weeks is gone (migration 0009)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -206,12 +210,24 @@ class Group(Base):
     # The failure gate counts failures and attempts since the last resume: an operator who
     # resumes after looking into a pause starts the count afresh.
     resumed_at: Mapped[datetime | None]
+    # Hosts that installed an update and wait for their reboot (issue 12): past this they are
+    # flagged as overdue (a warning, never a failure); and whether they hold a concurrency slot.
+    reboot_timeout_seconds: Mapped[int | None] = mapped_column(Integer)
+    installed_counts_as_updating: Mapped[bool] = mapped_column(
+        Boolean, default=True, server_default=true()
+    )
+    # Hosts not seen this long are retired: out of every count until they check in again
+    # (nebula.jobs.retirement). None: never.
+    retire_after_seconds: Mapped[int | None] = mapped_column(
+        Integer, default=RETIRE_AFTER_DEFAULT, server_default=text(str(RETIRE_AFTER_DEFAULT))
+    )
 
 
 class Instance(Base):
     """A host, keyed by its machine id; what it last told us about itself."""
 
     __tablename__ = "instances"
+    __table_args__ = (Index("ix_instances_last_seen_at", "last_seen_at"),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # machine id
     alias: Mapped[str | None] = mapped_column(String(255))
@@ -245,6 +261,12 @@ class InstanceApp(Base):
             sqlite_where=text("hold_reason IS NOT NULL"),
             postgresql_where=text("hold_reason IS NOT NULL"),
         ),
+        Index(
+            "ix_instance_apps_retired",
+            "group_id",
+            sqlite_where=text("retired_at IS NOT NULL"),
+            postgresql_where=text("retired_at IS NOT NULL"),
+        ),
         CheckConstraint(
             "status IN ('new', 'idle', 'granted', 'downloading', 'downloaded', 'installed', "
             "'complete', 'error', 'rolled_back', 'timed_out')",
@@ -268,6 +290,8 @@ class InstanceApp(Base):
         ForeignKey("packages.id", ondelete="SET NULL")
     )
     granted_at: Mapped[datetime | None]
+    # When it reported the update installed (3/1): how long it has waited for its reboot.
+    installed_at: Mapped[datetime | None]
     status_changed_at: Mapped[datetime]
     completed_at: Mapped[datetime | None]
     last_check_at: Mapped[datetime | None]
@@ -276,6 +300,9 @@ class InstanceApp(Base):
     hold_reason: Mapped[str | None] = mapped_column(String(32))
     held: Mapped[bool] = mapped_column(Boolean, default=False)  # operator hold (per host)
     created_at: Mapped[datetime]
+    # Not seen for its group's retire_after: left out of the maintained counts (and so of
+    # rollout status, /metrics and the default instance list) until it checks in again.
+    retired_at: Mapped[datetime | None]
 
 
 class Event(Base):

@@ -13,15 +13,15 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import func, literal, select, update
+from sqlalchemy import case, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nebula.errors import InvalidInputError
-from nebula.lifecycle import FAILED, IN_PROGRESS
+from nebula.lifecycle import FAILED, IN_PROGRESS, WORKING
 from nebula.policy import (
     LIMIT_HOLDS,
     GroupPolicy,
@@ -36,6 +36,7 @@ from nebula.versions import try_parse_version
 from nebula.windows import Window, WindowError, is_open, window_from_json
 
 AUTOMATIC = "nebula"  # the actor of automatic pauses
+LIVE = InstanceApp.retired_at.is_(None)  # hosts not retired: the only ones any count includes
 NEVER_OPEN = Window(frozenset(), time(0, 0), time(0, 1), "UTC")
 
 
@@ -60,6 +61,8 @@ def policy_of(group: Group) -> GroupPolicy:
         pause_on_failed_percent=group.pause_on_failed_percent,
         windows=tuple(windows),
         percentage=group.percentage,
+        reboot_timeout_seconds=group.reboot_timeout_seconds,
+        installed_counts_as_updating=group.installed_counts_as_updating,
     )
 
 
@@ -80,12 +83,19 @@ async def lock_group(session: AsyncSession, group_id: str, *, shared: bool = Fal
 
 
 def _in_flight(policy: GroupPolicy, now: datetime) -> Any:
-    """Hosts between grant and complete that still hold a slot (not past the update timeout)."""
-    in_progress = InstanceApp.status.in_(IN_PROGRESS)
-    if not policy.update_timeout_seconds:
-        return in_progress
-    cutoff = now - timedelta(seconds=policy.update_timeout_seconds)
-    return in_progress & (InstanceApp.granted_at > cutoff)
+    """Hosts that hold a concurrency slot: working on an update and not past the update timeout
+    (which covers only the work: grant to installed), and, when the policy counts them,
+    installed hosts waiting for their reboot, however long."""
+    working: Any = InstanceApp.status.in_(sorted(WORKING))
+    if policy.update_timeout_seconds:
+        cutoff = now - timedelta(seconds=policy.update_timeout_seconds)
+        working = working & (InstanceApp.granted_at > cutoff)
+    if policy.installed_counts_as_updating:
+        working = working | (InstanceApp.status == "installed")
+    # A retired host (gone silent for retire_after) holds nothing; one that comes back takes
+    # the group's lock to un-retire (nebula.service.transition), so this count never grows
+    # behind a grant's back.
+    return working & LIVE
 
 
 async def _count(session: AsyncSession, stmt: Any) -> int:
@@ -125,7 +135,7 @@ async def rollout_stats(
         # failed, and nobody else may take the version before the sweeper marks it timed out
         # and the failure gate pauses the group for it.
         target_in_flight = await _count(
-            session, on_target.where(InstanceApp.status.in_(IN_PROGRESS))
+            session, on_target.where(InstanceApp.status.in_(IN_PROGRESS) & LIVE)
         )
     return RolloutStats(grants, in_flight, target_completed, target_in_flight)
 
@@ -290,7 +300,8 @@ async def mark_timeouts(
     session: AsyncSession, now: datetime
 ) -> tuple[list[tuple[str, str]], list[str]]:
     """Mark hosts past their group's update timeout `timed_out`; return the (group, version)
-    pairs that got new timeouts, for the failure gate, and the hosts marked."""
+    pairs that got new timeouts, for the failure gate, and the hosts marked. Only hosts still
+    working on their own (WORKING): an installed host waits for its reboot, which is no failure."""
     groups = (
         await session.execute(
             select(Group.id, Group.update_timeout_seconds).where(
@@ -303,9 +314,10 @@ async def mark_timeouts(
     for group_id, timeout in groups:
         cutoff = now - timedelta(seconds=timeout)
         stale = (
-            InstanceApp.status.in_(IN_PROGRESS)
+            InstanceApp.status.in_(sorted(WORKING))
             & (InstanceApp.granted_at <= cutoff)
             & (InstanceApp.group_id == group_id)
+            & LIVE  # a retired host is in no count to move; it times out when it is back
         )
         # Locked, so that what is counted below is exactly what the UPDATE changes.
         hosts = (
@@ -356,6 +368,9 @@ POLICY_FIELDS = (
     "percentage",
     "pin_version",
     "allow_downgrade",
+    "reboot_timeout_seconds",
+    "installed_counts_as_updating",
+    "retire_after_seconds",
 )
 
 
@@ -392,7 +407,10 @@ class RolloutStatus:
     state: str  # no_target | paused | done | running (see rollout_status)
     total: int
     complete: int  # hosts running the target
-    in_progress: int
+    in_progress: int  # granted the target (or a floor) and on the way, installed ones included
+    installed: int  # of those, installed and waiting for their reboot
+    longest_reboot_wait: float | None  # seconds the longest-waiting installed host has waited
+    reboot_overdue: int  # installed hosts waiting longer than the reboot timeout (a warning)
     failed: int
     timed_out: int
     held: dict[str, int]  # hosts behind the target that the policy in force holds, by reason
@@ -451,7 +469,8 @@ def current_hold(
 
 Cell = tuple[str, str | None, str | None, bool, bool, bool, bool, int]
 """Hosts alike for the status: (status, recorded hold, version, granted the target or a floor,
-past the update timeout, held by an operator, inside the staged percentage, how many)."""
+working past the update timeout, held by an operator, inside the staged percentage, how
+many). An installed host is never late: the update timeout ends where its reboot wait begins."""
 
 
 def _cell_columns(
@@ -469,7 +488,11 @@ def _cell_columns(
         (InstanceApp.granted_version.in_([target, *floors]) if target else no).label(
             "granted_target"
         ),
-        (InstanceApp.granted_at <= timeout_cutoff if timeout_cutoff else no).label("late"),
+        (
+            InstanceApp.status.in_(sorted(WORKING)) & (InstanceApp.granted_at <= timeout_cutoff)
+            if timeout_cutoff
+            else no
+        ).label("late"),
         InstanceApp.held.label("held"),
         _in_rollout_sql(dialect, policy, target).label("inside"),
     )
@@ -518,7 +541,7 @@ async def scan_cells(
     columns = _cell_columns(
         session.bind.dialect.name, policy, target, floors, _timeout_cutoff(policy, now)
     )
-    return await _grouped_cells(session, columns, InstanceApp.group_id == group.id)
+    return await _grouped_cells(session, columns, (InstanceApp.group_id == group.id) & LIVE)
 
 
 def _timeout_cutoff(policy: GroupPolicy, now: datetime) -> datetime | None:
@@ -562,7 +585,9 @@ async def host_cells(
     columns = _cell_columns(
         session.bind.dialect.name, policy, target, floors, _timeout_cutoff(policy, now)
     )
-    cells = await _grouped_cells(session, columns, (InstanceApp.group_id == group.id) & singled_out)
+    cells = await _grouped_cells(
+        session, columns, (InstanceApp.group_id == group.id) & singled_out & LIVE
+    )
     left = Counter(by_version)
     for status, _, version, *_, n in cells:
         left[(status, version)] -= n
@@ -589,7 +614,7 @@ async def rollout_status(
     policy = policy_of(group)
     if cells is None:
         cells = await host_cells(session, group, target, now, floors)
-    total = complete = in_progress = failed = timed_out = remaining = stuck = 0
+    total = complete = in_progress = installed = failed = timed_out = remaining = stuck = 0
     held: dict[str, int] = {}
     for status, recorded, version, granted_target, late, host_held, inside, n in cells:
         total += n
@@ -600,6 +625,8 @@ async def rollout_status(
             continue
         if status in IN_PROGRESS and granted_target and not late:
             in_progress += n
+            if status == "installed":
+                installed += n
             continue
         if _ahead(policy, target, version):
             continue
@@ -617,6 +644,7 @@ async def rollout_status(
                 if reason in _STUCK_HOLDS:
                     stuck += n
     to_update = remaining - stuck
+    wait = await reboot_wait(session, group.id, policy, now)
     hour_ago = now - timedelta(hours=1)
     grants_last_hour = await _count(
         session,
@@ -648,6 +676,9 @@ async def rollout_status(
         total=total,
         complete=complete,
         in_progress=in_progress,
+        installed=installed,
+        longest_reboot_wait=wait.longest,
+        reboot_overdue=wait.overdue,
         failed=failed,
         timed_out=timed_out,
         held=held,
@@ -658,6 +689,38 @@ async def rollout_status(
         rate_per_hour=rate,
         eta_seconds=eta,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class RebootWait:
+    installed: int  # hosts of the group installed and waiting for their reboot
+    longest: float | None  # seconds the longest-waiting one has waited
+    overdue: int  # waiting longer than the group's reboot timeout (0 without one)
+
+
+async def reboot_wait(
+    session: AsyncSession, group_id: str, policy: GroupPolicy, now: datetime
+) -> RebootWait:
+    """How the group's installed hosts wait for their reboot: read from the (group, status)
+    index, installed hosts only, never every host."""
+    overdue: Any = literal(0)
+    if policy.reboot_timeout_seconds:
+        cutoff = now - timedelta(seconds=policy.reboot_timeout_seconds)
+        overdue = func.coalesce(func.sum(case((InstanceApp.installed_at <= cutoff, 1), else_=0)), 0)
+    row = (
+        await session.execute(
+            select(func.count(), func.min(InstanceApp.installed_at), overdue).where(
+                InstanceApp.group_id == group_id, InstanceApp.status == "installed", LIVE
+            )
+        )
+    ).one()
+    n, oldest, late = row
+    if isinstance(oldest, str):  # SQLite hands an aggregate of a date back as text
+        oldest = datetime.fromisoformat(oldest)
+    if oldest is not None and oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=UTC)
+    longest = max(0.0, (now - oldest).total_seconds()) if oldest is not None else None
+    return RebootWait(int(n), longest, int(late))
 
 
 async def recent_activity(

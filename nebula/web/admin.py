@@ -42,7 +42,13 @@ from nebula.web.keys import (
     SETTINGS,
     TRUSTED_KEYS,
 )
-from nebula.web.serialize import channel_json, group_json, instance_json, package_json
+from nebula.web.serialize import (
+    RebootWaitJson,
+    channel_json,
+    group_json,
+    instance_json,
+    package_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -419,19 +425,44 @@ async def list_instances(request: web.Request) -> web.Response:
             stmt = stmt.where(InstanceApp.status == q["status"])
         if q.get("version"):
             stmt = stmt.where(InstanceApp.version == q["version"])
+        # Retired hosts (silent past their group's retire_after) only when asked for.
+        if _yes(q, "retired"):
+            stmt = stmt.where(InstanceApp.retired_at.is_not(None))
+        elif not _yes(q, "all"):
+            stmt = stmt.where(InstanceApp.retired_at.is_(None))
         rows = (await session.execute(stmt)).all()
         catalog = await request.app[CATALOG].get()
         now = request.app[CLOCK]()
         return web.json_response(
             {
                 "instances": [
-                    instance_json(s, i, g, _hold_in_force(catalog, s, arch, now))
+                    instance_json(
+                        s,
+                        i,
+                        g,
+                        _hold_in_force(catalog, s, arch, now),
+                        RebootWaitJson.of(s, _reboot_timeout(catalog, s, arch), now),
+                    )
                     for s, i, g, arch in rows
                 ],
                 "limit": limit,
                 "offset": offset,
             }
         )
+
+
+def _yes(query: Any, name: str) -> bool:
+    value = query.get(name, "")
+    if value not in ("", "0", "1", "true", "false"):
+        raise InvalidInputError(f"{name} must be true or false")
+    return value in ("1", "true")
+
+
+def _reboot_timeout(catalog: Catalog, state: InstanceApp, arch: str | None) -> int | None:
+    if state.group_id is None or arch is None:
+        return None
+    entry = catalog.groups.get((state.app_id, state.group_id, arch))
+    return entry.policy.reboot_timeout_seconds if entry is not None else None
 
 
 def _hold_in_force(

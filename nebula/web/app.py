@@ -23,6 +23,7 @@ from nebula.durations import parse_duration
 from nebula.errors import ConfigError
 from nebula.jobs.leader import Job, Leader
 from nebula.jobs.retention import run_retention
+from nebula.jobs.retirement import INTERVAL, run_retirement
 from nebula.jobs.sweeper import run_sweeper
 from nebula.metrics import Metrics
 from nebula.payload import TrustedKey, default_trusted_keys, load_trusted_key
@@ -144,13 +145,18 @@ def create_app(
                     observe=metrics.sweeps.inc,
                 )
             ]
+            jobs.append(
+                lambda: run_retirement(
+                    sessions, clock, min(settings.sweep_interval, INTERVAL), changes
+                )
+            )
             if settings.event_retention:
                 keep = parse_duration(settings.event_retention)
                 jobs.append(lambda: run_retention(sessions, clock, keep))
             leader = Leader(
                 None if db.is_sqlite(eng) else eng.url.render_as_string(hide_password=False),
                 jobs,
-                names="the timeout sweep and event retention",
+                names="the timeout sweep, retirement and event retention",
                 on_change=lambda leading: metrics.leader.set(1 if leading else 0),
             )
             app[LEADER] = leader

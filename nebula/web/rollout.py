@@ -1,5 +1,6 @@
 """Admin API for rollouts: policy, pause and resume, rollout status, the activity log, per-host
-holds and channel floors. Every change is logged in the activity log with who made it.
+holds, deleting a host, and channel floors. Every change is logged in the activity log with who
+made it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from nebula.store import rollouts
 from nebula.store.db import transaction
 from nebula.store.models import Channel, Group, InstanceApp
 from nebula.store.packages import check_arch, check_version, find_package
+from nebula.store.retirement import delete_host
 from nebula.web.api import actor, change, json_body
 from nebula.web.keys import CATALOG, CLOCK, HOST_CHANGES, READ_SESSIONS
 from nebula.web.serialize import iso
@@ -40,6 +42,9 @@ def _limit(value: Any, name: str) -> int | None:
     return value
 
 
+MAX_DURATION = 3650 * 86400  # ten years: beyond is a typo, and past a 32-bit column
+
+
 def _duration(value: Any, name: str) -> int | None:
     if value is None or value == "none":
         return None
@@ -48,9 +53,12 @@ def _duration(value: Any, name: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise InvalidInputError(f"{name}: {value!r} is not a duration like 90s, 15m, 2h or 1h30m")
     try:
-        return parse_duration(value)
+        seconds = parse_duration(value)
     except (ValueError, TypeError) as exc:
         raise InvalidInputError(f"{name}: {exc}") from None
+    if seconds > MAX_DURATION:
+        raise InvalidInputError(f"{name}: {value!r} is longer than ten years")
+    return seconds
 
 
 def _flag(value: Any, name: str) -> bool:
@@ -136,7 +144,11 @@ def parse_policy(data: dict[str, Any]) -> dict[str, Any]:
             out[key] = _limit(value, key)
         elif key == "update_timeout":
             out["update_timeout_seconds"] = _duration(value, key)
-        elif key in ("safe_mode", "allow_downgrade"):
+        elif key == "reboot_timeout":
+            out["reboot_timeout_seconds"] = _duration(value, key)
+        elif key == "retire_after":
+            out["retire_after_seconds"] = _duration(value, key)
+        elif key in ("safe_mode", "allow_downgrade", "installed_counts_as_updating"):
             out[key] = _flag(value, key)
         elif key == "pause_on_failures":
             out.update(_failure_limits(value))
@@ -181,6 +193,13 @@ def policy_json(group: Group) -> dict[str, Any]:
         "percentage": group.percentage,
         "pin_version": group.pin_version,
         "allow_downgrade": group.allow_downgrade,
+        "reboot_timeout": (
+            format_duration(group.reboot_timeout_seconds) if group.reboot_timeout_seconds else None
+        ),
+        "installed_counts_as_updating": group.installed_counts_as_updating,
+        "retire_after": (
+            format_duration(group.retire_after_seconds) if group.retire_after_seconds else None
+        ),
     }
 
 
@@ -312,6 +331,8 @@ async def rollout_status(request: web.Request) -> web.Response:
                     "total": status.total,
                     "complete": status.complete,
                     "in_progress": status.in_progress,
+                    "installed": status.installed,
+                    "reboot_overdue": status.reboot_overdue,
                     "failed": status.failed,
                     "timed_out": status.timed_out,
                     "held": status.held,
@@ -322,6 +343,9 @@ async def rollout_status(request: web.Request) -> web.Response:
                 "grants_last_hour": status.grants_last_hour,
                 "rate_per_hour": status.rate_per_hour,
                 "eta_seconds": status.eta_seconds,
+                "longest_reboot_wait_seconds": status.longest_reboot_wait,
+                "reboot_timeout": policy_json(group)["reboot_timeout"],
+                "installed_counts_as_updating": group.installed_counts_as_updating,
                 "next_window_opens": iso(opening),
             }
         )
@@ -406,6 +430,38 @@ async def hold_instance(request: web.Request) -> web.Response:
 @routes.post(f"/api/v1/instances/{MACHINE_ID}/release")
 async def release_instance(request: web.Request) -> web.Response:
     return await _hold_or_release(request, held=False)
+
+
+@routes.delete(f"/api/v1/instances/{MACHINE_ID}")
+async def delete_instance(request: web.Request) -> web.Response:
+    """Remove a host, its per-app state and its events (admin only: a DELETE). The activity
+    log of each group it was in keeps who deleted it."""
+    machine_id = normalize_id(request.match_info["machine_id"])
+    now = request.app[CLOCK]()
+
+    async def work(session: Any) -> dict[str, Any]:
+        deleted = await delete_host(session, machine_id)
+        if deleted is None:
+            raise NotFoundError(f"no host {machine_id} has checked in")
+        who = actor(request)
+        groups: list[str | None] = [*deleted.groups] or [None]
+        for group_id in groups:
+            rollouts.log_activity(
+                session,
+                now,
+                who,
+                "delete",
+                f"host {machine_id} deleted",
+                group_id,
+                machine_id=machine_id,
+            )
+        # No process may answer its next check from a snapshot: it is a new host then.
+        await request.app[HOST_CHANGES].announce(session, [machine_id])
+        return {"machine_id": machine_id, "deleted": True, "apps": deleted.apps}
+
+    body = await change(request, work)
+    request.app[HOST_CHANGES].applied([machine_id])
+    return web.json_response(body)
 
 
 async def _channel(session: Any, request: web.Request, arch: Any) -> Channel:

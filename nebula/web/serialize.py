@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -73,13 +74,36 @@ def group_json(group: Group, channel: str | None) -> dict[str, Any]:
             "percentage": group.percentage,
             "pin_version": group.pin_version,
             "allow_downgrade": group.allow_downgrade,
+            "reboot_timeout_seconds": group.reboot_timeout_seconds,
+            "installed_counts_as_updating": group.installed_counts_as_updating,
+            "retire_after_seconds": group.retire_after_seconds,
         },
     }
 
 
+@dataclass(frozen=True, slots=True)
+class RebootWaitJson:
+    """How long an installed host has waited for its reboot, and whether that is overdue."""
+
+    seconds: float | None
+    overdue: bool
+
+    @classmethod
+    def of(cls, state: InstanceApp, reboot_timeout: int | None, now: datetime) -> RebootWaitJson:
+        if state.status != "installed" or state.installed_at is None:
+            return cls(None, False)
+        waited = max(0.0, (now - state.installed_at).total_seconds())
+        return cls(waited, reboot_timeout is not None and waited >= reboot_timeout)
+
+
 def instance_json(
-    state: InstanceApp, instance: Any, group_name: str | None, hold_reason: str | None
+    state: InstanceApp,
+    instance: Any,
+    group_name: str | None,
+    hold_reason: str | None,
+    wait: RebootWaitJson | None = None,
 ) -> dict[str, Any]:
+    wait = wait or RebootWaitJson(None, False)
     return {
         "machine_id": state.instance_id,
         "alias": instance.alias,
@@ -101,6 +125,10 @@ def instance_json(
         "last_check_at": iso(state.last_check_at),
         "last_seen_at": iso(instance.last_seen_at),
         "last_error_code": state.last_error_code,
+        "installed_at": iso(state.installed_at),
+        "reboot_wait_seconds": wait.seconds,  # installed and waiting for its reboot
+        "reboot_overdue": wait.overdue,  # waited past the group's reboot timeout (a warning)
+        "retired_at": iso(state.retired_at),  # silent past retire_after; in no count
         "hold_reason": hold_reason,  # under the policy in force, not at its last check
         "held": state.held,
         "boot_id": state.boot_id,

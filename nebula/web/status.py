@@ -19,18 +19,21 @@ from sqlalchemy import select, text
 from nebula.store.counts import counts_by_group
 from nebula.store.db import transaction
 from nebula.store.models import Group
-from nebula.web.keys import HOST_CACHE, METRICS, READ_SESSIONS
+from nebula.store.rollouts import policy_of, reboot_wait
+from nebula.web.keys import CLOCK, HOST_CACHE, METRICS, READ_SESSIONS
 
 _COUNTS_TTL = 10.0
 
 
 class InstanceCounts(Collector):
-    """nebula_instances{group, arch, status} and nebula_group_paused{group, arch}: filled by
-    `_refresh_counts`, read by the registry."""
+    """nebula_instances{group, arch, status}, nebula_group_paused{group, arch} and
+    nebula_reboot_overdue_instances{group, arch}: filled by `_refresh_counts`, read by the
+    registry."""
 
     def __init__(self) -> None:
         self.rows: list[tuple[str, str, str, int]] = []
         self.paused: list[tuple[str, str, bool]] = []
+        self.overdue: list[tuple[str, str, int]] = []
         self.at = 0.0
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -50,6 +53,15 @@ class InstanceCounts(Collector):
         for group, arch, is_paused in self.paused:
             paused.add_metric([group, arch], 1 if is_paused else 0)
         yield paused
+        overdue = GaugeMetricFamily(
+            "nebula_reboot_overdue_instances",
+            "Hosts installed and waiting for their reboot longer than their group's reboot "
+            "timeout (a warning: their reboot strategy may never reboot them)",
+            labels=["group", "arch"],
+        )
+        for group, arch, n in self.overdue:
+            overdue.add_metric([group, arch], n)
+        yield overdue
 
 
 COUNTS = web.AppKey("instance_counts", InstanceCounts)
@@ -61,8 +73,15 @@ async def _refresh_counts(app: web.Application) -> None:
         return
     async with transaction(app[READ_SESSIONS]) as session:
         collector.rows = await counts_by_group(session)
-        groups = select(Group.name, Group.arch, Group.updates_enabled)
-        collector.paused = [(g, a, not on) for g, a, on in (await session.execute(groups)).all()]
+        groups = (await session.execute(select(Group))).scalars().all()
+        collector.paused = [(g.name, g.arch, not g.updates_enabled) for g in groups]
+        # Only groups with a reboot timeout; each one read from the (group, status) index.
+        now = app[CLOCK]()
+        collector.overdue = [
+            (g.name, g.arch, (await reboot_wait(session, g.id, policy_of(g), now)).overdue)
+            for g in groups
+            if g.reboot_timeout_seconds
+        ]
     collector.at = time.monotonic()
 
 

@@ -16,6 +16,7 @@ import pytest
 from lxml import etree
 
 from tests.cli.runner import fails, nebula, ok
+from tests.conftest import FakeClock
 from tests.factories import Host
 
 OLD, FLOOR, NEW = "3815.2.0", "4081.2.0", "4152.2.3"
@@ -130,6 +131,12 @@ async def test_policy_set_every_option_and_show(
         "none",
         "--allow-downgrade",
         "off",
+        "--reboot-timeout",
+        "3d",
+        "--installed-counts-as-updating",
+        "off",
+        "--retire-after",
+        "7d",
     ]
     out = ok(await nebula(args, **env))
     status, body = await api(server, admin_token, "GET", f"{STABLE}/policy?arch=amd64")
@@ -150,6 +157,9 @@ async def test_policy_set_every_option_and_show(
         "percentage": 50.0,
         "pin_version": None,
         "allow_downgrade": False,
+        "reboot_timeout": "3d",
+        "installed_counts_as_updating": False,
+        "retire_after": "7d",
         "floors": [FLOOR],
     }
     (window,) = policy["windows"]
@@ -166,6 +176,9 @@ async def test_policy_set_every_option_and_show(
         "floors": FLOOR,
         "pin": "none (follows its channel)",
         "allow downgrade": "off",
+        "reboot timeout": "3d (warns)",
+        "installed counts as updating": "off",
+        "retire after": "7d",
     }
     assert out.splitlines()[0] == "group stable (amd64): updates on"
     assert rows(out) == expected_rows
@@ -408,3 +421,52 @@ async def test_instance_hold_and_release(
 
     out = ok(await nebula(["rollout", "activity", "stable", "--arch", "amd64"], **env))
     assert "database primary" in out.splitlines()[1] and " hold " in out.splitlines()[1]
+
+
+async def test_instance_delete_and_list_retired(
+    server: str,
+    admin_token: str,
+    viewer_token: str,
+    db_url: str,
+    clock: FakeClock,
+    env: dict[str, str],
+) -> None:
+    """`instance list` shows live hosts, `--retired` only the retired ones, `--all` both;
+    `instance delete` removes a host (a viewer token is refused). Catches flags the CLI drops
+    (the server's default list would come back for --retired) and a delete sent without the
+    id or for a viewer."""
+    from datetime import timedelta
+
+    from nebula.jobs.retirement import retire_once
+    from nebula.store.db import create_engine, session_factory
+
+    silent, alive = Host(machine_id="e" * 32, version=NEW), Host(machine_id="f" * 32, version=NEW)
+    assert await check(server, silent) is None
+    engine = create_engine(db_url)
+    try:  # fifteen days on, for the retirement job; then `alive` checks in
+        later = clock.now + timedelta(days=15)
+        assert await retire_once(session_factory(engine), later) == [silent.machine_id]
+    finally:
+        await engine.dispose()
+    assert await check(server, alive) is None
+
+    def ids(out: str) -> set[str]:
+        return {line.split()[0] for line in out.splitlines()[1:] if line.strip()}
+
+    assert ids(ok(await nebula(["instance", "list"], **env))) == {alive.machine_id}
+    retired = ok(await nebula(["instance", "list", "--retired"], **env))
+    assert ids(retired) == {silent.machine_id} and "(retired)" in retired
+    assert ids(ok(await nebula(["instance", "list", "--all"], **env))) == {
+        silent.machine_id,
+        alive.machine_id,
+    }
+    fails(await nebula(["instance", "list", "--all", "--retired"], **env), 2, "say one")
+
+    viewer = {**env, "NEBULA_TOKEN": viewer_token}
+    fails(await nebula(["instance", "delete", silent.machine_id, "--yes"], **viewer), 1, "403")
+    out = ok(await nebula(["instance", "delete", silent.machine_id, "--yes"], **env))
+    assert out.strip() == f"{silent.machine_id} deleted"
+    assert ids(ok(await nebula(["instance", "list", "--all"], **env))) == {alive.machine_id}
+    fails(await nebula(["instance", "delete", silent.machine_id, "--yes"], **env), 1, "404")
+    out = ok(await nebula(["rollout", "activity", "stable", "--arch", "amd64"], **env))
+    assert f"host {silent.machine_id} deleted" in out and " ops " in out

@@ -300,6 +300,8 @@ async def run_rollout(
         "total": n_hosts,
         "complete": n_hosts - BAD_HOSTS,
         "in_progress": 0,
+        "installed": 0,
+        "reboot_overdue": 0,
         "failed": BAD_HOSTS,
         "timed_out": 0,
         "held": {},

@@ -109,3 +109,39 @@ async def test_limits_newer_than_the_catalog_hold_instead_of_counting_shared(
         assert await check(here, h[1]) == NEW  # 1 in flight of 2
     finally:
         await here_engine.dispose()
+
+
+async def test_retired_host_back_in_the_middle_of_an_update_takes_the_group_lock(
+    client: Any, admin_token: str, engine: AsyncEngine, db_url: str, clock: Any
+) -> None:
+    """A granted host that went silent and was retired holds no concurrency slot; when it comes
+    back (here with only a 13/1 event, which alone never locks the group) it takes its slot
+    again, so it must wait for the group's lock like a grant. Catches an un-retire that grows
+    the in-flight count behind a counting grant's back (max_concurrent could be exceeded)."""
+    from nebula.jobs.retirement import retire_once
+    from nebula.web.keys import HOST_CHANGES
+    from tests.test_rollout import omaha
+
+    await add_version(client, admin_token, NEW)
+    await point(client, admin_token, NEW)
+    await set_policy(client, admin_token, max_concurrent=5)
+    (h,) = hosts(1)
+    assert await check(client, h) == NEW
+    clock.advance(days=15)
+    sessions = db.session_factory(engine)
+    assert await retire_once(sessions, clock.now, client.app[HOST_CHANGES]) == [h.machine_id]
+    async with grant_in_flight(engine):
+        task = asyncio.ensure_future(omaha(client, h.event(13, 1)))
+        async with asyncio.timeout(BOUND):
+            while await lock_waiters(engine) == 0:
+                assert not task.done(), "the returning host did not wait for the group's lock"
+                await asyncio.sleep(0.05)
+    await asyncio.wait_for(task, BOUND)
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text("SELECT status, retired_at FROM instance_apps WHERE instance_id = :m"),
+                {"m": h.machine_id},
+            )
+        ).one()
+    assert tuple(row) == ("downloading", None)
