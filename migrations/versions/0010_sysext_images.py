@@ -42,9 +42,7 @@ def upgrade() -> None:
             "name", "version", "arch", name=op.f("uq_sysext_images_name_version_arch")
         ),
     )
-    op.create_index(
-        op.f("ix_sysext_images_sha256"), "sysext_images", ["sha256"], unique=False
-    )
+    op.create_index(op.f("ix_sysext_images_sha256"), "sysext_images", ["sha256"], unique=False)
     op.create_table(
         "sysext_promotions",
         sa.Column("id", _ID, autoincrement=True, nullable=False),
@@ -59,9 +57,7 @@ def upgrade() -> None:
             ondelete="RESTRICT",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_sysext_promotions")),
-        sa.UniqueConstraint(
-            "track", "image_id", name=op.f("uq_sysext_promotions_track_image_id")
-        ),
+        sa.UniqueConstraint("track", "image_id", name=op.f("uq_sysext_promotions_track_image_id")),
     )
     op.create_index(
         op.f("ix_sysext_promotions_image_id"), "sysext_promotions", ["image_id"], unique=False

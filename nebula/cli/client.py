@@ -110,7 +110,6 @@ class ApiClient:
 
         return asyncio.run(run())
 
-
     def upload_file(self, path: str, params: dict[str, str], file: Path) -> Any:
         """POST the file itself as the body, read from disk in chunks as it is sent."""
 

@@ -144,9 +144,7 @@ async def promote(request: web.Request) -> web.Response:
 @routes.delete("/api/v1/sysext/promotions")
 async def demote(request: web.Request) -> web.Response:
     name, version, group, arch = await _promotion(request)
-    track, removed = await change(
-        request, lambda s: store.demote(s, name, version, group, arch)
-    )
+    track, removed = await change(request, lambda s: store.demote(s, name, version, group, arch))
     log.info("sysext %s %s demoted from %s by %s", name, version, track, actor(request))
     return web.json_response({"group": track, "removed": removed})
 

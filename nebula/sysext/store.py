@@ -100,7 +100,10 @@ async def resolve_track(session: AsyncSession, ref: str) -> str:
     """The track of Flatcar's group named `ref` by track, name or id (hosts send the track)."""
     found = await session.execute(
         select(Group.track)
-        .where(Group.app_id == FLATCAR_APP_ID, or_(Group.track == ref, Group.name == ref, Group.id == ref))
+        .where(
+            Group.app_id == FLATCAR_APP_ID,
+            or_(Group.track == ref, Group.name == ref, Group.id == ref),
+        )
         .distinct()
     )
     tracks = sorted(found.scalars())

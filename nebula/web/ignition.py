@@ -19,8 +19,8 @@ from aiohttp import web
 from nebula.errors import InvalidInputError
 from nebula.provisioning import build_spec, render_ignition
 from nebula.store.catalog import Catalog, GroupEntry
-from nebula.store.groups import FLATCAR_APP_ID
 from nebula.store.db import transaction
+from nebula.store.groups import FLATCAR_APP_ID
 from nebula.sysext.store import hashes_by_file
 from nebula.web.keys import CATALOG, READ_SESSIONS, SETTINGS
 

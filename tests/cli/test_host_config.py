@@ -23,7 +23,10 @@ SHA = "12" * 32
 
 def run(*args: str, **env: str | None) -> tuple[int, str, str]:
     result = CliRunner().invoke(
-        main, ["host-config", *args], env={"NEBULA_URL": None, "NEBULA_TOKEN": None, **env}, catch_exceptions=False
+        main,
+        ["host-config", *args],
+        env={"NEBULA_URL": None, "NEBULA_TOKEN": None, **env},
+        catch_exceptions=False,
     )
     return result.exit_code, result.stdout, result.stderr
 
@@ -89,7 +92,10 @@ def test_sysexts_default_to_nebula() -> None:
         json.loads(out), "/etc/sysupdate.k.d/k.conf"
     )
     # Offline (no token): the one warning is the unverified first download.
-    assert err == "warning: k-1-x86-64.raw is downloaded without verification (give --sysext k=1:SHA256)\n"
+    assert (
+        err
+        == "warning: k-1-x86-64.raw is downloaded without verification (give --sysext k=1:SHA256)\n"
+    )
 
 
 def test_mistakes_are_one_line_without_output() -> None:

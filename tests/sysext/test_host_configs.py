@@ -100,8 +100,6 @@ async def test_host_config_asks_the_api_and_the_url_serves_the_image(
 
 async def test_host_config_survives_an_unreachable_api(admin_token: str) -> None:
     args = ["host-config", "--group", "stable", "--sysext", "kubernetes=v1.31.1"]
-    result = await nebula(
-        [*args, "--server", "http://127.0.0.1:9"], NEBULA_TOKEN=admin_token
-    )
+    result = await nebula([*args, "--server", "http://127.0.0.1:9"], NEBULA_TOKEN=admin_token)
     assert result.exit_code == 0, result.output
     assert "sysext hashes not looked up" in result.stderr and "cannot reach" in result.stderr

@@ -61,7 +61,10 @@ def test_ext_must_prefix_the_name() -> None:
 def test_index_is_sha256sum_output() -> None:
     # Sorted by file name, two spaces, a newline after every line including the last.
     text = render_index(
-        [(H2, ImageName("k", "2", "x86-64").file_name), (H1, ImageName("k", "1", "arm64").file_name)]
+        [
+            (H2, ImageName("k", "2", "x86-64").file_name),
+            (H1, ImageName("k", "1", "arm64").file_name),
+        ]
     )
     assert text == f"{H1}  k-1-arm64.raw\n{H2}  k-2-x86-64.raw\n"
     assert render_index([]) == ""

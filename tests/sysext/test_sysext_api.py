@@ -235,8 +235,16 @@ async def test_tokens(client: Any, admin_token: str, viewer_token: str) -> None:
     await upload(client, admin_token, F1_X86, K1_X86)
     writes = [
         ("POST", IMAGES, {"params": {"file": F1_ARM}, "data": K1_ARM}),
-        ("POST", PROMOTIONS, {"json": {"name": "kubernetes", "version": "v1.31.1", "group": "stable"}}),
-        ("DELETE", PROMOTIONS, {"json": {"name": "kubernetes", "version": "v1.31.1", "group": "stable"}}),
+        (
+            "POST",
+            PROMOTIONS,
+            {"json": {"name": "kubernetes", "version": "v1.31.1", "group": "stable"}},
+        ),
+        (
+            "DELETE",
+            PROMOTIONS,
+            {"json": {"name": "kubernetes", "version": "v1.31.1", "group": "stable"}},
+        ),
         ("DELETE", f"{IMAGES}/kubernetes/v1.31.1", {}),
     ]
     for method, path, kwargs in writes:

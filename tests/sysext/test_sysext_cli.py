@@ -33,8 +33,21 @@ async def test_upload_promote_demote_delete(server: str, admin_token: str, tmp_p
         out = ok(await nebula(["sysext", "upload", str(path)], **env))
         assert hashlib.sha256(path.read_bytes()).hexdigest() in out
         assert "nebula sysext promote docker-compose 2.34.0 --group GROUP" in out
-    out = ok(await nebula(["sysext", "promote", "docker-compose", "2.34.0", "--group", "stable",
-                           "--arch", "x86-64"], **env))
+    out = ok(
+        await nebula(
+            [
+                "sysext",
+                "promote",
+                "docker-compose",
+                "2.34.0",
+                "--group",
+                "stable",
+                "--arch",
+                "x86-64",
+            ],
+            **env,
+        )
+    )
     assert "promoted to stable: docker-compose-2.34.0-x86-64.raw" in out
     index = f"{server}/v1/extensions/stable/docker-compose/SHA256SUMS"
     assert f"{index}" in out
@@ -49,7 +62,9 @@ async def test_upload_promote_demote_delete(server: str, admin_token: str, tmp_p
     fails(result, 1, "409", "promoted to stable", "demote it first")
     ok(await nebula(["sysext", "demote", "docker-compose", "2.34.0", "--group", "stable"], **env))
     assert (await fetch(index))[0] == 404
-    out = ok(await nebula(["sysext", "delete", "docker-compose", "2.34.0", "--arch", "arm64"], **env))
+    out = ok(
+        await nebula(["sysext", "delete", "docker-compose", "2.34.0", "--arch", "arm64"], **env)
+    )
     assert out.strip() == f"deleted {arm.name}"
     ok(await nebula(["sysext", "delete", "docker-compose", "2.34.0"], **env))
     assert "docker-compose" not in ok(await nebula(["sysext", "list"], **env))
@@ -98,7 +113,9 @@ async def _upload_in_bounded_memory(
     # The CLI (client) and the server share this process: tracemalloc sees both sides.
     tracemalloc.start()
     try:
-        out = ok(await nebula(["sysext", "upload", str(path)], NEBULA_URL=server, NEBULA_TOKEN=token))
+        out = ok(
+            await nebula(["sysext", "upload", str(path)], NEBULA_URL=server, NEBULA_TOKEN=token)
+        )
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
