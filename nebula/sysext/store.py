@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nebula.errors import ConflictError, InvalidInputError, NotFoundError
@@ -29,6 +30,15 @@ class ImageRow:
     def file_name(self) -> str:
         i = self.image
         return ImageName(i.name, i.version, i.arch).file_name
+
+
+async def _flush(session: AsyncSession, clash: str) -> None:
+    """Flush; a unique key that another transaction took since our check is a ConflictError
+    (the whole change rolls back), not a 500."""
+    try:
+        await session.flush()
+    except IntegrityError:
+        raise ConflictError(clash) from None
 
 
 async def check_new_image(session: AsyncSession, image: ImageName) -> None:
@@ -62,7 +72,7 @@ async def add_image(
         created_by=actor,
     )
     session.add(row)
-    await session.flush()
+    await _flush(session, f"{image.file_name} was stored at the same moment; it is there now")
     return row
 
 
@@ -142,7 +152,7 @@ async def promote(
             session.add(
                 SysextPromotion(track=track, image_id=image.id, promoted_at=now, promoted_by=actor)
             )
-    await session.flush()
+    await _flush(session, f"{name} {version} was promoted to {track} at the same moment")
     return track, list(images)
 
 
@@ -189,7 +199,8 @@ async def delete_image(
         )
     for image in images:
         await session.delete(image)
-    await session.flush()
+    # A promotion made since the check above holds the row (RESTRICT): 409 as well.
+    await _flush(session, f"{name} {version} was promoted at the same moment: demote it first")
     return list(images)
 
 
