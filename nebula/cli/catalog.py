@@ -3,30 +3,17 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from nebula.cli.client import ApiClient
-from nebula.cli.output import emit_json, human_size, table
+from nebula.cli.output import api_options, emit_json, human_size, json_option, table
 from nebula.durations import format_duration
 from nebula.lifecycle import STATUSES  # pure and small: cheap enough for --help
 
 ARCH = click.Choice(["amd64", "arm64"])
-
-
-def api_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    f = click.option("--token", help="Admin API token [NEBULA_TOKEN]")(f)
-    f = click.option(
-        "--server", "url", help="Nebula's URL [NEBULA_URL, default http://127.0.0.1:8000]"
-    )(f)
-    return f
-
-
-def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON")(f)
 
 
 # -- packages ------------------------------------------------------------------------------------

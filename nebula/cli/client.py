@@ -69,9 +69,8 @@ class ApiClient:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=600)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             try:
-                async with session.request(
-                    method, self.url + path, headers=self._headers(), **kwargs
-                ) as resp:
+                kwargs.setdefault("headers", self._headers())
+                async with session.request(method, self.url + path, **kwargs) as resp:
                     body = await resp.read()
                     if resp.status >= 400:
                         raise click.ClickException(_error_text(resp.status, body))
@@ -108,6 +107,21 @@ class ApiClient:
             finally:
                 for handle in handles:
                     handle.close()
+
+        return asyncio.run(run())
+
+    def upload_file(self, path: str, params: dict[str, str], file: Path) -> Any:
+        """POST the file itself as the body, read from disk in chunks as it is sent."""
+
+        async def run() -> Any:
+            with file.open("rb") as handle:
+                return await self._request(
+                    "POST",
+                    path,
+                    params=params,
+                    data=handle,
+                    headers={**self._headers(), "Content-Type": "application/octet-stream"},
+                )
 
         return asyncio.run(run())
 

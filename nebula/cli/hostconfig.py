@@ -1,8 +1,11 @@
 """`nebula host-config`: the Butane or Ignition config that onboards a Flatcar host to Nebula.
 
-Computed here from the flags (nebula.provisioning), without asking the server anything: it
-runs offline, and the group is not checked against a server. Imports only click, nebula.config
-and the pure nebula.provisioning, so `nebula --help` stays fast.
+Computed here from the flags (nebula.provisioning). Sysext images default to Nebula's own
+`/v1/extensions/GROUP` (nebula sysext); with NEBULA_TOKEN set, the SHA-256 of each image promoted
+to the group is asked of the admin API (NEBULA_URL) so that the host's first download is
+verified. Without a token, or with --offline, nothing is asked and it runs offline. Imports only
+click, nebula.config and the pure nebula.provisioning at import time (the API client inside the
+lookup), so `nebula --help` stays fast.
 """
 
 from __future__ import annotations
@@ -11,13 +14,19 @@ import click
 
 from nebula.config import client_env
 from nebula.errors import NebulaError
-from nebula.provisioning import REBOOT_STRATEGIES, build_spec, render_butane, render_ignition
+from nebula.provisioning import (
+    REBOOT_STRATEGIES,
+    HostSpec,
+    build_spec,
+    render_butane,
+    render_ignition,
+)
 
 _SYSEXT_HELP = (
     "A systemd-sysext image kept current by systemd-sysupdate, as NAME=VERSION[:SHA256] "
-    "(e.g. kubernetes=v1.31.1); repeatable. Without :SHA256 the first image is downloaded "
-    "WITHOUT verification (Nebula does not host sysext images yet, so it cannot supply the "
-    "hash): give the SHA-256 of NAME-VERSION-ARCH.raw whenever you have it."
+    "(e.g. kubernetes=v1.31.1); repeatable. Without :SHA256 the hash of an image Nebula hosts "
+    "is asked of the admin API when NEBULA_TOKEN is set; otherwise the first image is "
+    "downloaded WITHOUT verification."
 )
 
 
@@ -60,8 +69,13 @@ _SYSEXT_HELP = (
 @click.option(
     "--sysext-url",
     metavar="URL",
-    help="Where NAME/SHA256SUMS and the sysext images are served [default: SERVER/v1/extensions/"
-    "GROUP, which Nebula does not serve yet: until it does, point this at your image host]",
+    help="Where NAME/SHA256SUMS and the sysext images are served [default: Nebula's "
+    "SERVER/v1/extensions/GROUP, see `nebula sysext`]",
+)
+@click.option(
+    "--offline",
+    is_flag=True,
+    help="Do not ask the admin API (NEBULA_URL, NEBULA_TOKEN) for the sysext images' hashes",
 )
 @click.option(
     "--release-server",
@@ -89,6 +103,7 @@ def host_config(
     sysexts: tuple[str, ...],
     sysext_url: str | None,
     release_server: bool,
+    offline: bool,
     output: str,
 ) -> None:
     """Print a host config that points a Flatcar host at Nebula (update.conf and the rest)."""
@@ -111,6 +126,8 @@ def host_config(
         )
     except NebulaError as exc:
         raise click.UsageError(str(exc)) from None
+    if spec.sysext_url is None and not offline:
+        spec = _with_hosted_hashes(spec)
     rendered = render_butane(spec) if output == "butane" else render_ignition(spec)
     click.echo(rendered, nl=False)
     for sysext in spec.sysexts:
@@ -120,9 +137,28 @@ def host_config(
                 f"(give --sysext {sysext.name}={sysext.version}:SHA256)",
                 err=True,
             )
-    if spec.sysexts and spec.sysext_url is None:
-        click.echo(
-            f"warning: Nebula does not serve sysext images yet; {spec.sysext_base}/ must be "
-            "served by something else (or use --sysext-url), or the host's first boot fails",
-            err=True,
-        )
+
+
+def _with_hosted_hashes(spec: HostSpec) -> HostSpec:
+    """`spec` with the hashes of the images Nebula serves to its group, from the admin API; as
+    it was (with a warning) when there is no token or the API cannot be asked."""
+    wanted = [s.image(spec.arch) for s in spec.sysexts if s.sha256 is None]
+    env_url, token = client_env()
+    if not wanted or not token:
+        return spec
+    from nebula.cli.client import ApiClient
+
+    try:
+        images = ApiClient(env_url or spec.server, token).get("/api/v1/sysext/images")["images"]
+    except click.ClickException as exc:
+        click.echo(f"warning: sysext hashes not looked up: {exc.format_message()}", err=True)
+        return spec
+    promoted = {i["file"]: i["sha256"] for i in images if spec.group in i["groups"]}
+    for name in wanted:
+        if name not in promoted:
+            click.echo(
+                f"warning: {name} is not promoted to {spec.group} on Nebula: the host cannot "
+                f"download it until it is (nebula sysext upload / promote --group {spec.group})",
+                err=True,
+            )
+    return spec.with_hashes(promoted)

@@ -12,6 +12,7 @@ from nebula.cli.rollout import policy_group, rollout_group
 from nebula.cli.sample import sample_payload
 from nebula.cli.server import db_group, serve, token_group
 from nebula.cli.simulate import simulate
+from nebula.cli.sysext import sysext_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -34,5 +35,6 @@ for command in (
     policy_group,
     rollout_group,
     host_config,
+    sysext_group,
 ):
     main.add_command(command)

@@ -1,9 +1,10 @@
-"""Printing for the CLI: aligned tables for people, `--json` for scripts."""
+"""Printing for the CLI: aligned tables for people, `--json` for scripts; and the options every
+API command shares. Imports only click (commands import it before anything heavy)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -30,3 +31,15 @@ def human_size(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{n} B"
+
+
+def api_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--token", help="Admin API token [NEBULA_TOKEN]")(f)
+    f = click.option(
+        "--server", "url", help="Nebula's URL [NEBULA_URL, default http://127.0.0.1:8000]"
+    )(f)
+    return f
+
+
+def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON")(f)

@@ -7,9 +7,9 @@ from typing import Any
 
 import click
 
-from nebula.cli.catalog import ARCH, api_options, instance_group, json_option
+from nebula.cli.catalog import ARCH, instance_group
 from nebula.cli.client import ApiClient
-from nebula.cli.output import emit_json
+from nebula.cli.output import api_options, emit_json, json_option
 from nebula.durations import format_duration
 
 

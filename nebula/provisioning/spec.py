@@ -50,7 +50,7 @@ class Sysext:
     name: str
     version: str
     # Hex SHA-256 of the first image for this host's arch. None: Ignition downloads it without
-    # verification (Nebula does not host sysext images yet, so it cannot know the hash itself).
+    # verification (with_hashes fills it in from the images Nebula hosts, where it can).
     sha256: str | None = None
 
     def image(self, arch: str) -> str:
@@ -88,7 +88,7 @@ class HostSpec:
 
     def with_hashes(self, known: Mapping[str, str]) -> HostSpec:
         """The spec with the SHA-256 of each sysext image whose hash is not given taken from
-        `known` (image file name -> hex), as a sysext store will supply them."""
+        `known` (image file name -> hex), as Nebula's sysext store supplies them."""
         filled = tuple(
             s
             if s.sha256 is not None or s.image(self.arch) not in known

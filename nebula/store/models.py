@@ -450,3 +450,43 @@ class Completion(Base):
     version: Mapped[str] = mapped_column(String(64))
     instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
     completed_at: Mapped[datetime]
+
+
+class SysextImage(Base):
+    """A systemd-sysext image (`<name>-<version>-<arch>.raw`, sysext-bakery's naming) kept in
+    the payload store by its SHA-256, for hosts' systemd-sysupdate (nebula.sysext)."""
+
+    __tablename__ = "sysext_images"
+    __table_args__ = (
+        UniqueConstraint("name", "version", "arch"),
+        CheckConstraint("arch IN ('x86-64', 'arm64')", name="arch"),
+        CheckConstraint("size > 0", name="size_positive"),
+        CheckConstraint("length(sha256) = 64", name="sha256_len"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(64))
+    arch: Mapped[str] = mapped_column(String(8))  # systemd's %a: x86-64 or arm64
+    sha256: Mapped[str] = mapped_column(String(64), index=True)  # lower-case hex; the storage key
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(100), default="")
+
+
+class SysextPromotion(Base):
+    """A sysext image offered to the hosts of a track (GROUP= in update.conf; one track names
+    a group on each architecture, and the image's arch says which hosts can use it). Keyed by
+    the track, the name hosts use in the URL, rather than by group row; an image cannot be
+    deleted while it is promoted (RESTRICT)."""
+
+    __tablename__ = "sysext_promotions"
+    __table_args__ = (UniqueConstraint("track", "image_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    track: Mapped[str] = mapped_column(String(100))
+    image_id: Mapped[int] = mapped_column(
+        ForeignKey("sysext_images.id", ondelete="RESTRICT"), index=True
+    )
+    promoted_at: Mapped[datetime]
+    promoted_by: Mapped[str] = mapped_column(String(100), default="")

@@ -34,6 +34,8 @@ from nebula.store.catalog import CatalogCache
 from nebula.store.changes import HostChanges
 from nebula.store.hostcache import HostCache
 from nebula.store.seen import SeenWriter
+from nebula.sysext import admin as sysext_admin
+from nebula.sysext import hosts as sysext_hosts
 from nebula.web import admin, ignition, omaha, payloads, release, rollout, status
 from nebula.web.api import auth_middleware, listener_middleware, security_headers
 from nebula.web.errors import error_middleware
@@ -200,7 +202,9 @@ def create_app(
     payloads.add_routes(app)
     ignition.add_routes(app)
     release.add_routes(app)
+    sysext_hosts.add_routes(app)
     status.add_routes(app)
     admin.add_routes(app)
     rollout.add_routes(app)
+    sysext_admin.add_routes(app)
     return app

@@ -7,7 +7,9 @@ names (`alias-from-hostname`, `reboot-strategy`, `reboot-window`, `reboot-window
 `extension` and `sysext` repeated, `sysext-url`, `release-server`, `arch`); a bad one is a 400
 that says which. Off by default: the config names the group and the server, and what a fleet
 runs is the operator's to publish. Off, or for a group Nebula does not have: 404. The group is
-looked up in the catalog snapshot (no query): by track, group id or name.
+looked up in the catalog snapshot (no query): by track, group id or name. A sysext image
+without a hash in the query and without `sysext-url` gets the SHA-256 of the image Nebula serves
+to that track (nebula.sysext), one query, so the host's first download is verified.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from aiohttp import web
 from nebula.errors import InvalidInputError
 from nebula.provisioning import build_spec, render_ignition
 from nebula.store.catalog import Catalog, GroupEntry
+from nebula.store.db import transaction
 from nebula.store.groups import FLATCAR_APP_ID
-from nebula.web.keys import CATALOG, SETTINGS
+from nebula.sysext.store import hashes_by_file
+from nebula.web.keys import CATALOG, READ_SESSIONS, SETTINGS
 
 _OPTIONS = frozenset(
     {
@@ -99,6 +103,10 @@ async def handle_ignition(request: web.Request) -> web.Response:
         sysext_url=_one(request, "sysext-url"),
         release_server=_flag(request, "release-server"),
     )
+    if spec.sysext_url is None and any(s.sha256 is None for s in spec.sysexts):
+        # Images Nebula serves to this track: the first download is verified against them.
+        async with transaction(request.app[READ_SESSIONS]) as session:
+            spec = spec.with_hashes(await hashes_by_file(session, spec.group))
     return web.Response(
         text=render_ignition(spec),
         content_type="application/json",
