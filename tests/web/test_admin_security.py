@@ -30,6 +30,7 @@ PUBLIC = {
     ("GET", "/v1/payloads/{package_id}/{name}"),
     ("GET", "/v1/release/{board}/{version}/{name}"),  # stored extension payloads, as payloads
     ("GET", "/v1/ignition/{group}"),  # 404 unless ignition_public is on
+    ("GET", "/v1/extensions/{group}/{ext}/{file}"),  # sysext images promoted to a group
     ("GET", "/metrics"),  # the admin listener's alone when admin_listen is set
     ("GET", "/healthz"),
     ("GET", "/readyz"),
