@@ -9,14 +9,13 @@ nebula.store.blobs and nebula.errors.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from nebula.payload import PayloadInfo, PayloadVerifier, TrustedKey
-from nebula.store.blobs import BlobStore
+from nebula.store.blobs import BlobStore, close_synced
 
 STEP = 1 << 20
 
@@ -31,12 +30,6 @@ class Ingested:
 def _write_and_feed(out: BinaryIO, verifier: PayloadVerifier, data: bytes) -> None:
     out.write(data)
     verifier.feed(data)
-
-
-def _close(out: BinaryIO) -> None:
-    out.flush()
-    os.fsync(out.fileno())
-    out.close()
 
 
 async def ingest(
@@ -55,7 +48,7 @@ async def ingest(
                 await asyncio.to_thread(_write_and_feed, out, verifier, data)
         if pending:
             await asyncio.to_thread(_write_and_feed, out, verifier, bytes(pending))
-        await asyncio.to_thread(_close, out)
+        await asyncio.to_thread(close_synced, out)
         info = verifier.finish()
     except BaseException:
         out.close()

@@ -67,6 +67,14 @@ class BlobStore:
         temp.unlink(missing_ok=True)
 
 
+def close_synced(out: BinaryIO) -> None:
+    """Flush and fsync a temporary file of `new_temp`, then close it: its bytes are on disk
+    before `commit` renames it into place (blocking: call it on a worker thread)."""
+    out.flush()
+    os.fsync(out.fileno())
+    out.close()
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

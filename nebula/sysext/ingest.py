@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from nebula.store.blobs import BlobStore
+from nebula.store.blobs import BlobStore, close_synced
 
 STEP = 1 << 20
 
@@ -32,12 +31,6 @@ class Received:
 def _write(out: BinaryIO, digest: Any, data: bytes) -> None:
     out.write(data)
     digest.update(data)
-
-
-def _close(out: BinaryIO) -> None:
-    out.flush()
-    os.fsync(out.fileno())
-    out.close()
 
 
 async def receive(chunks: AsyncIterator[bytes], blobs: BlobStore) -> Received:
@@ -56,7 +49,7 @@ async def receive(chunks: AsyncIterator[bytes], blobs: BlobStore) -> Received:
                 await asyncio.to_thread(_write, out, digest, data)
         if pending:
             await asyncio.to_thread(_write, out, digest, bytes(pending))
-        await asyncio.to_thread(_close, out)
+        await asyncio.to_thread(close_synced, out)
     except BaseException:
         out.close()
         blobs.discard(temp)
