@@ -63,6 +63,17 @@ def settings_from(**flags: Any) -> Settings:
     "[NEBULA_ADMIN_LISTEN]",
 )
 @click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False),
+    help="PEM certificate (chain): serve HTTPS on every listener; needs --tls-key "
+    "[NEBULA_TLS_CERT]",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False),
+    help="PEM private key of --tls-cert [NEBULA_TLS_KEY]",
+)
+@click.option(
     "--migrate/--no-migrate",
     default=None,
     help="Migrate the database on start (default on) [NEBULA_MIGRATE]",
@@ -114,9 +125,10 @@ def serve(**flags: Any) -> None:
 
 
 def _where(settings: Settings) -> str:
-    where = f"http://{settings.listen}"
+    scheme = "https" if settings.tls else "http"
+    where = f"{scheme}://{settings.listen}"
     if settings.admin_listen:
-        where += f", admin API and /metrics only on http://{settings.admin_listen}"
+        where += f", admin API and /metrics only on {scheme}://{settings.admin_listen}"
     return f"{where} (database {db.safe_url(settings.db)})"
 
 

@@ -122,7 +122,7 @@ def create_app(
             app[BLOBS].prepare()
             sessions = db.session_factory(eng)
             read_sessions = db.session_factory(eng, read_only=True)
-            catalog = CatalogCache(read_sessions, settings.base_url, settings.cache_ttl)
+            catalog = CatalogCache(read_sessions, settings.host_base_url, settings.cache_ttl)
             hosts = HostCache(settings.host_cache_size)
             changes = HostChanges(hosts, eng.dialect.name, on_catalog=catalog.expire)
             metrics = app[METRICS]
