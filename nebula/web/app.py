@@ -34,7 +34,7 @@ from nebula.store.catalog import CatalogCache
 from nebula.store.changes import HostChanges
 from nebula.store.hostcache import HostCache
 from nebula.store.seen import SeenWriter
-from nebula.web import admin, ignition, omaha, payloads, release, rollout, status
+from nebula.web import admin, ignition, integrity, omaha, payloads, release, rollout, status
 from nebula.web.api import auth_middleware, listener_middleware, security_headers
 from nebula.web.errors import error_middleware
 from nebula.web.forwarded import parse_networks
@@ -201,6 +201,7 @@ def create_app(
     ignition.add_routes(app)
     release.add_routes(app)
     status.add_routes(app)
+    integrity.add_routes(app)
     admin.add_routes(app)
     rollout.add_routes(app)
     return app
