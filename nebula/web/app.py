@@ -36,7 +36,7 @@ from nebula.store.hostcache import HostCache
 from nebula.store.seen import SeenWriter
 from nebula.web import admin, ignition, integrity, omaha, payloads, release, rollout, status
 from nebula.web.api import auth_middleware, listener_middleware, security_headers
-from nebula.web.errors import error_middleware
+from nebula.web.errors import OUTAGE_LOG, LogThrottle, error_middleware
 from nebula.web.forwarded import parse_networks
 from nebula.web.keys import (
     AUTH_FAILURES,
@@ -111,6 +111,7 @@ def create_app(
     app[TRUSTED_PROXIES] = parse_networks(settings.trusted_proxy)
     app[AUTH_FAILURES] = FailureLimiter(settings.auth_failure_limit, settings.auth_failure_window)
     app.on_response_prepare.append(security_headers)
+    app[OUTAGE_LOG] = LogThrottle(10.0)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         own_engine = engine is None
