@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -84,6 +85,17 @@ class Settings:
     # in each process's memory. 0: no limit.
     auth_failure_limit: int = 20
     auth_failure_window: float = 60.0
+    # PEM certificate (chain) and private key: both set, every listener (public and admin)
+    # speaks HTTPS only.
+    tls_cert: str = ""
+    tls_key: str = ""
+    # A secret path prefix for what hosts reach, e.g. "/s3cr3t": the Omaha endpoint becomes
+    # /s3cr3t/v1/update/ and the payload files /s3cr3t/v1/payloads/..., and the plain paths are
+    # 404. Empty: none.
+    omaha_prefix: str = ""
+    # A token Prometheus must send (Authorization: Bearer) to read /metrics; empty: none. For a
+    # deployment without a separate admin listener, where hosts could otherwise read it.
+    metrics_token: str = ""
 
     @property
     def is_sqlite(self) -> bool:
@@ -98,6 +110,16 @@ class Settings:
         return split_listen(self.listen)[1]
 
     @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
+
+    @property
+    def host_base_url(self) -> str:
+        """The base URL hosts use (the Omaha endpoint and the payload files are under it): the
+        public one plus the secret prefix, without a trailing slash."""
+        return self.base_url + self.omaha_prefix
+
+    @property
     def base_url(self) -> str:
         """The public base URL without a trailing slash."""
         if self.public_url:
@@ -107,7 +129,7 @@ class Settings:
             host = "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{port}"
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -186,6 +208,8 @@ def load_settings(
     values = {name: _coerce(name, known[name], value) for name, value in merged.items()}
     if "db" in values:
         values["db"] = _normalize_db(values["db"])
+    if values.get("omaha_prefix"):
+        values["omaha_prefix"] = _normalize_prefix(values["omaha_prefix"])
     settings = Settings(**values)
     split_listen(settings.listen)  # fail early on a bad address
     if settings.admin_listen and split_listen(settings.admin_listen)[1] == settings.port:
@@ -213,6 +237,26 @@ def _normalize_db(raw: str) -> str:
     if base not in ("sqlite", "postgresql"):
         raise ConfigError(f"unsupported database URL scheme {base!r}: {_DB_HELP}")
     return raw
+
+
+# What a path prefix may hold: URL path characters that need no escaping, no dot segments.
+_PREFIX_SEGMENT = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9._~-]*")
+
+
+def _normalize_prefix(raw: str) -> str:
+    """'s3cr3t/', '/s3cr3t' -> '/s3cr3t': one leading slash, none at the end. Segments of
+    unreserved URL characters only, so that the prefix is the same string in a route, in a
+    codebase URL and in update.conf."""
+    segments = [p for p in raw.strip().strip("/").split("/")]
+    if not segments or not all(_PREFIX_SEGMENT.fullmatch(p) for p in segments):
+        raise ConfigError(
+            f"omaha_prefix must be path segments of letters, digits and ._~- "
+            f"(e.g. /s3cr3t), got {raw!r}"
+        )
+    prefix = "/" + "/".join(segments)
+    if prefix.split("/")[1] in ("v1", "api", "metrics", "healthz", "readyz"):
+        raise ConfigError(f"omaha_prefix {prefix!r} would shadow one of Nebula's own paths")
+    return prefix
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -271,6 +315,8 @@ def _check_ranges(settings: Settings) -> None:
             ipaddress.ip_network(proxy, strict=False)
         except ValueError:
             raise ConfigError(f"trusted_proxy: {proxy!r} is not an address or CIDR") from None
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise ConfigError("tls_cert and tls_key go together: set both (or neither)")
     if settings.log_level.lower() not in LOG_LEVELS:
         raise ConfigError(
             f"log_level must be one of {', '.join(LOG_LEVELS)}, got {settings.log_level!r}"

@@ -7,8 +7,9 @@
 The update timeout runs from the grant to `installed` (WORKING); an installed host waits for its
 reboot as long as its reboot strategy says.
 
-Events only move a host that is in the middle of an update Nebula granted: a forged or stale
-event is written to the log but changes nothing.
+Events only move a host that is in the middle of an update Nebula granted, and never back from
+`installed` but by a failure: a forged, stale or late event is written to the log but changes
+nothing.
 """
 
 from __future__ import annotations
@@ -69,7 +70,12 @@ def after_event(
             return Transition("rolled_back", base)
         return Transition("error", base)
     step = _SUCCESS_STEPS.get((event_type, result))
-    return Transition(step) if step is not None and step != status else None
+    # A 13/1 after 14/1 is a restarted download (update_engine restarted before installing):
+    # the host really is downloading again. Once installed, it waits for its reboot and sends
+    # no download events; a late or forged one must not put it back under the update timeout.
+    if step is None or step == status or status == "installed":
+        return None
+    return Transition(step)
 
 
 def is_routine(event_type: int, result: int, previous_version: str | None) -> bool:

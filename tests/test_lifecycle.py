@@ -64,7 +64,8 @@ SUCCESS_STEPS = [
     ("downloaded", 3, 1, "installed"),
     ("downloaded", 13, 1, "downloading"),  # a restarted download
     ("installed", 3, 1, None),
-    ("installed", 13, 1, "downloading"),
+    ("installed", 13, 1, None),  # late or forged: an installed host waits for its reboot
+    ("installed", 14, 1, None),
     # 3/2 is the check event; completion is decided by `completes`, not by the event.
     ("granted", 3, 2, None),
     ("downloading", 3, 2, None),

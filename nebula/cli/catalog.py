@@ -196,6 +196,30 @@ def package_delete(url: str | None, token: str | None, package_id: str) -> None:
     click.echo(f"deleted {package_id}")
 
 
+@package_group.command("verify")
+@api_options
+@json_option
+def package_verify(url: str | None, token: str | None, as_json: bool) -> None:
+    """Re-hash every stored payload file; exit 1 naming each that no longer matches its
+    recorded SHA-256 (or is gone)."""
+    result = ApiClient(url, token).call("POST", "/api/v1/packages/verify")
+    if as_json:
+        emit_json(result)
+    else:
+        for bad in result["bad"]:
+            click.echo(
+                f"BAD {bad['path']}: {bad['name']} of {bad['version']} {bad['arch']} "
+                f"(package {bad['package']}): {bad['problem']}, recorded {bad['sha256']}",
+                err=True,
+            )
+        click.echo(
+            f"{result['checked']} stored files ({result['blobs']} blobs) checked, "
+            f"{len(result['bad'])} bad"
+        )
+    if result["bad"]:
+        raise SystemExit(1)
+
+
 # -- channels ------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""`nebula serve`, `nebula db upgrade|current` and `nebula token create|list|revoke`.
+"""`nebula serve`, `nebula db upgrade|current|backup` and `nebula token create|list|revoke`.
 
 These work on the server's own settings and database (not through the API): the first token has
 to come from somewhere. Every option is also `NEBULA_<NAME>` in the environment or a key of the
@@ -63,6 +63,17 @@ def settings_from(**flags: Any) -> Settings:
     "[NEBULA_ADMIN_LISTEN]",
 )
 @click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False),
+    help="PEM certificate (chain): serve HTTPS on every listener; needs --tls-key "
+    "[NEBULA_TLS_CERT]",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False),
+    help="PEM private key of --tls-cert [NEBULA_TLS_KEY]",
+)
+@click.option(
     "--migrate/--no-migrate",
     default=None,
     help="Migrate the database on start (default on) [NEBULA_MIGRATE]",
@@ -114,9 +125,10 @@ def serve(**flags: Any) -> None:
 
 
 def _where(settings: Settings) -> str:
-    where = f"http://{settings.listen}"
+    scheme = "https" if settings.tls else "http"
+    where = f"{scheme}://{settings.listen}"
     if settings.admin_listen:
-        where += f", admin API and /metrics only on http://{settings.admin_listen}"
+        where += f", admin API and /metrics only on {scheme}://{settings.admin_listen}"
     return f"{where} (database {db.safe_url(settings.db)})"
 
 
@@ -168,6 +180,30 @@ def db_upgrade(**flags: Any) -> None:
         return await db.current_revision(engine)
 
     click.echo(f"database at revision {_run_db(settings, work)}")
+
+
+@db_group.command("backup")
+@config_option
+@db_option
+@click.argument("file", type=click.Path(dir_okay=False))
+def db_backup(file: str, **flags: Any) -> None:
+    """Copy a SQLite database to FILE while it is being served (PostgreSQL: use pg_dump)."""
+    from pathlib import Path
+
+    from nebula.store.backup import backup_sqlite
+
+    settings = settings_from(**flags)
+    source = db.sqlite_path(settings.db)
+    if source is None:
+        raise click.ClickException(
+            f"nebula db backup copies a SQLite database; {db.safe_url(settings.db)} is not "
+            "one: back PostgreSQL up with pg_dump (it too copies while Nebula serves)"
+        )
+    try:
+        size = backup_sqlite(source, Path(file))
+    except NebulaError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"backed up {source} to {file} ({size} bytes)")
 
 
 @db_group.command("current")

@@ -9,6 +9,7 @@ re-upload free and lets packages share files. Imports nothing of Nebula.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import tempfile
@@ -65,6 +66,19 @@ class BlobStore:
 
     def discard(self, temp: Path) -> None:
         temp.unlink(missing_ok=True)
+
+    def rehash(self, sha256_hex: str, chunk: int = 1 << 20) -> str | None:
+        """The SHA-256 (hex) of what is stored under `sha256_hex` now, or None when no file is
+        there. Blocking: run it in a thread. A stored file never changes, so anything but its
+        own name means the disk (or someone) altered it."""
+        digest = hashlib.sha256()
+        try:
+            with self.path(sha256_hex).open("rb") as f:
+                while block := f.read(chunk):
+                    digest.update(block)
+        except FileNotFoundError:
+            return None
+        return digest.hexdigest()
 
 
 def close_synced(out: BinaryIO) -> None:

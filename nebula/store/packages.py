@@ -204,6 +204,17 @@ async def find_file(session: AsyncSession, package_id: str, name: str) -> Packag
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
+async def stored_files(session: AsyncSession) -> list[tuple[Package, PackageFile]]:
+    """Every file whose bytes Nebula keeps (not external packages'), with its package."""
+    stmt = (
+        select(Package, PackageFile)
+        .join(PackageFile, PackageFile.package_id == Package.id)
+        .where(PackageFile.stored)
+        .order_by(Package.created_at, Package.id, PackageFile.position)
+    )
+    return [(p, f) for p, f in (await session.execute(stmt)).all()]
+
+
 async def blob_in_use(session: AsyncSession, sha256: str) -> bool:
     stmt = select(PackageFile.id).where(PackageFile.sha256 == sha256, PackageFile.stored).limit(1)
     return (await session.execute(stmt)).first() is not None

@@ -73,7 +73,7 @@ async def list_packages(request: web.Request) -> web.Response:
         found = await package_store.list_packages(
             session, arch=q.get("arch"), version=q.get("version")
         )
-        base = request.app[SETTINGS].base_url
+        base = request.app[SETTINGS].host_base_url
         return web.json_response({"packages": [package_json(p, base) for p in found]})
 
 
@@ -81,7 +81,7 @@ async def list_packages(request: web.Request) -> web.Response:
 async def show_package(request: web.Request) -> web.Response:
     async with transaction(request.app[READ_SESSIONS]) as session:
         package = await package_store.get_package(session, request.match_info["id"])
-        return web.json_response(package_json(package, request.app[SETTINGS].base_url))
+        return web.json_response(package_json(package, request.app[SETTINGS].host_base_url))
 
 
 @routes.delete("/api/v1/packages/{id}")
@@ -213,7 +213,7 @@ async def upload_package(request: web.Request) -> web.Response:
         raise
     metrics.uploads.labels(outcome="stored").inc()
     log.info("package %s %s (%s) uploaded by %s", version, arch, package.kind, actor(request))
-    return web.json_response(package_json(package, request.app[SETTINGS].base_url), status=201)
+    return web.json_response(package_json(package, request.app[SETTINGS].host_base_url), status=201)
 
 
 def _check_kind(name: str, is_delta: bool, from_version: str | None) -> None:
@@ -321,7 +321,7 @@ async def add_external_package(request: web.Request) -> web.Response:
             now=request.app[CLOCK](),
         ),
     )
-    return web.json_response(package_json(package, request.app[SETTINGS].base_url), status=201)
+    return web.json_response(package_json(package, request.app[SETTINGS].host_base_url), status=201)
 
 
 # -- channels ------------------------------------------------------------------------------------

@@ -36,9 +36,9 @@ from nebula.store.hostcache import HostCache
 from nebula.store.seen import SeenWriter
 from nebula.sysext import admin as sysext_admin
 from nebula.sysext import hosts as sysext_hosts
-from nebula.web import admin, ignition, omaha, payloads, release, rollout, status
+from nebula.web import admin, ignition, integrity, omaha, payloads, release, rollout, status
 from nebula.web.api import auth_middleware, listener_middleware, security_headers
-from nebula.web.errors import error_middleware
+from nebula.web.errors import OUTAGE_LOG, LogThrottle, error_middleware
 from nebula.web.forwarded import parse_networks
 from nebula.web.keys import (
     AUTH_FAILURES,
@@ -113,6 +113,7 @@ def create_app(
     app[TRUSTED_PROXIES] = parse_networks(settings.trusted_proxy)
     app[AUTH_FAILURES] = FailureLimiter(settings.auth_failure_limit, settings.auth_failure_window)
     app.on_response_prepare.append(security_headers)
+    app[OUTAGE_LOG] = LogThrottle(10.0)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         own_engine = engine is None
@@ -124,7 +125,7 @@ def create_app(
             app[BLOBS].prepare()
             sessions = db.session_factory(eng)
             read_sessions = db.session_factory(eng, read_only=True)
-            catalog = CatalogCache(read_sessions, settings.base_url, settings.cache_ttl)
+            catalog = CatalogCache(read_sessions, settings.host_base_url, settings.cache_ttl)
             hosts = HostCache(settings.host_cache_size)
             changes = HostChanges(hosts, eng.dialect.name, on_catalog=catalog.expire)
             metrics = app[METRICS]
@@ -204,6 +205,7 @@ def create_app(
     release.add_routes(app)
     sysext_hosts.add_routes(app)
     status.add_routes(app)
+    integrity.add_routes(app)
     admin.add_routes(app)
     rollout.add_routes(app)
     sysext_admin.add_routes(app)

@@ -92,7 +92,7 @@ async def handle_ignition(request: web.Request) -> web.Response:
     track = ref if ref == group.id else group.track
     spec = build_spec(
         group=track,
-        server=settings.base_url,
+        server=settings.host_base_url,
         arch=group.arch,
         alias_from_hostname=_flag(request, "alias-from-hostname"),
         reboot_strategy=_one(request, "reboot-strategy"),

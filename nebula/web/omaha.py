@@ -1,4 +1,5 @@
-"""The Omaha endpoint hosts POST to: `/v1/update/` (and without the slash).
+"""The Omaha endpoint hosts POST to: `/v1/update/` (and without the slash), under the secret
+`omaha_prefix` when one is set.
 
 Reads at most MAX_BODY bytes (413 beyond, before parsing anything; 408 when the body does not
 arrive within the body timeout), parses with the hardened parser (400 with the reason), and
@@ -15,7 +16,7 @@ from nebula.errors import ProtocolError, RequestTooLargeError, SlowRequestError
 from nebula.omaha.build import build_response_cached
 from nebula.omaha.parse import MAX_BODY, parse_request
 from nebula.web.forwarded import Network, client_address
-from nebula.web.keys import CLOCK, METRICS, SERVICE, TRUSTED_PROXIES
+from nebula.web.keys import CLOCK, METRICS, SERVICE, SETTINGS, TRUSTED_PROXIES
 from nebula.web.limits import read_body
 
 
@@ -47,5 +48,7 @@ async def handle_update(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/update/", handle_update)
-    app.router.add_post("/v1/update", handle_update)
+    # Under the secret prefix when one is set: the plain path then does not exist (404).
+    prefix = app[SETTINGS].omaha_prefix
+    app.router.add_post(f"{prefix}/v1/update/", handle_update)
+    app.router.add_post(f"{prefix}/v1/update", handle_update)

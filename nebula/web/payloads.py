@@ -1,4 +1,5 @@
-"""Payload files for hosts: `GET`/`HEAD /v1/payloads/{package_id}/{name}`, no token.
+"""Payload files for hosts: `GET`/`HEAD /v1/payloads/{package_id}/{name}` (under the secret
+`omaha_prefix` when one is set), no token.
 
 The URL ends in the file name because clients build it as codebase + name. aiohttp's
 FileResponse does the HTTP work: one byte range (206, or 416 with the size), HEAD and
@@ -23,7 +24,7 @@ from multidict import CIMultiDict
 
 from nebula.store.db import transaction
 from nebula.store.packages import find_delta_extension, find_file, is_file_name
-from nebula.web.keys import BLOBS, CATALOG, METRICS, READ_SESSIONS
+from nebula.web.keys import BLOBS, CATALOG, METRICS, READ_SESSIONS, SETTINGS
 
 # Routes whose answers are payload files (counted by count_payload_bytes).
 PAYLOAD_PATHS = ("/v1/payloads/", "/v1/release/")
@@ -154,7 +155,11 @@ async def own_validator(request: web.Request, response: web.StreamResponse) -> N
 async def count_payload_bytes(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: count what payload routes send (the range, not the whole file):
     the payloads of update checks and the release files of first boots alike."""
-    if request.path.startswith(PAYLOAD_PATHS) and request.method == "GET":
+    path = request.path
+    prefix = request.app[SETTINGS].omaha_prefix
+    if prefix and path.startswith(prefix + "/"):
+        path = path[len(prefix) :]
+    if path.startswith(PAYLOAD_PATHS) and request.method == "GET":
         metrics = request.app[METRICS]
         metrics.payload_requests.labels(status=str(response.status)).inc()
         if response.status in (200, 206) and response.content_length:
@@ -162,6 +167,8 @@ async def count_payload_bytes(request: web.Request, response: web.StreamResponse
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/v1/payloads/{package_id}/{name}", handle_payload)
+    # Under the secret prefix when one is set, as the codebases in the answers say.
+    prefix = app[SETTINGS].omaha_prefix
+    app.router.add_get(f"{prefix}/v1/payloads/{{package_id}}/{{name}}", handle_payload)
     app.on_response_prepare.append(own_validator)
     app.on_response_prepare.append(count_payload_bytes)

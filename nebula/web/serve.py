@@ -3,7 +3,8 @@
 `serve_app` is what one Nebula process does (the only process with `--workers 1`, each worker
 otherwise): start the app (its cleanup context connects to the database, migrates it if asked,
 starts the background tasks), and only then accept connections and call `on_ready`, so that
-"listening" is said once the server really serves and a failed start is an exception (a
+"listening" is said once the server really serves (over TLS on every socket when tls_cert and
+tls_key are set) and a failed start is an exception (a
 NebulaError for an operator's mistake) instead of a traceback after "listening". The first
 SIGTERM or SIGINT stops it gracefully: the listening sockets close, requests in flight get
 shutdown_timeout seconds to finish (one whose body is still arriving included: it completes,
@@ -20,6 +21,7 @@ import asyncio
 import logging
 import signal
 import socket
+import ssl
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -83,6 +85,24 @@ async def drain(runner: web.AppRunner, timeout: float, poll: float = 0.05) -> No
         await asyncio.sleep(poll)
 
 
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The server's TLS context from tls_cert and tls_key, or None without them. A file that
+    cannot be read or a key that does not match is an operator's mistake: one line, at start."""
+    if not settings.tls:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"tls: {exc.filename}: no such file") from None
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"tls: cannot use certificate {settings.tls_cert} with key {settings.tls_key}: {exc}"
+        ) from None
+    return context
+
+
 def bind(listen: str, *, reuse_port: bool = False, backlog: int = 1024) -> socket.socket:
     """A listening, non-blocking TCP socket on HOST:PORT. With reuse_port several sockets share
     the port and the kernel spreads new connections over them (one per worker)."""
@@ -128,6 +148,7 @@ async def serve_app(
 
     for signum in signals:
         loop.add_signal_handler(signum, on_signal, signum)
+    context = tls_context(settings)  # before anything starts: a bad file is a clean error
     # The graceful part of a stop is `drain`; what aiohttp's own shutdown then finds still busy
     # has had its shutdown_timeout already and is cut after CUT_GRACE.
     runner = web.AppRunner(
@@ -137,7 +158,7 @@ async def serve_app(
         try:
             await runner.setup()
             for sock in sockets:
-                await web.SockSite(runner, sock).start()
+                await web.SockSite(runner, sock, ssl_context=context).start()
         except BaseException:
             try:
                 await runner.cleanup()

@@ -1,11 +1,12 @@
 """Operational routes, no token: `/healthz` (the process answers), `/readyz` (the database too),
-`/metrics` (Prometheus). Host counts per group and status come from the status_counts rows the
-server maintains as statuses change (never a scan of the hosts), cached for a few seconds so
-that several scrapers cost one query.
+`/metrics` (Prometheus; behind `metrics_token` when one is set). Host counts per group and
+status come from the status_counts rows the server maintains as statuses change (never a scan
+of the hosts), cached for a few seconds so that several scrapers cost one query.
 """
 
 from __future__ import annotations
 
+import hmac
 import os
 import time
 from collections.abc import Iterator
@@ -16,11 +17,12 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import select, text
 
+from nebula.errors import AuthError
 from nebula.store.counts import counts_by_group
 from nebula.store.db import transaction
 from nebula.store.models import Group
 from nebula.store.rollouts import policy_of, reboot_wait
-from nebula.web.keys import CLOCK, HOST_CACHE, METRICS, READ_SESSIONS
+from nebula.web.keys import CLOCK, HOST_CACHE, METRICS, READ_SESSIONS, SETTINGS
 
 _COUNTS_TTL = 10.0
 
@@ -85,7 +87,21 @@ async def _refresh_counts(app: web.Application) -> None:
     collector.at = time.monotonic()
 
 
+def _check_metrics_token(request: web.Request) -> None:
+    """With metrics_token set, /metrics answers only a request that carries it (compared in
+    constant time: a timing difference would give it away a byte at a time)."""
+    expected = request.app[SETTINGS].metrics_token
+    if not expected:
+        return
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), expected.encode()
+    ):
+        raise AuthError("/metrics needs 'Authorization: Bearer <metrics_token>'")
+
+
 async def metrics(request: web.Request) -> web.Response:
+    _check_metrics_token(request)
     app = request.app
     await _refresh_counts(app)
     hosts = app.get(HOST_CACHE)

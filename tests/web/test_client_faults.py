@@ -21,8 +21,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from sqlalchemy import text
 
 from nebula.config import Settings
+from nebula.store import db
 from nebula.store.blobs import BlobStore
 from nebula.web.app import create_app
 from nebula.web.keys import BLOBS, METRICS
@@ -140,7 +142,7 @@ async def test_a_payload_name_that_cannot_exist_is_a_404_without_a_query(
 
 
 async def test_an_upload_cut_inside_an_extension_part_leaves_nothing(
-    served: Served, admin_token: str, signing_key: RSAPrivateKey
+    served: Served, admin_token: str, signing_key: RSAPrivateKey, db_url: str
 ) -> None:
     """Catches the complete main part left in incoming/ when the connection is cut inside a
     later part (temp files were discarded only on a NebulaError, not on a reset).
@@ -185,3 +187,12 @@ async def test_an_upload_cut_inside_an_extension_part_leaves_nothing(
     await until(lambda: counter(metrics.uploads, outcome="failed") > failed)
     assert list(blobs.incoming.iterdir()) == []
     assert not any(p.is_file() for p in blobs.root.rglob("*") if "incoming" not in p.parts)
+    # Nor a package row (or a file row) for what never arrived whole.
+    engine = db.create_engine(db_url)
+    try:
+        async with engine.connect() as conn:
+            for table in ("packages", "package_files"):
+                rows = (await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one()
+                assert rows == 0, table
+    finally:
+        await engine.dispose()
