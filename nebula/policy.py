@@ -99,7 +99,8 @@ class HostState:
 
 @dataclass(frozen=True, slots=True)
 class RolloutStats:
-    """Counts in one group at one moment, read under the group's lock."""
+    """Counts in one group at one moment, read under the group's lock. The store may stop
+    counting where a count reaches its limit (decide() only compares with the limits)."""
 
     grants_in_period: int = 0  # new grants within the last period_seconds
     # Hosts holding a concurrency slot (any version): between grant and installed and not past

@@ -110,6 +110,12 @@ async def _count(session: AsyncSession, stmt: Any) -> int:
     return int((await session.execute(stmt)).scalar_one())
 
 
+async def _count_upto(session: AsyncSession, rows: Any, cap: int) -> int:
+    """How many rows `rows` selects, counting no further than `cap`."""
+    sub = rows.limit(cap).subquery()
+    return await _count(session, select(func.count()).select_from(sub))
+
+
 async def rollout_stats(
     session: AsyncSession,
     group_id: str,
@@ -119,31 +125,48 @@ async def rollout_stats(
     exclude_machine: str,
 ) -> RolloutStats:
     """The counts decide() needs, only those the group's policy uses. The asking host is left
-    out: its own earlier grant must not stand in its way."""
-    base = (
-        select(func.count())
+    out: its own earlier grant must not stand in its way.
+
+    decide() only compares each count with its limit (and safe mode's with zero), so each stops
+    at what the comparison needs: a counted grant reads at most max_updates_per_period grants
+    and max_concurrent hosts, not every grant of the period and every host in flight (with
+    high limits that was a scan growing with the rollout, under the group's lock)."""
+    hosts = (
+        select(literal(1))
         .select_from(InstanceApp)
         .where(InstanceApp.group_id == group_id, InstanceApp.instance_id != exclude_machine)
     )
     grants = in_flight = target_completed = target_in_flight = 0
     if policy.max_updates_per_period is not None and policy.period_seconds:
         since = now - timedelta(seconds=policy.period_seconds)
-        grants = await _count(
+        grants = await _count_upto(
             session,
-            select(func.count())
+            select(literal(1))
             .select_from(Grant)
             .where(Grant.group_id == group_id, Grant.granted_at > since),
+            policy.max_updates_per_period,
         )
     if policy.max_concurrent is not None:
-        in_flight = await _count(session, base.where(_in_flight(policy, now)))
+        in_flight = await _count_upto(
+            session, hosts.where(_in_flight(policy, now)), policy.max_concurrent
+        )
     if policy.safe_mode:
-        on_target = base.where(InstanceApp.granted_version == target)
-        target_completed = await _count(session, _completed_query(group_id, target))
+        target_completed = await _count_upto(
+            session,
+            select(literal(1))
+            .select_from(Completion)
+            .where(Completion.group_id == group_id, Completion.version == target),
+            1,
+        )
         # Not cut off at the update timeout, unlike a concurrency slot: a canary past it has
         # failed, and nobody else may take the version before the sweeper marks it timed out
         # and the failure gate pauses the group for it.
-        target_in_flight = await _count(
-            session, on_target.where(InstanceApp.status.in_(IN_PROGRESS) & LIVE)
+        target_in_flight = await _count_upto(
+            session,
+            hosts.where(
+                (InstanceApp.granted_version == target) & InstanceApp.status.in_(IN_PROGRESS) & LIVE
+            ),
+            1,
         )
     return RolloutStats(grants, in_flight, target_completed, target_in_flight)
 

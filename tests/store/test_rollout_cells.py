@@ -21,6 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from nebula.loadtest import fleetsql
+from nebula.policy import GroupPolicy
 from nebula.store import counts, db, rollouts
 from nebula.store.models import Grant, Group, Instance, InstanceApp
 
@@ -147,3 +148,24 @@ async def test_loader_leaves_counts_equal_to_a_recount(db_url: str, engine: Asyn
         fast = await rollouts.rollout_status(session, group, TARGET, now)
     assert fast == slow
     assert slow.complete > slow.remaining > slow.in_progress > 0
+
+
+async def test_counts_for_the_limits_stop_at_the_limit(engine: AsyncEngine) -> None:
+    """decide() compares counts with limits only, so rollout_stats counts no further than a
+    limit: with 5 grants in the period and a limit of 3 it reads 3, with a limit of 10 all 5.
+    Catches a cap that is ignored (a scan of the whole period) or off by one (a limit that
+    never holds: 2 < 3)."""
+    sessions = db.session_factory(engine)
+    now = datetime(2026, 12, 3, 12, tzinfo=UTC)
+    async with db.transaction(sessions) as session:
+        group_id = str((await session.execute(select(Group.id).limit(1))).scalar_one())
+        for n in range(5):
+            session.add(Instance(id=f"{n:032x}", created_at=now, last_seen_at=now))
+        await session.flush()
+        for n in range(5):
+            rollouts.record_grant(session, group_id, f"{n:032x}", "4152.2.3", now)
+    async with db.transaction(sessions) as session:
+        for limit, expected in ((3, 3), (5, 5), (10, 5)):
+            policy = GroupPolicy(max_updates_per_period=limit, period_seconds=3600)
+            stats = await rollouts.rollout_stats(session, group_id, policy, "4152.2.3", now, "x")
+            assert stats.grants_in_period == expected, limit

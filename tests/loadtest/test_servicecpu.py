@@ -1,0 +1,22 @@
+"""nebula.loadtest.servicecpu runs a phase through the real service and says what it cost.
+Catches a driver that measures nothing (no grants made) or prints a malformed figure."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from nebula.loadtest import servicecpu
+
+
+def test_servicecpu_grants_and_reports_cpu_per_request(capsys: pytest.CaptureFixture[str]) -> None:
+    result = servicecpu.measure_sync(None, "grant", 40, 4)
+    assert result.requests == 40 and result.granted == 40
+    servicecpu.main(["--phase", "first-seen", "--requests", "20", "--concurrency", "2"])
+    out = capsys.readouterr().out
+    assert re.fullmatch(
+        r"first-seen: 20 requests, [0-9.]+ ms CPU per request \([0-9]+ req/s wall clock, "
+        r"in-process\)\n",
+        out,
+    ), out
