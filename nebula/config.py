@@ -51,6 +51,10 @@ class Settings:
     event_retention: str = "90d"
     # Seconds between sweeps for hosts past their group's update timeout.
     sweep_interval: float = 30.0
+    # Seconds between the samples of every group's status counts that rollout history reads
+    # (a divisor of 3600, so that hourly samples exist), and how long samples are kept.
+    history_interval: int = 300
+    history_retention: str = "30d"
     # Reverse proxies (addresses or CIDRs) whose X-Forwarded-For is believed for hosts' IPs.
     trusted_proxy: tuple[str, ...] = ()
     # Seconds between the batched writes of steady-state check-ins' last-seen times: what a
@@ -274,6 +278,15 @@ def _check_ranges(settings: Settings) -> None:
             parse_duration(settings.event_retention)
         except ValueError as exc:
             raise ConfigError(f"event_retention: {exc}") from None
+    if settings.history_interval <= 0 or 3600 % settings.history_interval:
+        raise ConfigError(
+            f"history_interval must divide an hour (e.g. 60, 300, 900), got "
+            f"{settings.history_interval}"
+        )
+    try:
+        parse_duration(settings.history_retention)
+    except ValueError as exc:
+        raise ConfigError(f"history_retention: {exc}") from None
     if settings.sweep_interval <= 0:
         raise ConfigError(f"sweep_interval must be seconds > 0, got {settings.sweep_interval}")
     if settings.cache_ttl < 0:

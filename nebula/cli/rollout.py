@@ -240,6 +240,41 @@ def rollout_status(
         click.echo(f"  next window  {s['next_window_opens']}")
 
 
+@rollout_group.command("history")
+@api_options
+@json_option
+@click.argument("group")
+@click.option("--arch", type=ARCH)
+@click.option(
+    "--window",
+    type=click.Choice(["1h", "1d", "7d", "30d"]),
+    default="1d",
+    show_default=True,
+    help="How far back (a sample every few minutes within a day, hourly beyond)",
+)
+def rollout_history(
+    url: str | None, token: str | None, as_json: bool, group: str, arch: str | None, window: str
+) -> None:
+    """GROUP's hosts by version and status over time.
+
+    \b
+    Example:
+      nebula rollout history stable --arch amd64 --window 7d
+    """
+    h = ApiClient(url, token).get(f"{_group_path(group)}/history", {"arch": arch, "window": window})
+    if as_json:
+        return emit_json(h)
+    click.echo(f"group {h['group']} ({h['arch']}), last {h['window']}: {len(h['points'])} samples")
+    for p in h["points"]:
+        total = p["hosts"] or 1
+        versions = "  ".join(
+            f"{v or '?'} {n} ({100 * n / total:.0f}%)"
+            for v, n in sorted(p["versions"].items(), key=lambda kv: -kv[1])
+        )
+        statuses = ", ".join(f"{s} {n}" for s, n in sorted(p["statuses"].items()))
+        click.echo(f"  {p['at']}  {p['hosts']:>7} hosts  {versions}  [{statuses}]")
+
+
 def _pause_resume_command(action: str, doc: str) -> None:
     @rollout_group.command(action, help=doc)
     @api_options

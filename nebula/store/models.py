@@ -417,6 +417,23 @@ class Failure(Base):
     count: Mapped[int] = mapped_column(Integer, default=1)
 
 
+class CountSample(Base):
+    """The status counts of a group at one moment (nebula.store.history): the rollup that
+    rollout history and dashboards read, taken from the maintained counts every few minutes,
+    thinned to one an hour after a day and pruned after history_retention."""
+
+    __tablename__ = "count_samples"
+
+    group_id: Mapped[str] = mapped_column(
+        ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True
+    )
+    at: Mapped[datetime] = mapped_column(primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    hosts: Mapped[int] = mapped_column(Integer)
+    hourly: Mapped[bool]  # taken on the hour: kept when older samples are thinned
+
+
 class StatusCount(Base):
     """How many hosts of a group are in each status on each version, kept up to date in the same
     transaction as every change of either, so that /metrics, dashboards and rollout status never

@@ -21,6 +21,7 @@ from nebula import __version__
 from nebula.config import Settings
 from nebula.durations import parse_duration
 from nebula.errors import ConfigError
+from nebula.jobs.history import run_history
 from nebula.jobs.leader import Job, Leader
 from nebula.jobs.retention import run_retention
 from nebula.jobs.retirement import INTERVAL, run_retirement
@@ -166,10 +167,18 @@ def create_app(
             if settings.event_retention:
                 keep = parse_duration(settings.event_retention)
                 jobs.append(lambda: run_retention(sessions, clock, keep))
+            jobs.append(
+                lambda: run_history(
+                    sessions,
+                    clock,
+                    settings.history_interval,
+                    parse_duration(settings.history_retention),
+                )
+            )
             leader = Leader(
                 None if db.is_sqlite(eng) else eng.url.render_as_string(hide_password=False),
                 jobs,
-                names="the timeout sweep, retirement and event retention",
+                names="the timeout sweep, retirement, event retention and rollout history",
                 on_change=lambda leading: metrics.leader.set(1 if leading else 0),
             )
             app[LEADER] = leader

@@ -17,7 +17,7 @@ from nebula.durations import format_duration, parse_duration
 from nebula.errors import InvalidInputError, NotFoundError
 from nebula.omaha.parse import normalize_id
 from nebula.store import groups as group_store
-from nebula.store import rollouts
+from nebula.store import history, rollouts
 from nebula.store.db import transaction
 from nebula.store.models import Channel, Group, InstanceApp
 from nebula.store.packages import check_arch, check_version, find_package
@@ -305,6 +305,35 @@ async def pause_group(request: web.Request) -> web.Response:
 @routes.post("/api/v1/groups/{ref}/resume")
 async def resume_group(request: web.Request) -> web.Response:
     return await _pause_or_resume(request, paused=False)
+
+
+@routes.get("/api/v1/groups/{ref}/history")
+async def rollout_history(request: web.Request) -> web.Response:
+    """The group's hosts by version and by status over a window (1h, 1d, 7d, 30d), from the
+    count samples (nebula.store.history): every sample within a day, hourly ones beyond."""
+    window = request.query.get("window", "1d")
+    if window not in history.WINDOWS:
+        raise InvalidInputError(f"window must be one of {', '.join(history.WINDOWS)}")
+    now = request.app[CLOCK]()
+    async with transaction(request.app[READ_SESSIONS]) as session:
+        group = await _group(session, request)
+        points = await history.read_history(session, group.id, history.WINDOWS[window], now)
+    return web.json_response(
+        {
+            "group": group.name,
+            "arch": group.arch,
+            "window": window,
+            "points": [
+                {
+                    "at": iso(p.at),
+                    "hosts": p.total,
+                    "versions": p.versions,
+                    "statuses": p.statuses,
+                }
+                for p in points
+            ],
+        }
+    )
 
 
 @routes.get("/api/v1/groups/{ref}/rollout")

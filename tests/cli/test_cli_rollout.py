@@ -499,3 +499,33 @@ async def test_rollout_status_and_list_show_hosts_waiting_for_their_reboot(
     out = ok(await nebula(["instance", "list"], **env))
     (row,) = [line for line in out.splitlines() if line.startswith(host.machine_id)]
     assert "installed 2d3h (reboot overdue)" in row
+
+
+async def test_rollout_history_prints_the_samples(
+    server: str, admin_token: str, db_url: str, clock: FakeClock, env: dict[str, str]
+) -> None:
+    """`rollout history` shows each sample's hosts by version (with shares) and status, and
+    --json is the API's answer. Catches a CLI that drops versions or mislabels the window."""
+    from nebula.jobs.history import sample_once
+    from nebula.store import db
+
+    for n, version in enumerate((NEW, NEW, NEW, OLD)):
+        await check(server, Host(machine_id=f"{n:032x}", version=version))
+    engine = db.create_engine(db_url)
+    try:
+        await sample_once(db.session_factory(engine), clock(), 300, 86400)
+    finally:
+        await engine.dispose()
+    out = ok(
+        await nebula(["rollout", "history", "stable", "--arch", "amd64", "--window", "1h"], **env)
+    )
+    lines = out.splitlines()
+    assert lines[0] == "group stable (amd64), last 1h: 1 samples"
+    assert f"{NEW} 3 (75%)  {OLD} 1 (25%)" in lines[1]
+    assert "[granted 1, idle 3]" in lines[1]
+    as_json = json.loads(
+        ok(await nebula(["rollout", "history", "stable", "--arch", "amd64", "--json"], **env))
+    )
+    _, api_answer = await api(server, admin_token, "GET", f"{STABLE}/history?arch=amd64")
+    assert as_json == api_answer
+    fails(await nebula(["rollout", "history", "stable", "--window", "2w"], **env), 2, "2w")

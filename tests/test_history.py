@@ -1,0 +1,122 @@
+"""Rollout history from count samples (nebula.store.history, nebula.jobs.history), through the
+real app and the admin API, on both databases, with the clock injected."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from nebula.jobs.history import sample_once
+from nebula.store import db
+from nebula.store.models import CountSample
+from nebula.web.app import create_app
+from tests.conftest import FakeClock
+from tests.factories import Host, make_settings
+from tests.web.test_steady_state import NEW, OLD, add_version, auth, check
+
+STABLE = "/api/v1/groups/stable/history"
+DAY = 86400
+KEEP = 30 * DAY
+
+
+async def history(client: Any, token: str, window: str) -> list[dict[str, Any]]:
+    resp = await client.get(STABLE, params={"arch": "amd64", "window": window}, headers=auth(token))
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert (body["group"], body["arch"], body["window"]) == ("stable", "amd64", window)
+    return body["points"]  # type: ignore[no-any-return]
+
+
+async def test_history_follows_the_rollout_and_thins_and_prunes(
+    client: Any, admin_token: str, viewer_token: str, db_url: str, clock: FakeClock
+) -> None:
+    """Two hosts on NEW, two on OLD that get NEW granted; one completes. Each sample must show
+    versions and statuses as they were then; a day later the samples off the hour go, the
+    hourly one stays for the long windows; past the retention all go. Catches a sample that
+    reads hosts instead of counts (retired or shard rows wrong), points merged across times,
+    and thinning or pruning that removes the wrong samples."""
+    engine = db.create_engine(db_url)
+    sessions = db.session_factory(engine)
+    try:
+        await add_version(client, admin_token, NEW)
+        hosts = [Host(machine_id=f"{n:032x}", version=NEW if n < 2 else OLD) for n in range(4)]
+        for host in hosts:
+            await check(client, host)
+        start = clock.now  # 12:00:00, on the hour
+        # The app's own leader may have taken this slot's sample already (at its start): either
+        # way there is one sample of the 12:00 slot, and a second call writes nothing.
+        await sample_once(sessions, clock(), 300, KEEP)
+        assert await sample_once(sessions, clock(), 300, KEEP) == 0
+        clock.advance(minutes=5)
+        hosts[2].version = NEW
+        assert await check(client, hosts[2]) is None  # completed
+        await sample_once(sessions, clock(), 300, KEEP)
+
+        points = await history(client, viewer_token, "1h")
+        assert [p["at"] for p in points] == [
+            start.isoformat(),
+            (start + timedelta(minutes=5)).isoformat(),
+        ]
+        first, second = points
+        assert first["hosts"] == second["hosts"] == 4
+        assert first["versions"] == {NEW: 2, OLD: 2}
+        assert first["statuses"] == {"idle": 2, "granted": 2}
+        assert second["versions"] == {NEW: 3, OLD: 1}
+        assert second["statuses"] == {"idle": 2, "complete": 1, "granted": 1}
+
+        clock.advance(days=2)
+        await sample_once(sessions, clock(), 300, KEEP)  # thins what is older than a day
+        week = await history(client, admin_token, "7d")
+        assert [p["versions"] for p in week] == [{NEW: 2, OLD: 2}]  # the 12:00 sample alone
+        assert len(await history(client, admin_token, "1d")) == 1  # today's (12:05) sample
+
+        clock.advance(days=40)
+        await sample_once(sessions, clock(), 300, KEEP)
+        async with engine.connect() as conn:
+            times = (
+                await conn.execute(select(func.count(func.distinct(CountSample.at))))
+            ).scalar_one()
+        assert times == 1  # only the sample just taken
+    finally:
+        await engine.dispose()
+
+
+async def test_history_route_refuses_bad_windows_and_strangers(
+    client: Any, admin_token: str
+) -> None:
+    resp = await client.get(
+        STABLE, params={"arch": "amd64", "window": "2w"}, headers=auth(admin_token)
+    )
+    assert resp.status == 400
+    assert "window must be one of 1h, 1d, 7d, 30d" in await resp.text()
+    assert (await client.get(STABLE, params={"arch": "amd64"})).status == 401
+    assert await history(client, admin_token, "1d") == []  # nothing sampled yet: no points
+
+
+async def test_the_leader_takes_samples_by_itself(
+    client: Any,
+    db_url: str,
+    tmp_path: Path,
+    key_file: Path,
+    clock: FakeClock,
+    aiohttp_client: Any,
+) -> None:
+    """A process started on a database with hosts samples them by itself (its leader runs the
+    history job at once): catches a job that is defined but never started."""
+    await check(client, Host(machine_id="f" * 32, version=NEW))
+    await aiohttp_client(create_app(make_settings(db_url, tmp_path, key_file), clock=clock))
+    engine = db.create_engine(db_url)
+    try:
+        for _ in range(300):  # bounded
+            async with engine.connect() as conn:
+                count = select(func.count()).select_from(CountSample)
+                if (await conn.execute(count)).scalar_one():
+                    return
+            await asyncio.sleep(0.05)
+        raise AssertionError("no count sample was taken by the leader")
+    finally:
+        await engine.dispose()
