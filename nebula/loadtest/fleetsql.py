@@ -214,6 +214,25 @@ WHERE group_id IS NOT NULL GROUP BY group_id, status, COALESCE(version, '')
 """
 
 
+# Thirty days of rollout history (nebula.store.history) as a server that has run that long
+# keeps it: hourly samples for 30 days, and one every five minutes for the last day, each a
+# copy of today's counts (what rollout history reads is their number, not their values).
+SAMPLES_SQL = """
+INSERT INTO count_samples (group_id, at, status, version, hosts, hourly)
+SELECT c.group_id, t.at, c.status, c.version, sum(c.count), extract(minute FROM t.at) = 0
+FROM status_counts c,
+     (SELECT generate_series(date_trunc('hour', CAST(:now AS timestamptz)) - interval '30 days',
+                             date_trunc('hour', CAST(:now AS timestamptz)) - interval '1 day',
+                             interval '1 hour') AS at
+      UNION ALL
+      SELECT generate_series(date_trunc('hour', CAST(:now AS timestamptz)) - interval '1 day'
+                                 + interval '5 minutes',
+                             date_trunc('hour', CAST(:now AS timestamptz)) - interval '5 minutes',
+                             interval '5 minutes')) AS t
+GROUP BY c.group_id, t.at, c.status, c.version HAVING sum(c.count) <> 0
+"""
+
+
 async def load(engine: AsyncEngine, hosts: int) -> None:
     """Fill a migrated, empty PostgreSQL database with `hosts` hosts, in one transaction."""
     now = datetime.now(UTC)
@@ -245,6 +264,7 @@ async def load(engine: AsyncEngine, hosts: int) -> None:
         for statement in _INSERTS:
             await session.execute(text(statement), {"app_id": FLATCAR_APP_ID})
         await session.execute(text(COUNTS_SQL))
+        await session.execute(text(SAMPLES_SQL), {"now": now})
     # Statistics and the visibility map, as autovacuum would leave a database in use.
     async with engine.connect() as conn:
         conn = await conn.execution_options(isolation_level="AUTOCOMMIT")

@@ -7,7 +7,8 @@ small one, in one run (issue 7 item 4).
 For each size it creates a database `nebula_million_<size>` on that PostgreSQL server, migrates
 it, fills it with nebula.loadtest.fleetsql, starts a real `nebula serve` on 127.0.0.1 against it
 and times, one request at a time: the `/metrics` scrape (its first, uncached, and the rest), the
-rollout status of the largest group, `group show`, the first page of `instance list` (all hosts,
+rollout status of the largest group, `group show`, its rollout history over a day and over 30
+days (the loader writes 30 days of samples), the first page of `instance list` (all hosts,
 one group, one status), and update checks of known current hosts (a first pass read from the
 database, a second answered from the process's host snapshots). Then it prints median and p95 of
 each, the ratio of the large database to the small, and the server's resident memory. The
@@ -52,6 +53,8 @@ ROUTES = (
     ("metrics", "/metrics", None),
     ("rollout status", "/api/v1/groups/stable/rollout?arch=amd64", None),
     ("group show", "/api/v1/groups/stable?arch=amd64", None),
+    ("rollout history 1d", "/api/v1/groups/stable/history?arch=amd64&window=1d", None),
+    ("rollout history 30d", "/api/v1/groups/stable/history?arch=amd64&window=30d", None),
     ("instance list", "/api/v1/instances", None),
     ("instance list --group", "/api/v1/instances?group=stable&arch=amd64", None),
     ("instance list --status", "/api/v1/instances?group=stable&arch=amd64&status=error", None),

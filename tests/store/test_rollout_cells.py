@@ -11,6 +11,7 @@ do not follow versions. Also: the million-host loader leaves counts equal to a r
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -22,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from nebula.loadtest import fleetsql
 from nebula.policy import GroupPolicy
-from nebula.store import counts, db, rollouts
+from nebula.store import counts, db, history, rollouts
 from nebula.store.models import Grant, Group, Instance, InstanceApp
 
 STABLE_ID = "9a2deb70-37be-4026-853f-bfdd6b347bbe"
@@ -148,6 +149,19 @@ async def test_loader_leaves_counts_equal_to_a_recount(db_url: str, engine: Asyn
         fast = await rollouts.rollout_status(session, group, TARGET, now)
     assert fast == slow
     assert slow.complete > slow.remaining > slow.in_progress > 0
+    # Thirty days of history as a long-running server keeps it: hourly samples from 30 days
+    # back, and one every five minutes within the last day (those on the hour are hourly too),
+    # each with the group's counts of today. The 30-day window reads the hourly ones: 719 full
+    # hours, and the oldest if it falls just inside.
+    async with db.transaction(db.session_factory(engine)) as session:
+        month = await history.read_history(session, STABLE_ID, history.WINDOWS["30d"], now)
+        day = await history.read_history(session, STABLE_ID, history.WINDOWS["1d"], now)
+    assert 719 <= len(month) <= 720
+    assert all(p.at.minute == 0 for p in month)
+    assert len(day) > 250
+    assert {(b.at - a.at).total_seconds() for a, b in itertools.pairwise(day)} == {300.0}
+    stable_hosts = sum(n for (g, _, _), n in recount.items() if g == STABLE_ID)
+    assert {p.total for p in month + day} == {stable_hosts}
 
 
 async def test_counts_for_the_limits_stop_at_the_limit(engine: AsyncEngine) -> None:
