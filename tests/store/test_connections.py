@@ -5,6 +5,7 @@ connection). PostgreSQL only: it is the server that drops connections."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +30,22 @@ pytestmark = pytest.mark.parametrize(
 
 
 async def _terminate_all(db_url: str) -> int:
+    """Terminate every client connection to the database, and return once they are gone (so
+    that the pool's sockets have seen the end): pg_terminate_backend only signals them."""
     name = make_url(db_url).database
     conn = await asyncpg.connect(_asyncpg_dsn(PG_ADMIN_URL))
+    others = (
+        "FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() "
+        "AND backend_type = 'client backend'"
+    )
     try:
-        return len(
-            await conn.fetch(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = $1 AND pid <> pg_backend_pid() "
-                "AND backend_type = 'client backend'",
-                name,
-            )
-        )
+        killed = len(await conn.fetch(f"SELECT pg_terminate_backend(pid) {others}", name))
+        for _ in range(200):  # bounded
+            if not await conn.fetchval(f"SELECT count(*) {others}", name):
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)  # this event loop reads the ends of the pool's sockets
+        return killed
     finally:
         await conn.close()
 
