@@ -206,7 +206,9 @@ class OmahaService:
         if decision is None:
             return None
         for event in app.events:
-            self._metrics.count_event(event.type, event.result, event.error_code)
+            self._metrics.count_event(
+                event.type, event.result, event.error_code, group.name, group.arch
+            )
         seen.add(
             machine_id,
             app.app_id,
@@ -311,4 +313,4 @@ class OmahaService:
         )
         self._metrics.update_checks.labels(decision=decision.verdict.value, reason=reason).inc()
         if decision.grant and not decision.regrant and outcome.group is not None:
-            self._metrics.grants.labels(group=outcome.group.name).inc()
+            self._metrics.grants.labels(group=outcome.group.name, arch=outcome.group.arch).inc()

@@ -262,7 +262,7 @@ def _apply_event(
             previous_version=event.previous_version,
             boot_id=app.boot_id,
         )
-    metrics.count_event(event.type, event.result, event.error_code)
+    metrics.count_event(event.type, event.result, event.error_code, group.name, group.arch)
     transition = lifecycle.after_event(state.status, event.type, event.result, event.error_code)
     if transition is None:
         return False

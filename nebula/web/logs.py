@@ -6,7 +6,6 @@
   cannot parse (a port scanner, TLS spoken to the plain port, a truncated chunk) with a full
   traceback at ERROR; one INFO line with the peer and the reason is what it is worth. Anything
   else it logs (a bug) keeps its traceback.
-- `SafeAccessLogger`: aiohttp's access log with the same escaping of what the client sent.
 
 Imports nothing of Nebula.
 """
@@ -18,7 +17,6 @@ import re
 from typing import Any
 
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_log import AccessLogger
 from aiohttp.web_protocol import RequestPayloadError
 
 log = logging.getLogger("nebula.web.http")
@@ -59,16 +57,3 @@ class ProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]
             log.info("malformed HTTP request from %s: %s", peer, reason(exc_info))
             return
         self.logger.exception(msg, *args, exc_info=exc_info, **kwargs)
-
-
-class SafeAccessLogger(AccessLogger):
-    """The access log line with whatever the client sent escaped."""
-
-    def log(self, request: Any, response: Any, time: float) -> None:
-        if not self.logger.isEnabledFor(logging.INFO):
-            return
-        try:
-            line = self._format_line(request, response, time)
-            self.logger.info(self._log_format % tuple(printable(v) for _, v in line))
-        except Exception:
-            self.logger.exception("Error in logging")
