@@ -72,7 +72,9 @@ def instances(samples: Samples) -> dict[tuple[str, str], float]:
 
 
 async def test_a_rollout_as_metrics_show_it(
-    client: Client, admin_token: str, release: str  # noqa: F811
+    client: Client,
+    admin_token: str,
+    release: str,  # noqa: F811
 ) -> None:
     """One slot (max_concurrent 1): a completes, b fails (hash mismatch), c is granted, the
     operator pauses and d is held; then a resume with a failure gate of one host, c fails and
