@@ -169,7 +169,6 @@ async def apply_app(
         if reason is not None:
             await bump_stamp(session)  # every replica's catalog must learn of the pause
             policy = rollouts.policy_of(locked)
-            log.warning("group %s paused: %s", group.name, reason)
     decision: Decision | None = None
     manifest: Manifest | None = None
     if app.update_check:
