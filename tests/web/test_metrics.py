@@ -16,7 +16,7 @@ from nebula.metrics import Metrics
 from nebula.store.db import create_engine, pool_usage, session_factory, transaction
 from nebula.web.keys import READ_SESSIONS
 from nebula.web.payloads import PayloadFileResponse
-from nebula.web.status import COUNTS
+from nebula.web.status import COUNTS, MAX_VERSIONS_PER_GROUP, version_labels
 from tests.factories import Host
 from tests.test_rollout import (
     ERROR_HASH,
@@ -264,3 +264,19 @@ async def test_aborted_download_counts_bytes_sent(tmp_path: Path) -> None:
     finally:
         await server.close()
     assert (1 << 20) <= sent < size / 4, sent
+
+
+def test_version_labels_are_bounded() -> None:
+    """Per group, the MAX_VERSIONS_PER_GROUP versions with most hosts keep their name; rarer
+    ones and what does not parse as a version are "other", no version "unknown". Catches a
+    label per string a host sends (unbounded series) and a cap that drops hosts."""
+    rows: list[tuple[str, str | None, int]] = [
+        ("idle", f"{3000 + n}.0.0", 100 + n) for n in range(MAX_VERSIONS_PER_GROUP + 5)
+    ]
+    rows += [("idle", "not a version; DROP TABLE", 10_000), ("error", None, 3)]
+    labels = version_labels(rows)
+    named = {v for v in labels.values() if v not in ("other", "unknown")}
+    assert named == {f"{3000 + n}.0.0" for n in range(5, MAX_VERSIONS_PER_GROUP + 5)}
+    assert labels["3000.0.0"] == labels["not a version; DROP TABLE"] == "other"
+    assert labels[None] == "unknown"
+    assert set(labels) == {v for _, v, _ in rows}  # every host has a label
