@@ -28,6 +28,8 @@ PUBLIC = {
     ("POST", "/v1/update/"),
     ("POST", "/v1/update"),
     ("GET", "/v1/payloads/{package_id}/{name}"),
+    ("GET", "/v1/release/{board}/{version}/{name}"),  # first boots' release files
+    ("GET", "/v1/ignition/{group}"),  # 404 unless ignition_public is on
     ("GET", "/metrics"),  # the admin listener's alone when admin_listen is set
     ("GET", "/healthz"),
     ("GET", "/readyz"),
