@@ -2,11 +2,16 @@
 `/metrics` (Prometheus). Host counts per group, version and status come from the status_counts
 rows the server maintains as statuses change (never a scan of the hosts), read again at most
 every few seconds so that several scrapers cost one read. Retired hosts are out of those
-counts (nebula.jobs.retirement): the fleet /metrics shows is the live one.
+counts (nebula.jobs.retirement): the fleet /metrics shows is the live one. The policy holds,
+which need each group's rollout status, are read beside the scrapes, at most every
+_HOLDS_TTL seconds, so that a scrape never waits for them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import os
 import time
 from collections import Counter, defaultdict
@@ -27,6 +32,9 @@ from nebula.versions import try_parse_version
 from nebula.web.keys import CATALOG, CLOCK, ENGINE, HOST_CACHE, METRICS, READ_SESSIONS
 
 _COUNTS_TTL = 10.0
+_HOLDS_TTL = 30.0
+
+log = logging.getLogger(__name__)
 # Versions labelled one by one per group and status; the rarer ones (and whatever does not
 # parse as a version: hosts send anything) are summed under "other", so that a host cannot
 # make the label set grow. Hosts that sent no version are "unknown".
@@ -74,6 +82,8 @@ class InstanceCounts(Collector):
         self.progress: list[tuple[str, str, float]] = []
         self.holds: list[tuple[str, str, str, int]] = []
         self.at = 0.0
+        self.holds_at = 0.0  # 0: never read
+        self.holds_task: asyncio.Task[None] | None = None
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
@@ -158,7 +168,6 @@ async def _refresh_counts(app: web.Application) -> None:
         groups = (await session.execute(select(Group))).scalars().all()
         paused: list[tuple[str, str, str | None]] = []
         progress: list[tuple[str, str, float]] = []
-        holds: list[tuple[str, str, str, int]] = []
         targets = {g.id: _target_of(catalog, g) for g in groups}
         hosts: Counter[str] = Counter()
         current: Counter[str] = Counter()
@@ -172,17 +181,8 @@ async def _refresh_counts(app: web.Application) -> None:
             if not g.updates_enabled:
                 kind = "failure_gate" if g.paused_by == AUTOMATIC else "operator"
             paused.append((g.name, g.arch, kind))
-            target = targets[g.id]
-            if target is None:
-                continue
-            if hosts[g.id]:
+            if targets[g.id] is not None and hosts[g.id]:
                 progress.append((g.name, g.arch, current[g.id] / hosts[g.id]))
-                entry = catalog.groups.get((g.app_id, g.id, g.arch))
-                floors = entry.floors if entry is not None else ()
-                # The hosts held are known per host only: rollout status counts them from
-                # the few hosts its indexes single out, never by reading the whole group.
-                status = await rollout_status(session, g, target, now, floors)
-                holds += [(g.name, g.arch, r, n) for r, n in sorted(status.held.items()) if n]
         # Only groups with a reboot timeout; each one read from the (group, status) index.
         overdue = [
             (g.name, g.arch, (await reboot_wait(session, g.id, policy_of(g), now)).overdue)
@@ -192,9 +192,55 @@ async def _refresh_counts(app: web.Application) -> None:
     collector.rows = _instance_rows(fleet)
     collector.paused = paused
     collector.progress = progress
-    collector.holds = holds
     collector.overdue = overdue
     collector.at = time.monotonic()
+
+
+async def _read_holds(app: web.Application) -> None:
+    """nebula_policy_holds: per group with a target, the hosts its rollout status says the
+    policy holds. Hosts held are known per host only; rollout status reads from its indexes
+    just the hosts it must single out, yet that is tens of milliseconds per group at a million
+    hosts: so this runs beside the scrapes (`_expire_holds`), never inside one."""
+    collector = app[COUNTS]
+    catalog = await app[CATALOG].get()
+    now = app[CLOCK]()
+    holds: list[tuple[str, str, str, int]] = []
+    async with transaction(app[READ_SESSIONS]) as session:
+        for g in (await session.execute(select(Group))).scalars().all():
+            entry = catalog.groups.get((g.app_id, g.id, g.arch))
+            if entry is None or entry.final is None:
+                continue
+            status = await rollout_status(session, g, entry.final, now, entry.floors)
+            holds += [(g.name, g.arch, r, n) for r, n in sorted(status.held.items()) if n]
+    collector.holds = holds
+    collector.holds_at = time.monotonic()
+
+
+def _expire_holds(app: web.Application) -> None:
+    """Start reading the holds again when they are older than _HOLDS_TTL (and no read runs)."""
+    collector = app[COUNTS]
+    running = collector.holds_task
+    if running is not None and not running.done():
+        return
+    if collector.holds_at and time.monotonic() - collector.holds_at < _HOLDS_TTL:
+        return
+
+    async def read() -> None:
+        try:
+            await _read_holds(app)
+        except Exception:
+            log.exception("cannot read the policy holds for /metrics")
+            collector.holds_at = time.monotonic()  # not again at every scrape
+
+    collector.holds_task = asyncio.create_task(read())
+
+
+async def _stop_holds(app: web.Application) -> None:
+    task = app[COUNTS].holds_task
+    if task is not None and not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _target_of(catalog: Catalog, group: Group) -> str | None:
@@ -205,6 +251,7 @@ def _target_of(catalog: Catalog, group: Group) -> str | None:
 async def metrics(request: web.Request) -> web.Response:
     app = request.app
     await _refresh_counts(app)
+    _expire_holds(app)
     hosts = app.get(HOST_CACHE)
     if hosts is not None:
         app[METRICS].observe_host_cache(hosts.hits, hosts.misses, len(hosts))
@@ -230,6 +277,7 @@ def add_routes(app: web.Application) -> None:
     counts = InstanceCounts()
     app[COUNTS] = counts
     app[METRICS].register(counts)
+    app.on_shutdown.append(_stop_holds)  # before the engine goes
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

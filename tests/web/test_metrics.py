@@ -42,8 +42,13 @@ GROUP = {"group": "stable", "arch": "amd64"}
 
 
 async def scrape(client: Client) -> Samples:
-    """Every sample of a fresh scrape (the database-read gauges read anew)."""
-    client.app[COUNTS].at = 0.0  # they are otherwise read again only every few seconds
+    """Every sample of a fresh scrape (the database-read gauges read anew, the holds too)."""
+    counts = client.app[COUNTS]
+    counts.at = counts.holds_at = 0.0  # they are otherwise read again only every few seconds
+    assert (await client.get("/metrics")).status == 200
+    # That scrape started reading the holds beside it; the next one shows them.
+    assert counts.holds_task is not None
+    await counts.holds_task
     resp = await client.get("/metrics")
     assert resp.status == 200
     samples: Samples = {}
