@@ -39,6 +39,8 @@ class Settings:
     trust_flatcar_key: bool = True
     migrate: bool = True  # `serve` migrates the database on start
     log_level: str = "info"
+    # "text" (one human line per record) or "json" (one JSON object per line, for collectors).
+    log_format: str = "text"
     # Seconds a host is told to wait between checks (clamped by the client to [45 min, 4 h]).
     poll_interval: int = 0
     # How long the in-process cache of channels/groups/packages may be stale on another replica.
@@ -264,6 +266,7 @@ def _normalize_prefix(raw: str) -> str:
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 
 
 def _check_ranges(settings: Settings) -> None:
@@ -333,6 +336,10 @@ def _check_ranges(settings: Settings) -> None:
     if settings.log_level.lower() not in LOG_LEVELS:
         raise ConfigError(
             f"log_level must be one of {', '.join(LOG_LEVELS)}, got {settings.log_level!r}"
+        )
+    if settings.log_format not in LOG_FORMATS:
+        raise ConfigError(
+            f"log_format must be one of {', '.join(LOG_FORMATS)}, got {settings.log_format!r}"
         )
 
 

@@ -81,15 +81,18 @@ class Metrics:
             registry=r,
         )
         self.grants = Counter(
-            "nebula_updates_granted_total", "New update grants by group", ["group"], registry=r
+            "nebula_updates_granted_total",
+            "New update grants by group and arch",
+            ["group", "arch"],
+            registry=r,
         )
         self.events = Counter(
             "nebula_events_total", "Events hosts reported", ["type", "result"], registry=r
         )
         self.failures = Counter(
             "nebula_update_failures_total",
-            "Failure events by base error code",
-            ["code"],
+            "Failure events by group, arch and base error code",
+            ["group", "arch", "code"],
             registry=r,
         )
         self.payload_requests = Counter(
@@ -99,7 +102,29 @@ class Metrics:
             registry=r,
         )
         self.payload_bytes = Counter(
-            "nebula_payload_bytes_sent_total", "Payload bytes sent to hosts", registry=r
+            "nebula_payload_bytes_sent_total",
+            "Payload bytes handed to the network, counted as they are written (an aborted "
+            "download counts what went out, not its Content-Length)",
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            "nebula_http_request_duration_seconds",
+            "Time from a request's arrival to the last byte of its answer, by route pattern",
+            ["route", "method"],
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60),
+        )
+        self.db_pool_in_use = Gauge(
+            "nebula_db_pool_connections_in_use",
+            "Database connections checked out of the pool (summed over a server's workers)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.db_pool_waiting = Gauge(
+            "nebula_db_pool_waiting",
+            "Transactions waiting for a connection of the pool (summed over a server's workers)",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.checkin_batch_size = Histogram(
             "nebula_checkin_batch_size",
@@ -167,7 +192,16 @@ class Metrics:
         self._cache_seen = (hits, misses)
         self.host_cache_hosts.set(size)
 
-    def count_event(self, event_type: int, result: int, error_code: int | None) -> None:
+    def observe_pool(self, in_use: int, waiting: int) -> None:
+        """The database pool of this process (nebula.store.db.pool_usage), published
+        periodically and at each scrape."""
+        self.db_pool_in_use.set(in_use)
+        self.db_pool_waiting.set(waiting)
+
+    def count_event(
+        self, event_type: int, result: int, error_code: int | None, group: str, arch: str
+    ) -> None:
+        """One event a host reported in `group` (its name) and `arch`."""
         t = str(event_type)
         res = str(result)
         self.events.labels(
@@ -177,5 +211,7 @@ class Metrics:
         if result == 0:
             code = "none" if error_code is None else str(error_code & 0x0FFFFFFF)
             self.failures.labels(
-                code=code if code in KNOWN_ERROR_CODES | {"none"} else "other"
+                group=group,
+                arch=arch,
+                code=code if code in KNOWN_ERROR_CODES | {"none"} else "other",
             ).inc()

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from nebula.config import Settings
 from nebula.store import db
+from nebula.web.access import RequestLog
 from nebula.web.app import create_app
 from tests import crau
 from tests.factories import make_settings, make_token
@@ -210,7 +211,10 @@ async def client(settings: Settings, clock: FakeClock, aiohttp_client: Any) -> T
     """A test client of a real aiohttp server on the per-test database. The database comes
     first (fixtures are torn down in reverse): the app's shutdown, which flushes pending
     check-ins, runs while the database still exists."""
-    return await aiohttp_client(create_app(settings, clock=clock))  # type: ignore[no-any-return]
+    srv = TestServer(create_app(settings, clock=clock))
+    # As `nebula serve` runs it: with Nebula's access log (the line and the duration histogram).
+    await srv.start_server(access_log_class=RequestLog)
+    return await aiohttp_client(srv)  # type: ignore[no-any-return]
 
 
 @pytest.fixture
@@ -253,7 +257,7 @@ async def server(
         db_url, tmp_path, key_file, public_url=base, listen=f"127.0.0.1:{port}"
     )
     srv = TestServer(create_app(settings, clock=clock), host="127.0.0.1", port=port)
-    await srv.start_server()
+    await srv.start_server(access_log_class=RequestLog)
     try:
         yield base
     finally:

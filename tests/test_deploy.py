@@ -446,12 +446,43 @@ def test_rules_reference_real_metrics(app: web.Application) -> None:
     assert len(re.findall(r"^\s+severity:", text, re.M)) == len(alerts)
 
 
-def test_instance_counts_are_never_summed_across_replicas() -> None:
-    # Every replica reports the same fleet-wide nebula_instances: aggregate it with max first.
+# Gauges read from the database at scrape: every replica reports the same fleet-wide values, with
+# every label they have.
+DATABASE_GAUGES = {
+    "nebula_instances": {"app", "group", "arch", "channel", "version", "status"},
+    "nebula_rollout_progress_ratio": {"group", "arch"},
+    "nebula_rollout_paused": {"group", "arch", "kind"},
+    "nebula_policy_holds": {"group", "arch", "reason"},
+    "nebula_group_paused": {"group", "arch"},
+    "nebula_reboot_overdue_instances": {"group", "arch"},
+}
+
+
+def test_database_gauges_are_never_summed_across_replicas() -> None:
+    """Every replica reports the same database-read gauges: a query takes the max across
+    replicas first, by all of the series' labels (a max by group and status alone would pick
+    one version's count of nebula_instances, not their total)."""
     for expr in rule_exprs() + dashboard_exprs():
-        raw = len(re.findall(r"\bnebula_instances\b", expr))
-        maxed = len(re.findall(r"max by \([^)]*\) \(nebula_instances\b", expr))
-        assert raw == maxed, expr
+        for name, labels in DATABASE_GAUGES.items():
+            raw = len(re.findall(rf"\b{name}\b", expr))
+            maxed = re.findall(rf"max by \(([^)]*)\) \({name}\b", expr)
+            assert raw == len(maxed), expr
+            for by in maxed:
+                assert labels <= {x.strip() for x in by.split(",")}, (name, expr)
+
+
+def test_database_gauges_have_the_labels_listed(app: web.Application) -> None:
+    """DATABASE_GAUGES lists the labels the collector really exports."""
+    from nebula.web.status import InstanceCounts
+
+    counts = InstanceCounts()
+    counts.rows = [("flatcar", "stable", "amd64", "stable", "1.2.3", "idle", 1)]
+    counts.paused = [("stable", "amd64", None)]
+    counts.overdue = [("stable", "amd64", 0)]
+    counts.progress = [("stable", "amd64", 0.5)]
+    counts.holds = [("stable", "amd64", "paused", 1)]
+    exported = {f.name: set(f.samples[0].labels) for f in counts.collect()}
+    assert exported == DATABASE_GAUGES
 
 
 def test_dashboard(app: web.Application) -> None:
@@ -495,8 +526,21 @@ def test_dashboard(app: web.Application) -> None:
         "nebula_omaha_request_duration_seconds_bucket",
         "nebula_payload_bytes_sent_total",
         "nebula_payload_uploads_total",
+        "nebula_rollout_progress_ratio",
+        "nebula_rollout_paused",
+        "nebula_policy_holds",
+        "nebula_http_request_duration_seconds_bucket",
+        "nebula_db_pool_connections_in_use",
+        "nebula_db_pool_waiting",
     }
     assert wanted <= {n for e in exprs for n in metric_names(e)}
+    # The fleet's versions: hosts summed by version, and by group and version.
+    by_version = [
+        e for e in exprs if "nebula_instances" in e and re.match(r"sum by \([^)]*version", e)
+    ]
+    assert len(by_version) >= 2, by_version
+    titles = {p["title"] for p in panels}
+    assert {"Hosts by version", "Rollout progress", "Hosts by group and version"} <= titles
     latency = " ".join(e for e in exprs if "duration_seconds_bucket" in e)
     for q in ("0.50", "0.95", "0.99"):
         assert f"histogram_quantile({q}," in latency

@@ -8,7 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from nebula.jobs.history import sample_once
 from nebula.store import db
@@ -98,7 +98,6 @@ async def test_history_route_refuses_bad_windows_and_strangers(
 
 
 async def test_the_leader_takes_samples_by_itself(
-    client: Any,
     db_url: str,
     tmp_path: Path,
     key_file: Path,
@@ -106,11 +105,17 @@ async def test_the_leader_takes_samples_by_itself(
     aiohttp_client: Any,
 ) -> None:
     """A process started on a database with hosts samples them by itself (its leader runs the
-    history job at once): catches a job that is defined but never started."""
-    await check(client, Host(machine_id="f" * 32, version=NEW))
-    await aiohttp_client(create_app(make_settings(db_url, tmp_path, key_file), clock=clock))
+    history job at once): catches a job that is defined but never started. The first process
+    writes the host and stops (its leadership goes with it on PostgreSQL)."""
+    settings = make_settings(db_url, tmp_path, key_file)
+    first = await aiohttp_client(create_app(settings, clock=clock))
+    await check(first, Host(machine_id="f" * 32, version=NEW))
+    await first.close()
     engine = db.create_engine(db_url)
     try:
+        async with engine.begin() as conn:
+            await conn.execute(delete(CountSample))  # whatever the first one sampled
+        await aiohttp_client(create_app(settings, clock=clock))
         for _ in range(300):  # bounded
             async with engine.connect() as conn:
                 count = select(func.count()).select_from(CountSample)

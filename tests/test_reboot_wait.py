@@ -185,7 +185,10 @@ async def test_reboot_timeout_warns_and_never_fails(
         assert (await state_of(engine, host.machine_id)).status == "installed"
     metrics = await (await client.get("/metrics")).text()
     assert 'nebula_reboot_overdue_instances{arch="amd64",group="stable"} 1.0' in metrics
-    assert 'nebula_instances{arch="amd64",group="stable",status="installed"} 2.0' in metrics
+    assert (
+        'nebula_instances{app="flatcar",arch="amd64",channel="stable",group="stable",'
+        'status="installed",version="3815.2.0"} 2.0'
+    ) in metrics
     # Lifting it lifts the warning.
     await set_policy(client, admin_token, reboot_timeout=None)
     assert (await rollout(client, admin_token))["hosts"]["reboot_overdue"] == 0

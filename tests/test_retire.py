@@ -106,7 +106,10 @@ async def test_silent_hosts_leave_every_count_and_come_back(
     assert await group_counts(client, admin_token) == {"idle": 1}
     metrics = await (await client.get("/metrics")).text()
     assert 'status="installed"' not in metrics
-    assert 'nebula_instances{arch="amd64",group="stable",status="idle"} 1.0' in metrics
+    assert (
+        'nebula_instances{app="flatcar",arch="amd64",channel="stable",group="stable",'
+        'status="idle",version="4152.2.3"} 1.0'
+    ) in metrics
     assert await listed(client, admin_token) == {alive.machine_id}
     assert await listed(client, admin_token, all="1") == {
         alive.machine_id,

@@ -918,11 +918,13 @@ class _FailOnSecondEvent(Metrics):
         super().__init__()
         self.seen = 0
 
-    def count_event(self, event_type: int, result: int, error_code: int | None) -> None:
+    def count_event(
+        self, event_type: int, result: int, error_code: int | None, group: str, arch: str
+    ) -> None:
         self.seen += 1
         if self.seen == 2:
             raise RuntimeError("injected failure in the middle of a request")
-        super().count_event(event_type, result, error_code)
+        super().count_event(event_type, result, error_code, group, arch)
 
 
 async def test_one_transaction_per_request(

@@ -95,13 +95,17 @@ def settings_from(**flags: Any) -> Settings:
     type=click.Choice(["debug", "info", "warning", "error"]),
     help="[NEBULA_LOG_LEVEL]",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    help="text lines, or one JSON object per line [NEBULA_LOG_FORMAT, default text]",
+)
 def serve(**flags: Any) -> None:
     """Run the update server."""
     settings = settings_from(**flags)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from nebula.web.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
     if not settings.public_url:
         logging.getLogger("nebula").warning(
             "no --public-url: hosts will be sent payload URLs under %s", settings.base_url

@@ -48,7 +48,6 @@ async def sweep_once(
             if reason is not None:
                 await bump_stamp(session)
                 paused.append(reason)
-                log.warning("group %s paused: %s", group.name, reason)
     return paused
 
 

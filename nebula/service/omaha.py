@@ -75,6 +75,7 @@ class _AppOutcome:
     response: AppResponse
     decision: Decision | None = None
     group: GroupEntry | None = None
+    machine_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +138,10 @@ class OmahaService:
         if pending:
             for item, result in zip(pending, await self._transact(pending, ip, now), strict=True):
                 outcomes[item.index] = _AppOutcome(
-                    self._answer(item.app, result.manifest), result.decision, item.group
+                    self._answer(item.app, result.manifest),
+                    result.decision,
+                    item.group,
+                    item.machine_id,
                 )
         answered = [o for o in outcomes if o is not None]
         # Counted after the commit: a rolled-back transaction granted nothing.
@@ -206,7 +210,9 @@ class OmahaService:
         if decision is None:
             return None
         for event in app.events:
-            self._metrics.count_event(event.type, event.result, event.error_code)
+            self._metrics.count_event(
+                event.type, event.result, event.error_code, group.name, group.arch
+            )
         seen.add(
             machine_id,
             app.app_id,
@@ -311,4 +317,14 @@ class OmahaService:
         )
         self._metrics.update_checks.labels(decision=decision.verdict.value, reason=reason).inc()
         if decision.grant and not decision.regrant and outcome.group is not None:
-            self._metrics.grants.labels(group=outcome.group.name).inc()
+            group = outcome.group
+            self._metrics.grants.labels(group=group.name, arch=group.arch).inc()
+            manifest = check.manifest
+            # One line per new grant, after its commit (a retry's regrant is no news).
+            log.info(
+                "grant: host %r in group %s (%s) to %s",
+                outcome.machine_id,
+                group.name,
+                group.arch,
+                manifest.version if manifest is not None else decision.target,
+            )

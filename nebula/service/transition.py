@@ -169,7 +169,6 @@ async def apply_app(
         if reason is not None:
             await bump_stamp(session)  # every replica's catalog must learn of the pause
             policy = rollouts.policy_of(locked)
-            log.warning("group %s paused: %s", group.name, reason)
     decision: Decision | None = None
     manifest: Manifest | None = None
     if app.update_check:
@@ -262,7 +261,7 @@ def _apply_event(
             previous_version=event.previous_version,
             boot_id=app.boot_id,
         )
-    metrics.count_event(event.type, event.result, event.error_code)
+    metrics.count_event(event.type, event.result, event.error_code, group.name, group.arch)
     transition = lifecycle.after_event(state.status, event.type, event.result, event.error_code)
     if transition is None:
         return False

@@ -15,7 +15,7 @@ from collections import Counter
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nebula.store.models import Group, StatusCount
+from nebula.store.models import Application, Channel, Group, StatusCount
 from nebula.store.upsert import upsert
 
 # (group id, status, version); a key without the version (older callers) counts the host
@@ -102,3 +102,41 @@ async def counts_by_version(
         .having(total != 0)
     )
     return {(s, v or None): int(n) for s, v, n in (await session.execute(stmt)).all()}
+
+
+async def fleet_counts(
+    session: AsyncSession,
+) -> list[tuple[str, str, str, str, str, str | None, str, int]]:
+    """(application name, group id, group name, arch, channel name or '', version or None,
+    status, hosts) for every non-zero count: what /metrics shows of the fleet, read from the
+    count rows alone (groups x versions x statuses x shards of them), never from the hosts."""
+    total = func.sum(StatusCount.count)
+    stmt = (
+        select(
+            Application.name,
+            Group.id,
+            Group.name,
+            Group.arch,
+            func.coalesce(Channel.name, ""),
+            StatusCount.version,
+            StatusCount.status,
+            total,
+        )
+        .join(Group, Group.id == StatusCount.group_id)
+        .join(Application, Application.id == Group.app_id)
+        .outerjoin(Channel, Channel.id == Group.channel_id)
+        .group_by(
+            Application.name,
+            Group.id,
+            Group.name,
+            Group.arch,
+            Channel.name,
+            StatusCount.version,
+            StatusCount.status,
+        )
+        .having(total != 0)
+    )
+    return [
+        (app, gid, g, a, c, v or None, s, int(n))
+        for app, gid, g, a, c, v, s, n in (await session.execute(stmt)).all()
+    ]

@@ -245,17 +245,49 @@ def _writer_lock(sessions: async_sessionmaker[AsyncSession]) -> asyncio.Lock | N
     return lock
 
 
+# Transactions of this process waiting for a connection of each pool (for /metrics): the pool
+# itself does not tell.
+_WAITING: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+
+@asynccontextmanager
+async def _checkout(bind: AsyncEngine) -> AsyncIterator[None]:
+    """Counts the caller as waiting for a connection of `bind`'s pool while inside."""
+    pool = bind.sync_engine.pool
+    _WAITING[pool] = _WAITING.get(pool, 0) + 1
+    try:
+        yield
+    finally:
+        _WAITING[pool] -= 1
+
+
+def pool_usage(engine: AsyncEngine) -> tuple[int, int]:
+    """(connections checked out, transactions waiting for one) of `engine`'s pool in this
+    process."""
+    pool = engine.sync_engine.pool
+    checkedout = getattr(pool, "checkedout", None)
+    return (int(checkedout()) if callable(checkedout) else 0), _WAITING.get(pool, 0)
+
+
 @asynccontextmanager
 async def transaction(
     sessions: async_sessionmaker[AsyncSession],
 ) -> AsyncIterator[AsyncSession]:
-    """One unit of work: commit on success, roll back on any exception."""
+    """One unit of work: commit on success, roll back on any exception. Its connection is taken
+    at the start (the first statement would take it anyway), so that a wait for one is seen."""
     lock = _writer_lock(sessions)
+    bind = sessions.kw.get("bind")
     if lock is None:
         async with sessions() as session, session.begin():
+            if isinstance(bind, AsyncEngine):
+                async with _checkout(bind):
+                    await session.connection()
             yield session
         return
     async with lock, sessions() as session, session.begin():
+        if isinstance(bind, AsyncEngine):
+            async with _checkout(bind):
+                await session.connection()
         yield session
 
 
@@ -271,12 +303,17 @@ async def point_read(
     bind = sessions.kw.get("bind")
     if not isinstance(bind, AsyncEngine):
         raise TypeError("point_read needs sessions bound to an engine")
+    engine = bind
     if bind.dialect.name == "postgresql":
         bind = bind.execution_options(isolation_level="AUTOCOMMIT")
     else:
         bind = bind.execution_options(nebula_read_only=True)
-    async with bind.connect() as conn:
+    async with _checkout(engine):
+        conn = await bind.connect()
+    try:
         yield conn
+    finally:
+        await conn.close()
 
 
 def _alembic_config() -> Config:

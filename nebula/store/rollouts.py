@@ -10,6 +10,7 @@ Query functions take the session first and never commit.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from nebula.store import counts
 from nebula.store.models import Activity, Completion, Failure, Grant, Group, InstanceApp
 from nebula.versions import try_parse_version
 from nebula.windows import Window, WindowError, is_open, window_from_json
+
+log = logging.getLogger(__name__)
 
 AUTOMATIC = "nebula"  # the actor of automatic pauses
 LIVE = InstanceApp.retired_at.is_(None)  # hosts not retired: the only ones any count includes
@@ -222,6 +225,12 @@ def log_activity(
 
 
 def pause(group: Group, session: AsyncSession, now: datetime, actor: str, reason: str) -> None:
+    """Pause `group` (locked by the caller), logged once: a warning when the failure gate
+    does it, as an operator's pause is no surprise."""
+    if actor == AUTOMATIC:
+        log.warning("group %s (%s) paused by the failure gate: %r", group.name, group.arch, reason)
+    else:
+        log.info("group %s (%s) paused by %s: %r", group.name, group.arch, actor, reason)
     group.updates_enabled = False
     group.paused_reason = reason
     group.paused_by = actor
@@ -231,6 +240,7 @@ def pause(group: Group, session: AsyncSession, now: datetime, actor: str, reason
 
 
 def resume(group: Group, session: AsyncSession, now: datetime, actor: str, reason: str) -> None:
+    log.info("group %s (%s) resumed by %s: %r", group.name, group.arch, actor, reason)
     was = group.paused_reason
     group.updates_enabled = True
     group.paused_reason = None

@@ -38,6 +38,7 @@ from nebula.store.seen import SeenWriter
 from nebula.sysext import admin as sysext_admin
 from nebula.sysext import hosts as sysext_hosts
 from nebula.web import admin, ignition, integrity, omaha, payloads, release, rollout, status
+from nebula.web.access import echo_request_id
 from nebula.web.api import auth_middleware, listener_middleware, security_headers
 from nebula.web.errors import OUTAGE_LOG, LogThrottle, error_middleware
 from nebula.web.forwarded import parse_networks
@@ -81,12 +82,16 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-async def publish_host_cache(hosts: HostCache, metrics: Metrics, every: float = 1.0) -> None:
-    """The host cache counts in plain ints on the hot path; its totals reach the metrics here
-    (and at each scrape), so that with several workers each one's share is in its files."""
+async def publish_gauges(
+    hosts: HostCache, engine: AsyncEngine, metrics: Metrics, every: float = 1.0
+) -> None:
+    """The host cache counts in plain ints on the hot path, and the pool's use is the pool's:
+    both reach the metrics here (and at each scrape), so that with several workers each one's
+    share is in its files."""
     while True:
         await asyncio.sleep(every)
         metrics.observe_host_cache(hosts.hits, hosts.misses, len(hosts))
+        metrics.observe_pool(*db.pool_usage(engine))
 
 
 def create_app(
@@ -115,6 +120,7 @@ def create_app(
     app[AUTH_FAILURES] = FailureLimiter(settings.auth_failure_limit, settings.auth_failure_window)
     app.on_response_prepare.append(security_headers)
     app[OUTAGE_LOG] = LogThrottle(10.0)
+    app.on_response_prepare.append(echo_request_id)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         own_engine = engine is None
@@ -185,7 +191,7 @@ def create_app(
             tasks = [
                 asyncio.create_task(leader.run()),
                 asyncio.create_task(seen.run()),
-                asyncio.create_task(publish_host_cache(hosts, metrics)),
+                asyncio.create_task(publish_gauges(hosts, eng, metrics)),
             ]
             if eng.dialect.name == "postgresql":
                 tasks.append(asyncio.create_task(changes.listen(settings.db)))

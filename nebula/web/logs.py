@@ -2,23 +2,28 @@
 
 - `printable(text)`: text from a client with its control characters escaped, so that a NUL, an
   escape sequence or a newline in a path can neither reach a terminal raw nor forge a log line.
+- `configure_logging(level, format)`: the root handler of `nebula serve` and of each worker,
+  in text (one line per record) or JSON (one object per line: time, level, logger, message,
+  the fields a record carries in `extra={"fields": ...}` such as the access line's, and the
+  worker's index and pid).
 - `ProtocolLog`: the logger handed to aiohttp's connection handler. aiohttp logs every request it
   cannot parse (a port scanner, TLS spoken to the plain port, a truncated chunk) with a full
   traceback at ERROR; one INFO line with the peer and the reason is what it is worth. Anything
   else it logs (a bug) keeps its traceback.
-- `SafeAccessLogger`: aiohttp's access log with the same escaping of what the client sent.
 
 Imports nothing of Nebula.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_log import AccessLogger
 from aiohttp.web_protocol import RequestPayloadError
 
 log = logging.getLogger("nebula.web.http")
@@ -61,14 +66,41 @@ class ProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         self.logger.exception(msg, *args, exc_info=exc_info, **kwargs)
 
 
-class SafeAccessLogger(AccessLogger):
-    """The access log line with whatever the client sent escaped."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record; its `fields` (a dict passed as extra) are merged in."""
 
-    def log(self, request: Any, response: Any, time: float) -> None:
-        if not self.logger.isEnabledFor(logging.INFO):
-            return
-        try:
-            line = self._format_line(request, response, time)
-            self.logger.info(self._log_format % tuple(printable(v) for _, v in line))
-        except Exception:
-            self.logger.exception("Error in logging")
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            doc.update({k: v for k, v in fields.items() if k not in doc})
+        if self.worker is not None:
+            doc["worker"] = self.worker
+            doc["pid"] = os.getpid()
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str)
+
+
+def formatter(log_format: str, worker: int | None = None) -> logging.Formatter:
+    """The formatter of `log_format` ("text" or "json")."""
+    if log_format == "json":
+        return JsonFormatter(worker)
+    where = "" if worker is None else f"[worker {worker} pid {os.getpid()}] "
+    return logging.Formatter(f"%(asctime)s %(levelname)s {where}%(name)s: %(message)s")
+
+
+def configure_logging(level: str, log_format: str, worker: int | None = None) -> None:
+    """The root logger at `level`, writing to stderr in `log_format`."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(formatter(log_format, worker))
+    logging.basicConfig(level=level.upper(), handlers=[handler])

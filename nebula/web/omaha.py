@@ -15,6 +15,7 @@ from aiohttp import web
 from nebula.errors import ProtocolError, RequestTooLargeError, SlowRequestError
 from nebula.omaha.build import build_response_cached
 from nebula.omaha.parse import MAX_BODY, parse_request
+from nebula.web.access import note_machine_id
 from nebula.web.forwarded import Network, client_address
 from nebula.web.keys import CLOCK, METRICS, SERVICE, SETTINGS, TRUSTED_PROXIES
 from nebula.web.limits import read_body
@@ -27,6 +28,7 @@ async def handle_update(request: web.Request) -> web.Response:
     try:
         body = await read_body(request, MAX_BODY)
         parsed = parse_request(body)
+        note_machine_id(request, next((a.machine_id for a in parsed.apps if a.machine_id), None))
         proxies: tuple[Network, ...] = request.app[TRUSTED_PROXIES]
         ip = client_address(request.remote, request.headers.get("X-Forwarded-For"), proxies)
         response = await request.app[SERVICE].handle(parsed, ip, request.app[CLOCK]())

@@ -16,7 +16,9 @@ request without them, and no Last-Modified is sent (dates are per-replica facts 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO, Any
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
@@ -26,7 +28,7 @@ from nebula.store.db import transaction
 from nebula.store.packages import find_delta_extension, find_file, is_file_name
 from nebula.web.keys import BLOBS, CATALOG, METRICS, READ_SESSIONS, SETTINGS
 
-# Routes whose answers are payload files (counted by count_payload_bytes).
+# Routes whose answers are payload files (counted by count_payload_requests).
 PAYLOAD_PATHS = ("/v1/payloads/", "/v1/release/")
 _UUID_CHARS = frozenset("0123456789abcdef-")
 _CACHE_CONTROL = "public, max-age=31536000, immutable"
@@ -62,11 +64,31 @@ def _listed(header: str | None, etag: str, *, weak: bool) -> bool:
 
 
 class PayloadFileResponse(web.FileResponse):
-    """A FileResponse for a content-addressed file whose ETag is its SHA-256 (see above)."""
+    """A FileResponse for a content-addressed file whose ETag is its SHA-256 (see above).
 
-    def __init__(self, path: Path, sha256_hex: str) -> None:
+    `on_sent` is told how many bytes of the file went out, once the body is done or broke off:
+    asyncio's sendfile leaves the file's position after the last byte it handed to the socket,
+    even when the client went away midway (and aiohttp's fallback, which reads the file in
+    chunks, leaves it after the last chunk written). A download aborted after a megabyte counts
+    a megabyte, not its Content-Length."""
+
+    def __init__(
+        self, path: Path, sha256_hex: str, on_sent: Callable[[int], None] = lambda _: None
+    ) -> None:
         super().__init__(path, chunk_size=256 * 1024)
         self.validator = f'"{sha256_hex}"'
+        self._on_sent = on_sent
+
+    async def _sendfile(
+        self, request: web.BaseRequest, fobj: IO[Any], offset: int, count: int
+    ) -> AbstractStreamWriter:
+        try:
+            return await super()._sendfile(request, fobj, offset, count)
+        finally:
+            # Nothing sent leaves the position where it was (at 0, or before `offset`).
+            sent = min(count, fobj.tell() - offset)
+            if sent > 0:
+                self._on_sent(sent)
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         if self.prepared:
@@ -90,7 +112,7 @@ class PayloadFileResponse(web.FileResponse):
 async def handle_payload(request: web.Request) -> web.StreamResponse:
     package_id = request.match_info["package_id"]
     name = request.match_info["name"]
-    # Requests are counted once, by count_payload_bytes (404s included: HTTPNotFound is prepared
+    # Requests are counted once, by count_payload_requests (404s included: HTTPNotFound is prepared
     # like any response), not here.
     # Neither a query nor a log line for what cannot be a stored file: a NUL (x%00) would
     # reach PostgreSQL's driver and fail there, and other control characters the log.
@@ -119,7 +141,8 @@ def serve_blob(
         return web.Response(
             status=304, headers={hdrs.ETAG: etag, hdrs.CACHE_CONTROL: _CACHE_CONTROL}
         )
-    response = PayloadFileResponse(blobs.path(sha256), sha256)
+    metrics = request.app[METRICS]
+    response = PayloadFileResponse(blobs.path(sha256), sha256, metrics.payload_bytes.inc)
     response.headers[hdrs.CACHE_CONTROL] = _CACHE_CONTROL
     response.headers[hdrs.CONTENT_DISPOSITION] = f'attachment; filename="{name}"'
     response.content_type = "application/octet-stream"
@@ -152,18 +175,16 @@ async def own_validator(request: web.Request, response: web.StreamResponse) -> N
         response.headers.pop(hdrs.LAST_MODIFIED, None)
 
 
-async def count_payload_bytes(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: count what payload routes send (the range, not the whole file):
-    the payloads of update checks and the release files of first boots alike."""
+async def count_payload_requests(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: count the requests of payload routes by status: the payloads of
+    update checks and the release files of first boots alike (under the secret prefix when one
+    is set). Their bytes are counted as they go out (PayloadFileResponse)."""
     path = request.path
     prefix = request.app[SETTINGS].omaha_prefix
     if prefix and path.startswith(prefix + "/"):
         path = path[len(prefix) :]
     if path.startswith(PAYLOAD_PATHS) and request.method == "GET":
-        metrics = request.app[METRICS]
-        metrics.payload_requests.labels(status=str(response.status)).inc()
-        if response.status in (200, 206) and response.content_length:
-            metrics.payload_bytes.inc(response.content_length)
+        request.app[METRICS].payload_requests.labels(status=str(response.status)).inc()
 
 
 def add_routes(app: web.Application) -> None:
@@ -171,4 +192,4 @@ def add_routes(app: web.Application) -> None:
     prefix = app[SETTINGS].omaha_prefix
     app.router.add_get(f"{prefix}/v1/payloads/{{package_id}}/{{name}}", handle_payload)
     app.on_response_prepare.append(own_validator)
-    app.on_response_prepare.append(count_payload_bytes)
+    app.on_response_prepare.append(count_payload_requests)

@@ -12,7 +12,7 @@ or its body timeout, shorter, answers it 408), idle keep-alive connections close
 cleanup runs (it flushes the batched last-seen times). Further signals during the drain are
 ignored.
 
-Imports nebula.config, nebula.errors and nebula.web.logs only.
+Imports nebula.config, nebula.errors, nebula.web.access and nebula.web.logs only.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from aiohttp import web
 
 from nebula.config import Settings, split_listen
 from nebula.errors import ConfigError
-from nebula.web.logs import ProtocolLog, SafeAccessLogger
+from nebula.web.access import RequestLog
+from nebula.web.logs import ProtocolLog
 
 log = logging.getLogger(__name__)
 
-ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 CUT_GRACE = 1.0  # seconds aiohttp's shutdown gives what the drain's timeout left still running
 
@@ -49,8 +49,8 @@ def runner_options(settings: Settings) -> dict[str, Any]:
     """
     return {
         "keepalive_timeout": settings.header_timeout,
-        "access_log_format": ACCESS_LOG_FORMAT,
-        "access_log_class": SafeAccessLogger,
+        # One line per request, and the request-duration histogram (nebula.web.access).
+        "access_log_class": RequestLog,
         "logger": ProtocolLog(),
     }
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import os
 import signal
 import socket
@@ -31,6 +30,7 @@ from aiohttp import web
 from nebula.config import load_settings
 from nebula.errors import NebulaError
 from nebula.web.app import create_app
+from nebula.web.logs import configure_logging
 from nebula.web.serve import serve_app
 
 WORKER_HEADER = "X-Nebula-Worker"
@@ -54,11 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     ready_fd = int(spec["ready_fd"])
     index = int(spec["index"])
     settings = load_settings(spec["settings"], environ={})
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s [worker {index} pid {os.getpid()}] "
-        "%(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format, worker=index)
     threading.Thread(target=_watch_parent, args=(int(spec["parent"]),), daemon=True).start()
     sockets = [socket.socket(fileno=int(fd)) for fd in spec["fds"]]
     for sock in sockets:

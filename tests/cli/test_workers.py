@@ -149,6 +149,10 @@ def _serve_two_workers(tmp_path: Path, db_url: str) -> None:
             assert _metric(text, "nebula_update_checks_total") == checks, text
             assert _metric(text, "nebula_omaha_request_duration_seconds_count") == checks
             assert _metric(text, "nebula_leader") == 1, text
+            # Request durations are summed like counters; the hosts, read from the database
+            # at scrape, are counted once, not once per worker.
+            assert _metric(text, "nebula_http_request_duration_seconds_count") >= checks
+            assert _metric(text, "nebula_instances") == len(hosts), text
             scraped.add(headers[WORKER])
             return len(scraped) == 2 and _metric(text, "nebula_timeout_sweeps_total") >= 3
 
