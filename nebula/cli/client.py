@@ -113,8 +113,15 @@ class ApiClient:
 
 
 def _error_text(status: int, body: bytes) -> str:
+    """One line from an error answer: a problem document's `detail` (RFC 9457), the `error` of
+    servers before problem documents, or the body's own text (a proxy's page, say)."""
+    message = None
     try:
-        message = json.loads(body)["error"]
-    except (ValueError, KeyError, TypeError):
+        data = json.loads(body)
+        if isinstance(data, dict):
+            message = data.get("detail") or data.get("error")
+    except (ValueError, UnicodeDecodeError):
+        pass
+    if not isinstance(message, str) or not message.strip():
         message = body.decode(errors="replace").strip() or "no details"
-    return f"server said {status}: {message}"
+    return f"server said {status}: {' '.join(message.split())}"
