@@ -3,6 +3,8 @@
 Errors from the server come back as ClickExceptions carrying the server's own message, and a
 server URL that cannot be right (no scheme, or a path) is refused before anything is sent.
 Uploads stream from disk: a 1 GiB payload never sits in this process's memory either.
+aiohttp and yarl are imported where a request is made, not with this module: every API
+command's --help loads it, and must stay fast.
 """
 
 from __future__ import annotations
@@ -13,9 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import click
-from yarl import URL
 
 from nebula.config import client_env
 
@@ -29,6 +29,8 @@ def base_url(raw: str, source: str) -> str:
     Without this, "127.0.0.1:8000" reads as scheme "127.0.0.1" and aiohttp fails with a
     traceback, and a path (".../v1/update/", ".../api") is kept and every route under it 404s.
     """
+    from yarl import URL
+
     example = "http://HOST:PORT"
     try:
         url = URL(raw.strip())
@@ -66,6 +68,8 @@ class ApiClient:
         return {"Authorization": f"Bearer {self.token}"}
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        import aiohttp
+
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=600)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             try:
@@ -92,6 +96,8 @@ class ApiClient:
         return self.call(method, path, json=body)
 
     def upload(self, params: dict[str, str], payload: Path, extensions: Sequence[Path]) -> Any:
+        import aiohttp
+
         async def run() -> Any:
             handles = []
             try:
