@@ -71,7 +71,7 @@ def _http_detail(request: web.Request, exc: web.HTTPException) -> str:
     if text and text != f"{exc.status}: {exc.reason}":
         return text  # our own words (limits_middleware), or aiohttp's specific ones (413)
     if exc.status == 404:
-        return f"no such admin API route: {where}"
+        return f"no such admin API route: {where} (the routes: GET /api/v1/openapi.json)"
     if exc.status == 405:
         allowed = exc.headers.get("Allow", "")
         return f"{where}: method not allowed here; use {allowed or 'another method'}"

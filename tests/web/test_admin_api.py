@@ -576,7 +576,7 @@ async def test_every_admin_error_is_a_problem_document(
         },
     }
     json_type = {**token, "Content-Type": "application/json"}
-    cases: list[tuple[str, str, dict[str, Any], int, str]] = [
+    cases: list[tuple[str, str, dict[str, Any], int, str | None]] = [
         ("GET", "/api/v1/channels", {}, 401, "AuthError"),
         ("GET", "/api/v1/channels", {"headers": auth("nbl_wrong")}, 401, "AuthError"),
         (
