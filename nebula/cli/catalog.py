@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from nebula.cli.client import ApiClient
-from nebula.cli.output import emit_json, human_size, table
+from nebula.cli.output import emit_json, human_size, output_options, table, wide
 from nebula.durations import format_duration
 from nebula.lifecycle import STATUSES  # pure and small: cheap enough for --help
 
@@ -25,8 +25,8 @@ def api_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON")(f)
+# -o/--output json|yaml|wide|table and --json (nebula.cli.output), under its older name.
+json_option = output_options
 
 
 # -- packages ------------------------------------------------------------------------------------
@@ -193,19 +193,24 @@ def package_list(
                 human_size(sum(f["size"] for f in p["files"])),
                 "external" if p["external"] else "stored",
                 p["id"],
+                *((p["created_at"], p["created_by"], p["codebase"]) if wide() else ()),
             )
             for p in result["packages"]
         ],
-        ["version", "arch", "kind", "files", "size", "where", "id"],
+        ["version", "arch", "kind", "files", "size", "where", "id"]
+        + (["created", "by", "codebase"] if wide() else []),
     )
 
 
 @package_group.command("delete")
 @api_options
+@json_option
 @click.argument("package_id")
-def package_delete(url: str | None, token: str | None, package_id: str) -> None:
+def package_delete(url: str | None, token: str | None, as_json: bool, package_id: str) -> None:
     """Delete a package no channel or pin uses."""
     ApiClient(url, token).call("DELETE", f"/api/v1/packages/{package_id}")
+    if as_json:
+        return emit_json({"id": package_id, "deleted": True})
     click.echo(f"deleted {package_id}")
 
 
@@ -227,10 +232,17 @@ def channel_list(url: str | None, token: str | None, as_json: bool) -> None:
         return emit_json(result)
     table(
         [
-            (c["name"], c["arch"], c["version"] or "-", c["updated_at"], c["updated_by"])
+            (
+                c["name"],
+                c["arch"],
+                c["version"] or "-",
+                c["updated_at"],
+                c["updated_by"],
+                *((c["package_id"], c["id"]) if wide() else ()),
+            )
             for c in result["channels"]
         ],
-        ["channel", "arch", "version", "updated", "by"],
+        ["channel", "arch", "version", "updated", "by"] + (["package", "id"] if wide() else []),
     )
 
 
@@ -277,10 +289,11 @@ def group_list(url: str | None, token: str | None, as_json: bool) -> None:
                 g["channel"] or "-",
                 "on" if g["policy"]["updates_enabled"] else "paused",
                 g["id"],
+                *((g["description"],) if wide() else ()),
             )
             for g in result["groups"]
         ],
-        ["name", "track", "arch", "channel", "updates", "id"],
+        ["name", "track", "arch", "channel", "updates", "id"] + (["description"] if wide() else []),
     )
 
 
@@ -401,6 +414,11 @@ def instance_list(
                 i["granted_version"],
                 "held" if i["held"] else (i["hold_reason"] or ""),
                 i["last_check_at"],
+                *(
+                    (i["app_id"], i["track"], i["oem"], i["board"], i["status_changed_at"])
+                    if wide()
+                    else ()
+                ),
             )
             for i in result["instances"]
         ],
@@ -414,5 +432,6 @@ def instance_list(
             "granted",
             "hold",
             "last check",
+            *(("app", "track", "oem", "board", "status since") if wide() else ()),
         ],
     )

@@ -48,6 +48,10 @@ COMMANDS = {
     "rollout": Lazy(
         "nebula.cli.rollout:rollout_group", "Follow, pause and resume a group's rollout."
     ),
+    "completion": Lazy(
+        "nebula.cli.completion:completion",
+        "Print the shell completion script for SHELL (bash, zsh or fish).",
+    ),
     "host-config": Lazy(
         "nebula.cli.hostconfig:host_config",
         "Print a host config that points a Flatcar host at Nebula (update.conf and the rest).",

@@ -290,33 +290,44 @@ def rollout_activity(
 
 
 def _hold(
-    action: str, url: str | None, token: str | None, machine_id: str, reason: str | None
+    action: str,
+    url: str | None,
+    token: str | None,
+    as_json: bool,
+    machine_id: str,
+    reason: str | None,
 ) -> None:
     body = ApiClient(url, token).send(
         "POST", f"/api/v1/instances/{machine_id}/{action}", {"reason": reason or ""}
     )
+    if as_json:
+        return emit_json(body)
     # The server's spelling: a braced or upper-case id given here is the host's id there.
     click.echo(f"{body['machine_id']} {'held' if action == 'hold' else 'released'}")
 
 
 @instance_group.command("hold")
 @api_options
+@json_option
 @click.argument("machine_id")
 @click.option("--reason")
-def instance_hold(url: str | None, token: str | None, machine_id: str, reason: str | None) -> None:
+def instance_hold(
+    url: str | None, token: str | None, as_json: bool, machine_id: str, reason: str | None
+) -> None:
     """Exclude a host from updates until released."""
-    _hold("hold", url, token, machine_id, reason)
+    _hold("hold", url, token, as_json, machine_id, reason)
 
 
 @instance_group.command("release")
 @api_options
+@json_option
 @click.argument("machine_id")
 @click.option("--reason")
 def instance_release(
-    url: str | None, token: str | None, machine_id: str, reason: str | None
+    url: str | None, token: str | None, as_json: bool, machine_id: str, reason: str | None
 ) -> None:
     """Let a held host update again."""
-    _hold("release", url, token, machine_id, reason)
+    _hold("release", url, token, as_json, machine_id, reason)
 
 
 @instance_group.command("delete")

@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from nebula.cli.output import output_options
 from nebula.config import Settings, load_settings
 from nebula.errors import ConfigError, NebulaError
 from nebula.store import db
@@ -242,12 +243,27 @@ def token_create(name: str, role: str, create: bool, **flags: Any) -> None:
 @token_group.command("list")
 @config_option
 @db_option
-def token_list(**flags: Any) -> None:
+@output_options
+def token_list(as_json: bool, **flags: Any) -> None:
     """List tokens (names and roles; the tokens themselves are not stored)."""
-    from nebula.cli.output import table
+    from nebula.cli.output import emit_json, table
 
     settings = settings_from(**flags)
     rows = _in_transaction(settings, token_store.list_tokens)
+    if as_json:
+        return emit_json(
+            {
+                "tokens": [
+                    {
+                        "name": t.name,
+                        "role": t.role,
+                        "created_at": t.created_at.isoformat(),
+                        "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None,
+                    }
+                    for t in rows
+                ]
+            }
+        )
     table(
         [
             (

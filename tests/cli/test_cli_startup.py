@@ -19,7 +19,16 @@ from click.testing import CliRunner
 
 from nebula.cli.main import COMMANDS, main
 
-API_COMMANDS = ("package", "channel", "group", "instance", "policy", "rollout", "host-config")
+API_COMMANDS = (
+    "package",
+    "channel",
+    "group",
+    "instance",
+    "policy",
+    "rollout",
+    "host-config",
+    "completion",
+)
 HEAVY = ("sqlalchemy", "aiohttp.web", "lxml", "nebula.web", "nebula.store", "alembic")
 # What one API command's --help may load: the interpreter, click and a few pure nebula modules
 # (about 190 today). The server's import is over 900, aiohttp's client alone about 130.
