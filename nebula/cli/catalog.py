@@ -72,7 +72,13 @@ def package_upload(
     extension: tuple[Path, ...],
     from_version: str | None,
 ) -> None:
-    """Upload a signed payload (and its extensions) to Nebula's payload store."""
+    """Upload a signed payload (and its extensions) to Nebula's payload store.
+
+    \b
+    Example:
+      nebula package upload flatcar_production_update.gz --version 4152.2.3 \\
+          --arch amd64 --extension oem-azure.gz
+    """
     params = {"version": version, "arch": arch}
     if from_version:
         params["from_version"] = from_version
@@ -155,6 +161,11 @@ def package_add(
     Give local copies of the files (FILES, main payload first, and --extension) to have them
     verified as `upload` does (CrAU, signed by a key the server trusts) and their sizes and
     hashes computed, or --file NAME:SIZE:SHA1:SHA256 for each (taken on trust).
+
+    \b
+    Example:
+      nebula package add flatcar_production_update.gz --version 4152.2.3 \\
+          --arch amd64 --url https://update.release.flatcar-linux.net/amd64-usr/4152.2.3/
     """
     described = [_describe_file(p) for p in (*files, *extension)]
     described += [_parse_file_spec(s) for s in specs]
@@ -179,7 +190,12 @@ def package_add(
 def package_list(
     url: str | None, token: str | None, as_json: bool, arch: str | None, version: str | None
 ) -> None:
-    """List packages."""
+    """List packages.
+
+    \b
+    Example:
+      nebula package list --arch amd64 -o wide
+    """
     result = ApiClient(url, token).get("/api/v1/packages", {"arch": arch, "version": version})
     if as_json:
         return emit_json(result)
@@ -207,7 +223,12 @@ def package_list(
 @json_option
 @click.argument("package_id")
 def package_delete(url: str | None, token: str | None, as_json: bool, package_id: str) -> None:
-    """Delete a package no channel or pin uses."""
+    """Delete a package no channel or pin uses.
+
+    \b
+    Example:
+      nebula package delete 9bf8e088-5612-4604-b745-00188134362a
+    """
     ApiClient(url, token).call("DELETE", f"/api/v1/packages/{package_id}")
     if as_json:
         return emit_json({"id": package_id, "deleted": True})
@@ -226,7 +247,12 @@ def channel_group() -> None:
 @api_options
 @json_option
 def channel_list(url: str | None, token: str | None, as_json: bool) -> None:
-    """List channels and their versions."""
+    """List channels and their versions.
+
+    \b
+    Example:
+      nebula channel list -o json
+    """
     result = ApiClient(url, token).get("/api/v1/channels")
     if as_json:
         return emit_json(result)
@@ -255,7 +281,12 @@ def channel_list(url: str | None, token: str | None, as_json: bool) -> None:
 def channel_set(
     url: str | None, token: str | None, as_json: bool, channel: str, arch: str, version: str
 ) -> None:
-    """Point CHANNEL at VERSION: hosts of its groups are offered it."""
+    """Point CHANNEL at VERSION: hosts of its groups are offered it.
+
+    \b
+    Example:
+      nebula channel set stable --arch amd64 --version 4152.2.3
+    """
     result = ApiClient(url, token).send(
         "PUT", f"/api/v1/channels/{channel}", {"arch": arch, "version": version}
     )
@@ -276,7 +307,12 @@ def group_group() -> None:
 @api_options
 @json_option
 def group_list(url: str | None, token: str | None, as_json: bool) -> None:
-    """List groups."""
+    """List groups.
+
+    \b
+    Example:
+      nebula group list
+    """
     result = ApiClient(url, token).get("/api/v1/groups")
     if as_json:
         return emit_json(result)
@@ -315,7 +351,12 @@ def group_create(
     track: str | None,
     description: str,
 ) -> None:
-    """Create a group."""
+    """Create a group.
+
+    \b
+    Example:
+      nebula group create canary --arch amd64 --channel stable
+    """
     result = ApiClient(url, token).send(
         "POST",
         "/api/v1/groups",
@@ -343,7 +384,12 @@ def group_create(
 def group_show(
     url: str | None, token: str | None, as_json: bool, group: str, arch: str | None
 ) -> None:
-    """Show a group, its policy and its hosts by status."""
+    """Show a group, its policy and its hosts by status.
+
+    \b
+    Example:
+      nebula group show canary --arch amd64
+    """
     g = ApiClient(url, token).get(f"/api/v1/groups/{group}", {"arch": arch})
     if as_json:
         return emit_json(g)
@@ -394,7 +440,12 @@ def instance_list(
     retired: bool,
     **filters: Any,
 ) -> None:
-    """List hosts (live ones: not retired, unless --all or --retired)."""
+    """List hosts (live ones: not retired, unless --all or --retired).
+
+    \b
+    Example:
+      nebula instance list --group canary --status error -o wide
+    """
     if show_all and retired:
         raise click.UsageError("--all and --retired: say one")
     filters["all"] = "1" if show_all else None

@@ -86,7 +86,12 @@ def settings_from(**flags: Any) -> Settings:
     help="[NEBULA_LOG_LEVEL]",
 )
 def serve(**flags: Any) -> None:
-    """Run the update server."""
+    """Run the update server.
+
+    \b
+    Example:
+      nebula serve --db postgresql+asyncpg://nebula@db/nebula --listen 0.0.0.0:8000
+    """
     settings = settings_from(**flags)
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -160,7 +165,12 @@ def db_group() -> None:
 @config_option
 @db_option
 def db_upgrade(**flags: Any) -> None:
-    """Migrate the database to the newest schema."""
+    """Migrate the database to the newest schema.
+
+    \b
+    Example:
+      nebula db upgrade --db sqlite+aiosqlite:///nebula.db
+    """
     settings = settings_from(**flags)
 
     async def work(engine: Any) -> str | None:
@@ -175,7 +185,12 @@ def db_upgrade(**flags: Any) -> None:
 @config_option
 @db_option
 def db_current(**flags: Any) -> None:
-    """Show the database's schema revision and the newest one."""
+    """Show the database's schema revision and the newest one.
+
+    \b
+    Example:
+      nebula db current --db sqlite+aiosqlite:///nebula.db
+    """
     settings = settings_from(**flags)
 
     async def work(engine: Any) -> str | None:
@@ -230,7 +245,12 @@ def token_create(name: str, role: str, create: bool, **flags: Any) -> None:
     """Create a token and print it (once: only its hash is kept).
 
     The database must be the server's, migrated: one that is not is refused unless --create.
-    Which database the token went into is said on stderr."""
+    Which database the token went into is said on stderr.
+
+    \b
+    Example:
+      export NEBULA_TOKEN=$(nebula token create --name ops --role admin)
+    """
     settings = settings_from(**flags)
     now = datetime.now(UTC)
     token = _in_transaction(
@@ -245,7 +265,12 @@ def token_create(name: str, role: str, create: bool, **flags: Any) -> None:
 @db_option
 @output_options
 def token_list(as_json: bool, **flags: Any) -> None:
-    """List tokens (names and roles; the tokens themselves are not stored)."""
+    """List tokens (names and roles; the tokens themselves are not stored).
+
+    \b
+    Example:
+      nebula token list -o yaml
+    """
     from nebula.cli.output import emit_json, table
 
     settings = settings_from(**flags)
@@ -283,7 +308,12 @@ def token_list(as_json: bool, **flags: Any) -> None:
 @db_option
 @click.option("--name", required=True)
 def token_revoke(name: str, **flags: Any) -> None:
-    """Revoke a token at once."""
+    """Revoke a token at once.
+
+    \b
+    Example:
+      nebula token revoke --name grafana
+    """
     settings = settings_from(**flags)
     now = datetime.now(UTC)
     if not _in_transaction(settings, lambda s: token_store.revoke_token(s, name, now)):
