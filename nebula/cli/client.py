@@ -1,4 +1,5 @@
-"""The admin API client the CLI uses: NEBULA_URL and NEBULA_TOKEN (or --server/--token).
+"""The admin API client the CLI uses: --server/--token, NEBULA_URL and NEBULA_TOKEN, or a
+context (nebula.cli.contexts).
 
 Errors from the server come back as ClickExceptions carrying the server's own message, and a
 server URL that cannot be right (no scheme, or a path) is refused before anything is sent.
@@ -17,6 +18,7 @@ from typing import Any
 
 import click
 
+from nebula.cli.contexts import resolve
 from nebula.config import client_env
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -54,15 +56,14 @@ def base_url(raw: str, source: str) -> str:
 class ApiClient:
     def __init__(self, url: str | None, token: str | None) -> None:
         env_url, env_token = client_env()
-        if url:
-            self.url = base_url(url, "--server")
-        elif env_url:
-            self.url = base_url(env_url, "NEBULA_URL")
-        else:
-            self.url = DEFAULT_URL
-        self.token = token or env_token
+        chosen, chosen_token, source = resolve(url, token, env_url, env_token)
+        self.url = base_url(chosen, source or "NEBULA_URL") if chosen else DEFAULT_URL
+        self.token = chosen_token
         if not self.token:
-            raise click.UsageError("no token: set NEBULA_TOKEN (see `nebula token create`)")
+            raise click.UsageError(
+                "no token: set NEBULA_TOKEN or add a context (`nebula context add`; "
+                "tokens come from `nebula token create`)"
+            )
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}

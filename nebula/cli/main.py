@@ -48,6 +48,10 @@ COMMANDS = {
     "rollout": Lazy(
         "nebula.cli.rollout:rollout_group", "Follow, pause and resume a group's rollout."
     ),
+    "context": Lazy(
+        "nebula.cli.contexts:context_group",
+        "Named servers and tokens, so that commands need no --server, --token or NEBULA_*.",
+    ),
     "completion": Lazy(
         "nebula.cli.completion:completion",
         "Print the shell completion script for SHELL (bash, zsh or fish).",

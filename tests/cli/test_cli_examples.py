@@ -11,6 +11,7 @@ import warnings
 
 import click
 import pytest
+from click.testing import CliRunner
 
 from nebula.cli.main import COMMANDS, main
 
@@ -80,7 +81,8 @@ def test_every_command_shows_an_example_that_parses(path: str, command: click.Co
     for args in found:
         assert " ".join(args).startswith(path), (path, args)
         try:
-            parse(args)
+            with CliRunner().isolation(input="answer\n" * 4):  # an option that prompts
+                parse(args)
         except click.BadParameter as exc:
             # Files an example names need not exist here; anything else is a wrong example.
             if "does not exist" not in str(exc):

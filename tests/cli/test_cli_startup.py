@@ -28,6 +28,7 @@ API_COMMANDS = (
     "rollout",
     "host-config",
     "completion",
+    "context",
 )
 HEAVY = ("sqlalchemy", "aiohttp.web", "lxml", "nebula.web", "nebula.store", "alembic")
 # What one API command's --help may load: the interpreter, click and a few pure nebula modules
