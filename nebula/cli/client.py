@@ -11,8 +11,10 @@ command's --help loads it, and must stay fast.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,17 +99,32 @@ class ApiClient:
         return self.call(method, path, json=body)
 
     def upload(self, params: dict[str, str], payload: Path, extensions: Sequence[Path]) -> Any:
+        """POST the files as multipart, streamed from disk; a progress bar on stderr when it
+        is a terminal, nothing on a pipe (scripts read stdout, logs keep stderr)."""
         import aiohttp
 
+        files = [("payload", payload), *(("extension", e) for e in extensions)]
+        bar = None
+        if sys.stderr.isatty():
+            total = sum(path.stat().st_size for _, path in files)
+            bar = click.progressbar(length=total, label="uploading", file=sys.stderr, width=30)
+
         async def run() -> Any:
-            handles = []
+            loop = asyncio.get_running_loop()
+            handles: list[io.BufferedReader] = []
+
+            def sent(n: int) -> None:
+                # aiohttp reads the files in a worker thread: the bar moves in the loop's.
+                if bar is not None:
+                    loop.call_soon_threadsafe(bar.update, n)
+
             try:
                 form = aiohttp.FormData()
-                for field, path in [("payload", payload), *(("extension", e) for e in extensions)]:
-                    handle = path.open("rb")
-                    handles.append(handle)
+                for field, path in files:
+                    counted = _CountedFile(path, sent)
+                    handles.append(counted)
                     form.add_field(
-                        field, handle, filename=path.name, content_type="application/octet-stream"
+                        field, counted, filename=path.name, content_type="application/octet-stream"
                     )
                 return await self._request(
                     "POST", "/api/v1/packages/upload", params=params, data=form
@@ -116,7 +133,25 @@ class ApiClient:
                 for handle in handles:
                     handle.close()
 
-        return asyncio.run(run())
+        try:
+            return asyncio.run(run())
+        finally:
+            if bar is not None:
+                bar.render_finish()
+
+
+class _CountedFile(io.BufferedReader):
+    """A file opened for reading that tells `sent` how many bytes each read returned. Still a
+    BufferedReader: aiohttp sends it with its size (Content-Length), not chunked."""
+
+    def __init__(self, path: Path, sent: Callable[[int], None]) -> None:
+        super().__init__(io.FileIO(path, "rb"))
+        self._sent = sent
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        self._sent(len(data))
+        return data
 
 
 def _error_text(status: int, body: bytes) -> str:
