@@ -349,6 +349,22 @@ def client_env(environ: Mapping[str, str] | None = None) -> tuple[str | None, st
     return env.get("NEBULA_URL"), env.get("NEBULA_TOKEN")
 
 
+def cli_config_path(environ: Mapping[str, str] | None = None) -> Path:
+    """Where the CLI keeps its named contexts (server URL and token each): NEBULA_CLI_CONFIG,
+    else $XDG_CONFIG_HOME/nebula/config.toml, else ~/.config/nebula/config.toml."""
+    env = os.environ if environ is None else environ
+    if env.get("NEBULA_CLI_CONFIG"):
+        return Path(env["NEBULA_CLI_CONFIG"])
+    base = Path(env["XDG_CONFIG_HOME"]) if env.get("XDG_CONFIG_HOME") else None
+    return (base or Path(env.get("HOME") or Path.home()) / ".config") / "nebula" / "config.toml"
+
+
+def cli_context(environ: Mapping[str, str] | None = None) -> str | None:
+    """NEBULA_CONTEXT: the context to use instead of the current one."""
+    env = os.environ if environ is None else environ
+    return env.get("NEBULA_CONTEXT") or None
+
+
 def child_environ(extra: Mapping[str, str]) -> dict[str, str]:
     """The environment of a worker process: this one plus `extra`."""
     return {**os.environ, **extra}

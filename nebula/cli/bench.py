@@ -96,6 +96,11 @@ def bench(
 
     The ceiling is a bare aiohttp process answering a constant noupdate; both servers get the
     same load from a generator in processes of their own, on 127.0.0.1.
+
+
+    \b
+    Example:
+      nebula bench
     """
     from nebula.loadtest.bench import Options, report, run
 

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from nebula.cli.client import ApiClient
-from nebula.cli.output import api_options, emit_json, human_size, json_option, table
+from nebula.cli.output import api_options, emit_json, human_size, json_option, table, wide
 from nebula.durations import format_duration
 from nebula.lifecycle import STATUSES  # pure and small: cheap enough for --help
 
@@ -59,7 +59,13 @@ def package_upload(
     extension: tuple[Path, ...],
     from_version: str | None,
 ) -> None:
-    """Upload a signed payload (and its extensions) to Nebula's payload store."""
+    """Upload a signed payload (and its extensions) to Nebula's payload store.
+
+    \b
+    Example:
+      nebula package upload flatcar_production_update.gz --version 4152.2.3 \\
+          --arch amd64 --extension oem-azure.gz
+    """
     params = {"version": version, "arch": arch}
     if from_version:
         params["from_version"] = from_version
@@ -142,6 +148,11 @@ def package_add(
     Give local copies of the files (FILES, main payload first, and --extension) to have them
     verified as `upload` does (CrAU, signed by a key the server trusts) and their sizes and
     hashes computed, or --file NAME:SIZE:SHA1:SHA256 for each (taken on trust).
+
+    \b
+    Example:
+      nebula package add flatcar_production_update.gz --version 4152.2.3 \\
+          --arch amd64 --url https://update.release.flatcar-linux.net/amd64-usr/4152.2.3/
     """
     described = [_describe_file(p) for p in (*files, *extension)]
     described += [_parse_file_spec(s) for s in specs]
@@ -166,7 +177,12 @@ def package_add(
 def package_list(
     url: str | None, token: str | None, as_json: bool, arch: str | None, version: str | None
 ) -> None:
-    """List packages."""
+    """List packages.
+
+    \b
+    Example:
+      nebula package list --arch amd64 -o wide
+    """
     result = ApiClient(url, token).get("/api/v1/packages", {"arch": arch, "version": version})
     if as_json:
         return emit_json(result)
@@ -180,19 +196,29 @@ def package_list(
                 human_size(sum(f["size"] for f in p["files"])),
                 "external" if p["external"] else "stored",
                 p["id"],
+                *((p["created_at"], p["created_by"], p["codebase"]) if wide() else ()),
             )
             for p in result["packages"]
         ],
-        ["version", "arch", "kind", "files", "size", "where", "id"],
+        ["version", "arch", "kind", "files", "size", "where", "id"]
+        + (["created", "by", "codebase"] if wide() else []),
     )
 
 
 @package_group.command("delete")
 @api_options
+@json_option
 @click.argument("package_id")
-def package_delete(url: str | None, token: str | None, package_id: str) -> None:
-    """Delete a package no channel or pin uses."""
+def package_delete(url: str | None, token: str | None, as_json: bool, package_id: str) -> None:
+    """Delete a package no channel or pin uses.
+
+    \b
+    Example:
+      nebula package delete 9bf8e088-5612-4604-b745-00188134362a
+    """
     ApiClient(url, token).call("DELETE", f"/api/v1/packages/{package_id}")
+    if as_json:
+        return emit_json({"id": package_id, "deleted": True})
     click.echo(f"deleted {package_id}")
 
 
@@ -232,16 +258,28 @@ def channel_group() -> None:
 @api_options
 @json_option
 def channel_list(url: str | None, token: str | None, as_json: bool) -> None:
-    """List channels and their versions."""
+    """List channels and their versions.
+
+    \b
+    Example:
+      nebula channel list -o json
+    """
     result = ApiClient(url, token).get("/api/v1/channels")
     if as_json:
         return emit_json(result)
     table(
         [
-            (c["name"], c["arch"], c["version"] or "-", c["updated_at"], c["updated_by"])
+            (
+                c["name"],
+                c["arch"],
+                c["version"] or "-",
+                c["updated_at"],
+                c["updated_by"],
+                *((c["package_id"], c["id"]) if wide() else ()),
+            )
             for c in result["channels"]
         ],
-        ["channel", "arch", "version", "updated", "by"],
+        ["channel", "arch", "version", "updated", "by"] + (["package", "id"] if wide() else []),
     )
 
 
@@ -254,7 +292,12 @@ def channel_list(url: str | None, token: str | None, as_json: bool) -> None:
 def channel_set(
     url: str | None, token: str | None, as_json: bool, channel: str, arch: str, version: str
 ) -> None:
-    """Point CHANNEL at VERSION: hosts of its groups are offered it."""
+    """Point CHANNEL at VERSION: hosts of its groups are offered it.
+
+    \b
+    Example:
+      nebula channel set stable --arch amd64 --version 4152.2.3
+    """
     result = ApiClient(url, token).send(
         "PUT", f"/api/v1/channels/{channel}", {"arch": arch, "version": version}
     )
@@ -275,7 +318,12 @@ def group_group() -> None:
 @api_options
 @json_option
 def group_list(url: str | None, token: str | None, as_json: bool) -> None:
-    """List groups."""
+    """List groups.
+
+    \b
+    Example:
+      nebula group list
+    """
     result = ApiClient(url, token).get("/api/v1/groups")
     if as_json:
         return emit_json(result)
@@ -288,10 +336,11 @@ def group_list(url: str | None, token: str | None, as_json: bool) -> None:
                 g["channel"] or "-",
                 "on" if g["policy"]["updates_enabled"] else "paused",
                 g["id"],
+                *((g["description"],) if wide() else ()),
             )
             for g in result["groups"]
         ],
-        ["name", "track", "arch", "channel", "updates", "id"],
+        ["name", "track", "arch", "channel", "updates", "id"] + (["description"] if wide() else []),
     )
 
 
@@ -313,7 +362,12 @@ def group_create(
     track: str | None,
     description: str,
 ) -> None:
-    """Create a group."""
+    """Create a group.
+
+    \b
+    Example:
+      nebula group create canary --arch amd64 --channel stable
+    """
     result = ApiClient(url, token).send(
         "POST",
         "/api/v1/groups",
@@ -341,7 +395,12 @@ def group_create(
 def group_show(
     url: str | None, token: str | None, as_json: bool, group: str, arch: str | None
 ) -> None:
-    """Show a group, its policy and its hosts by status."""
+    """Show a group, its policy and its hosts by status.
+
+    \b
+    Example:
+      nebula group show canary --arch amd64
+    """
     g = ApiClient(url, token).get(f"/api/v1/groups/{group}", {"arch": arch})
     if as_json:
         return emit_json(g)
@@ -392,7 +451,12 @@ def instance_list(
     retired: bool,
     **filters: Any,
 ) -> None:
-    """List hosts (live ones: not retired, unless --all or --retired)."""
+    """List hosts (live ones: not retired, unless --all or --retired).
+
+    \b
+    Example:
+      nebula instance list --group canary --status error -o wide
+    """
     if show_all and retired:
         raise click.UsageError("--all and --retired: say one")
     filters["all"] = "1" if show_all else None
@@ -412,6 +476,11 @@ def instance_list(
                 i["granted_version"],
                 "held" if i["held"] else (i["hold_reason"] or ""),
                 i["last_check_at"],
+                *(
+                    (i["app_id"], i["track"], i["oem"], i["board"], i["status_changed_at"])
+                    if wide()
+                    else ()
+                ),
             )
             for i in result["instances"]
         ],
@@ -425,5 +494,6 @@ def instance_list(
             "granted",
             "hold",
             "last check",
+            *(("app", "track", "oem", "board", "status since") if wide() else ()),
         ],
     )

@@ -106,7 +106,12 @@ def host_config(
     offline: bool,
     output: str,
 ) -> None:
-    """Print a host config that points a Flatcar host at Nebula (update.conf and the rest)."""
+    """Print a host config that points a Flatcar host at Nebula (update.conf and the rest).
+
+    \b
+    Example:
+      nebula host-config --group canary --server https://updates.example.com -o ignition
+    """
     server = url or client_env()[0]
     if not server:
         raise click.UsageError("give --server (Nebula's URL as hosts reach it) or set NEBULA_URL")

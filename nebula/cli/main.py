@@ -1,40 +1,77 @@
-"""The `nebula` command: the server's own commands and the operator's API commands."""
+"""The `nebula` command: the server's own commands and the operator's API commands.
+
+Each command is imported only when it runs (nebula.cli.lazy): the API commands' --help must
+not pay for the server, SQLAlchemy or the benchmark. Add a command to COMMANDS, not as an
+import here.
+"""
 
 from __future__ import annotations
 
 import click
 
 from nebula import __version__
-from nebula.cli.bench import bench
-from nebula.cli.catalog import channel_group, group_group, instance_group, package_group
-from nebula.cli.hostconfig import host_config
-from nebula.cli.rollout import policy_group, rollout_group
-from nebula.cli.sample import sample_payload
-from nebula.cli.server import db_group, serve, token_group
-from nebula.cli.simulate import simulate
-from nebula.cli.sysext import sysext_group
+from nebula.cli.lazy import Lazy, LazyGroup
+
+COMMANDS = {
+    "serve": Lazy("nebula.cli.server:serve", "Run the update server."),
+    "db": Lazy("nebula.cli.server:db_group", "Database schema."),
+    "token": Lazy(
+        "nebula.cli.server:token_group", "Admin API tokens (works on the database directly)."
+    ),
+    "package": Lazy("nebula.cli.catalog:package_group", "Update payloads."),
+    "channel": Lazy(
+        "nebula.cli.catalog:channel_group", "Channels: which version each channel offers."
+    ),
+    "group": Lazy(
+        "nebula.cli.catalog:group_group",
+        "Groups of hosts (a track on an architecture) and their channel.",
+    ),
+    "instance": Lazy(
+        "nebula.cli.catalog:instance_group",
+        "Hosts and their update state.",
+        also=("nebula.cli.rollout",),
+    ),
+    "sample-payload": Lazy(
+        "nebula.cli.sample:sample_payload",
+        "Write a signing key pair and payloads signed with it into OUT.",
+    ),
+    "bench": Lazy(
+        "nebula.cli.bench:bench",
+        "Measure update checks, grants, events and pings against a ceiling from the same run.",
+    ),
+    "simulate": Lazy(
+        "nebula.cli.simulate:simulate",
+        "Run a simulated fleet of Flatcar hosts through real update cycles against an Omaha "
+        "server.",
+    ),
+    "policy": Lazy("nebula.cli.rollout:policy_group", "A group's rollout rules."),
+    "rollout": Lazy(
+        "nebula.cli.rollout:rollout_group", "Follow, pause and resume a group's rollout."
+    ),
+    "context": Lazy(
+        "nebula.cli.contexts:context_group",
+        "Named servers and tokens, so that commands need no --server, --token or NEBULA_*.",
+    ),
+    "completion": Lazy(
+        "nebula.cli.completion:completion",
+        "Print the shell completion script for SHELL (bash, zsh or fish).",
+    ),
+    "host-config": Lazy(
+        "nebula.cli.hostconfig:host_config",
+        "Print a host config that points a Flatcar host at Nebula (update.conf and the rest).",
+    ),
+    "sysext": Lazy(
+        "nebula.cli.sysext:sysext_group",
+        "systemd-sysext images that hosts' systemd-sysupdate fetches from Nebula.",
+    ),
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=LazyGroup,
+    lazy=COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="nebula")
 def main() -> None:
     """Nebula: an update server for Flatcar Container Linux."""
-
-
-for command in (
-    serve,
-    db_group,
-    token_group,
-    package_group,
-    channel_group,
-    group_group,
-    instance_group,
-    sample_payload,
-    bench,
-    simulate,
-    policy_group,
-    rollout_group,
-    host_config,
-    sysext_group,
-):
-    main.add_command(command)

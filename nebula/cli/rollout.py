@@ -65,7 +65,12 @@ def policy_group() -> None:
 def policy_show(
     url: str | None, token: str | None, as_json: bool, group: str, arch: str | None
 ) -> None:
-    """Show GROUP's rollout rules."""
+    """Show GROUP's rollout rules.
+
+    \b
+    Example:
+      nebula policy show canary --arch amd64
+    """
     body = ApiClient(url, token).get(f"{_group_path(group)}/policy", {"arch": arch})
     emit_json(body) if as_json else _print_policy(body)
 
@@ -141,7 +146,12 @@ ON_OFF = click.Choice(["on", "off"])
 def policy_set(
     url: str | None, token: str | None, as_json: bool, group: str, arch: str | None, **opts: Any
 ) -> None:
-    """Change GROUP's rollout rules; options not given stay as they are."""
+    """Change GROUP's rollout rules; options not given stay as they are.
+
+    \b
+    Example:
+      nebula policy set canary --arch amd64 --max-concurrent 5 --safe-mode on
+    """
     client = ApiClient(url, token)
     patch: dict[str, Any] = {}
     for name in ("max_updates_per_period", "max_concurrent"):
@@ -192,7 +202,12 @@ def _eta(seconds: float | None) -> str:
 def rollout_status(
     url: str | None, token: str | None, as_json: bool, group: str, arch: str | None
 ) -> None:
-    """Where GROUP's rollout stands."""
+    """Where GROUP's rollout stands.
+
+    \b
+    Example:
+      nebula rollout status canary --arch amd64
+    """
     s = ApiClient(url, token).get(f"{_group_path(group)}/rollout", {"arch": arch})
     if as_json:
         return emit_json(s)
@@ -301,8 +316,14 @@ def _pause_resume_command(action: str, doc: str) -> None:
         _print_policy(body)
 
 
-_pause_resume_command("pause", "Stop granting updates in GROUP (hosts already updating finish).")
-_pause_resume_command("resume", "Grant updates in GROUP again.")
+_pause_resume_command(
+    "pause",
+    "Stop granting updates in GROUP (hosts already updating finish).\n\n\b\nExample:\n"
+    "  nebula rollout pause canary --arch amd64 --reason 'error rate up'",
+)
+_pause_resume_command(
+    "resume", "Grant updates in GROUP again.\n\n\b\nExample:\n  nebula rollout resume canary"
+)
 
 
 @rollout_group.command("activity")
@@ -314,7 +335,12 @@ _pause_resume_command("resume", "Grant updates in GROUP again.")
 def rollout_activity(
     url: str | None, token: str | None, as_json: bool, group: str, arch: str | None, limit: int
 ) -> None:
-    """GROUP's activity log: pauses, resumes, policy changes."""
+    """GROUP's activity log: pauses, resumes, policy changes.
+
+    \b
+    Example:
+      nebula rollout activity canary --limit 50
+    """
     body = ApiClient(url, token).get(
         f"{_group_path(group)}/activity", {"arch": arch, "limit": limit}
     )
@@ -325,33 +351,54 @@ def rollout_activity(
 
 
 def _hold(
-    action: str, url: str | None, token: str | None, machine_id: str, reason: str | None
+    action: str,
+    url: str | None,
+    token: str | None,
+    as_json: bool,
+    machine_id: str,
+    reason: str | None,
 ) -> None:
     body = ApiClient(url, token).send(
         "POST", f"/api/v1/instances/{machine_id}/{action}", {"reason": reason or ""}
     )
+    if as_json:
+        return emit_json(body)
     # The server's spelling: a braced or upper-case id given here is the host's id there.
     click.echo(f"{body['machine_id']} {'held' if action == 'hold' else 'released'}")
 
 
 @instance_group.command("hold")
 @api_options
+@json_option
 @click.argument("machine_id")
 @click.option("--reason")
-def instance_hold(url: str | None, token: str | None, machine_id: str, reason: str | None) -> None:
-    """Exclude a host from updates until released."""
-    _hold("hold", url, token, machine_id, reason)
+def instance_hold(
+    url: str | None, token: str | None, as_json: bool, machine_id: str, reason: str | None
+) -> None:
+    """Exclude a host from updates until released.
+
+    \b
+    Example:
+      nebula instance hold 0f1e2d3c4b5a69788796a5b4c3d2e1f0 --reason 'db primary'
+    """
+    _hold("hold", url, token, as_json, machine_id, reason)
 
 
 @instance_group.command("release")
 @api_options
+@json_option
 @click.argument("machine_id")
 @click.option("--reason")
 def instance_release(
-    url: str | None, token: str | None, machine_id: str, reason: str | None
+    url: str | None, token: str | None, as_json: bool, machine_id: str, reason: str | None
 ) -> None:
-    """Let a held host update again."""
-    _hold("release", url, token, machine_id, reason)
+    """Let a held host update again.
+
+    \b
+    Example:
+      nebula instance release 0f1e2d3c4b5a69788796a5b4c3d2e1f0
+    """
+    _hold("release", url, token, as_json, machine_id, reason)
 
 
 @instance_group.command("delete")
@@ -363,7 +410,12 @@ def instance_delete(
     url: str | None, token: str | None, as_json: bool, machine_id: str, yes: bool
 ) -> None:
     """Remove a host, its update state and its events for good (admin token). A host that checks
-    in again afterwards is a new host; to only leave it out of counts, let it retire."""
+    in again afterwards is a new host; to only leave it out of counts, let it retire.
+
+    \b
+    Example:
+      nebula instance delete 0f1e2d3c4b5a69788796a5b4c3d2e1f0 --yes
+    """
     if not yes:
         click.confirm(f"delete host {machine_id}, its state and its events?", abort=True)
     body = ApiClient(url, token).call("DELETE", f"/api/v1/instances/{machine_id}")

@@ -37,7 +37,12 @@ from nebula import crau
     help="Replace a key already in OUT (payloads signed with it then fail to verify)",
 )
 def sample_payload(out_dir: Path, size: int, extensions: tuple[str, ...], force: bool) -> None:
-    """Write a signing key pair and payloads signed with it into OUT."""
+    """Write a signing key pair and payloads signed with it into OUT.
+
+    \b
+    Example:
+      nebula sample-payload --out ./sample --extension oem-azure.gz
+    """
     private = out_dir / "sample-key.pem"
     public = out_dir / "sample-key.pub.pem"
     # A server started with --trusted-key on the old public key would refuse everything signed

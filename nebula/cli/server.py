@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from nebula.cli.output import output_options
 from nebula.config import Settings, load_settings
 from nebula.errors import ConfigError, NebulaError
 from nebula.store import db
@@ -101,7 +102,12 @@ def settings_from(**flags: Any) -> Settings:
     help="text lines, or one JSON object per line [NEBULA_LOG_FORMAT, default text]",
 )
 def serve(**flags: Any) -> None:
-    """Run the update server."""
+    """Run the update server.
+
+    \b
+    Example:
+      nebula serve --db postgresql+asyncpg://nebula@db/nebula --listen 0.0.0.0:8000
+    """
     settings = settings_from(**flags)
     from nebula.web.logs import configure_logging
 
@@ -175,7 +181,12 @@ def db_group() -> None:
 @config_option
 @db_option
 def db_upgrade(**flags: Any) -> None:
-    """Migrate the database to the newest schema."""
+    """Migrate the database to the newest schema.
+
+    \b
+    Example:
+      nebula db upgrade --db sqlite+aiosqlite:///nebula.db
+    """
     settings = settings_from(**flags)
 
     async def work(engine: Any) -> str | None:
@@ -214,7 +225,12 @@ def db_backup(file: str, **flags: Any) -> None:
 @config_option
 @db_option
 def db_current(**flags: Any) -> None:
-    """Show the database's schema revision and the newest one."""
+    """Show the database's schema revision and the newest one.
+
+    \b
+    Example:
+      nebula db current --db sqlite+aiosqlite:///nebula.db
+    """
     settings = settings_from(**flags)
 
     async def work(engine: Any) -> str | None:
@@ -269,7 +285,12 @@ def token_create(name: str, role: str, create: bool, **flags: Any) -> None:
     """Create a token and print it (once: only its hash is kept).
 
     The database must be the server's, migrated: one that is not is refused unless --create.
-    Which database the token went into is said on stderr."""
+    Which database the token went into is said on stderr.
+
+    \b
+    Example:
+      export NEBULA_TOKEN=$(nebula token create --name ops --role admin)
+    """
     settings = settings_from(**flags)
     now = datetime.now(UTC)
     token = _in_transaction(
@@ -282,12 +303,32 @@ def token_create(name: str, role: str, create: bool, **flags: Any) -> None:
 @token_group.command("list")
 @config_option
 @db_option
-def token_list(**flags: Any) -> None:
-    """List tokens (names and roles; the tokens themselves are not stored)."""
-    from nebula.cli.output import table
+@output_options
+def token_list(as_json: bool, **flags: Any) -> None:
+    """List tokens (names and roles; the tokens themselves are not stored).
+
+    \b
+    Example:
+      nebula token list -o yaml
+    """
+    from nebula.cli.output import emit_json, table
 
     settings = settings_from(**flags)
     rows = _in_transaction(settings, token_store.list_tokens)
+    if as_json:
+        return emit_json(
+            {
+                "tokens": [
+                    {
+                        "name": t.name,
+                        "role": t.role,
+                        "created_at": t.created_at.isoformat(),
+                        "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None,
+                    }
+                    for t in rows
+                ]
+            }
+        )
     table(
         [
             (
@@ -307,7 +348,12 @@ def token_list(**flags: Any) -> None:
 @db_option
 @click.option("--name", required=True)
 def token_revoke(name: str, **flags: Any) -> None:
-    """Revoke a token at once."""
+    """Revoke a token at once.
+
+    \b
+    Example:
+      nebula token revoke --name grafana
+    """
     settings = settings_from(**flags)
     now = datetime.now(UTC)
     if not _in_transaction(settings, lambda s: token_store.revoke_token(s, name, now)):

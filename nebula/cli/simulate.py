@@ -140,6 +140,11 @@ def simulate(
     and version, grants, completions, reported error codes, request latency and protocol
     errors. Exits 1 on protocol errors, when no check was answered, or when --expect-version
     was not reached by every host (but those made to fail).
+
+
+    \b
+    Example:
+      nebula simulate --url http://127.0.0.1:8000/v1/update/ --hosts 100 --expect-version 4152.2.3
     """
     from nebula.loadtest.simulate import Options, OptionsError, run
 

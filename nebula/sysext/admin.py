@@ -27,6 +27,7 @@ from nebula.sysext.ingest import receive
 from nebula.sysext.names import ImageName, check_image_arch, parse_image_name
 from nebula.web.api import actor, change, json_body, opt, req
 from nebula.web.keys import BLOBS, CLOCK, READ_SESSIONS, SETTINGS
+from nebula.web.openapi.spec import PROMOTION_BODY, STR, SYSEXT_ARCH, array, doc, listing, obj, ref
 from nebula.web.serialize import iso
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,10 @@ def _arch(raw: str | None) -> str | None:
 
 
 @routes.get("/api/v1/sysext/images")
+@doc(
+    "List the sysext images and the groups each is promoted to",
+    listing("images", ref("SysextImage")),
+)
 async def list_images(request: web.Request) -> web.Response:
     base = request.app[SETTINGS].base_url
     async with transaction(request.app[READ_SESSIONS]) as session:
@@ -74,6 +79,16 @@ async def _drain(request: web.Request) -> None:
 
 
 @routes.post("/api/v1/sysext/images")
+@doc(
+    "Upload a sysext image (the body is the image itself)",
+    ref("SysextImage"),
+    status=201,
+    query={"file": STR, "ext": STR},
+    body={"type": "string", "contentMediaType": "application/octet-stream"},
+    body_media="application/octet-stream",
+    body_required=True,
+    errors=(409,),
+)
 async def upload_image(request: web.Request) -> web.Response:
     blobs = request.app[BLOBS]
     try:
@@ -109,6 +124,12 @@ async def upload_image(request: web.Request) -> web.Response:
 
 
 @routes.delete("/api/v1/sysext/images/{name}/{version}")
+@doc(
+    "Delete a sysext image promoted to no group",
+    obj({"deleted": array(ref("SysextImage"))}),
+    query={"arch": SYSEXT_ARCH},
+    errors=(409,),
+)
 async def delete_image(request: web.Request) -> web.Response:
     name, version = request.match_info["name"], request.match_info["version"]
     arch = _arch(request.query.get("arch") or None)
@@ -123,6 +144,13 @@ async def _promotion(request: web.Request) -> tuple[str, str, str, str | None]:
 
 
 @routes.post("/api/v1/sysext/promotions")
+@doc(
+    "Promote a sysext version to a group (it joins the group's SHA256SUMS)",
+    ref("SysextPromotion"),
+    body=PROMOTION_BODY,
+    body_required=True,
+    errors=(404, 409),
+)
 async def promote(request: web.Request) -> web.Response:
     name, version, group, arch = await _promotion(request)
     now = request.app[CLOCK]()
@@ -142,6 +170,13 @@ async def promote(request: web.Request) -> web.Response:
 
 
 @routes.delete("/api/v1/sysext/promotions")
+@doc(
+    "Take a sysext version out of a group's index",
+    ref("SysextDemotion"),
+    body=PROMOTION_BODY,
+    body_required=True,
+    errors=(404,),
+)
 async def demote(request: web.Request) -> web.Response:
     name, version, group, arch = await _promotion(request)
     track, removed = await change(request, lambda s: store.demote(s, name, version, group, arch))

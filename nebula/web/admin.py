@@ -44,6 +44,20 @@ from nebula.web.keys import (
     TRUSTED_KEYS,
 )
 from nebula.web.limits import bounded
+from nebula.web.openapi.spec import (
+    ARCH,
+    EXTERNAL_BODY,
+    FLAG,
+    INT,
+    INT_TEXT,
+    STR,
+    UPLOAD_BODY,
+    VERSION,
+    doc,
+    listing,
+    obj,
+    ref,
+)
 from nebula.web.serialize import (
     RebootWaitJson,
     channel_json,
@@ -58,6 +72,7 @@ routes = web.RouteTableDef()
 
 
 @routes.get("/api/v1/whoami")
+@doc("The token's name and role", ref("Principal"))
 async def whoami(request: web.Request) -> web.Response:
     principal: Principal = request[PRINCIPAL]
     return web.json_response({"name": principal.name, "role": principal.role})
@@ -67,6 +82,11 @@ async def whoami(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/packages")
+@doc(
+    "List packages",
+    listing("packages", ref("Package")),
+    query={"arch": ARCH, "version": VERSION},
+)
 async def list_packages(request: web.Request) -> web.Response:
     q = request.query
     async with transaction(request.app[READ_SESSIONS]) as session:
@@ -78,6 +98,7 @@ async def list_packages(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/packages/{id}")
+@doc("Show a package and its files", ref("Package"))
 async def show_package(request: web.Request) -> web.Response:
     async with transaction(request.app[READ_SESSIONS]) as session:
         package = await package_store.get_package(session, request.match_info["id"])
@@ -85,6 +106,7 @@ async def show_package(request: web.Request) -> web.Response:
 
 
 @routes.delete("/api/v1/packages/{id}")
+@doc("Delete a package no channel points at", None, status=204, errors=(409,))
 async def delete_package(request: web.Request) -> web.Response:
     await change(request, lambda s: package_store.delete_package(s, request.match_info["id"]))
     return web.Response(status=204)
@@ -126,6 +148,16 @@ async def _drain(request: web.Request) -> None:
 
 
 @routes.post("/api/v1/packages/upload")
+@doc(
+    "Upload a package's files (multipart: a payload part, then extension parts)",
+    ref("Package"),
+    status=201,
+    query={"version": VERSION, "arch": ARCH, "from_version": VERSION},
+    body=UPLOAD_BODY,
+    body_media="multipart/form-data",
+    body_required=True,
+    errors=(408, 409, 422, 507),
+)
 async def upload_package(request: web.Request) -> web.Response:
     """multipart/form-data: a `payload` part first, then any `extension` parts.
 
@@ -262,6 +294,14 @@ def _crau_signer(name: str, raw: object, keys: Sequence[TrustedKey]) -> tuple[st
 
 
 @routes.post("/api/v1/packages")
+@doc(
+    "Add a package whose files are hosted elsewhere",
+    ref("Package"),
+    status=201,
+    body=EXTERNAL_BODY,
+    body_required=True,
+    errors=(404, 409, 422),
+)
 async def add_external_package(request: web.Request) -> web.Response:
     """A package whose files are hosted elsewhere: base_url plus each file's size and hashes.
 
@@ -328,6 +368,7 @@ async def add_external_package(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/channels")
+@doc("List channels", listing("channels", ref("Channel")))
 async def list_channels(request: web.Request) -> web.Response:
     async with transaction(request.app[READ_SESSIONS]) as session:
         rows = await group_store.list_channels(session)
@@ -335,6 +376,12 @@ async def list_channels(request: web.Request) -> web.Response:
 
 
 @routes.put("/api/v1/channels/{name}")
+@doc(
+    "Point a channel at the package of a version",
+    ref("Channel"),
+    body=obj({"arch": ARCH, "version": VERSION}),
+    body_required=True,
+)
 async def set_channel(request: web.Request) -> web.Response:
     data = await json_body(request)
     arch = req(data, "arch")
@@ -362,6 +409,7 @@ async def _channel_names(session: Any) -> dict[int, str]:
 
 
 @routes.get("/api/v1/groups")
+@doc("List groups", listing("groups", ref("Group")))
 async def list_groups(request: web.Request) -> web.Response:
     async with transaction(request.app[READ_SESSIONS]) as session:
         names = await _channel_names(session)
@@ -376,6 +424,14 @@ async def list_groups(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/groups")
+@doc(
+    "Create a group of hosts on a channel",
+    ref("Group"),
+    status=201,
+    body=obj({"name": STR, "arch": ARCH, "channel": STR}, {"track": STR, "description": STR}),
+    body_required=True,
+    errors=(404, 409),
+)
 async def create_group(request: web.Request) -> web.Response:
     data = await json_body(request)
 
@@ -395,6 +451,7 @@ async def create_group(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/groups/{ref}")
+@doc("Show a group and its hosts' counts by status", ref("Group"), query={"arch": ARCH})
 async def show_group(request: web.Request) -> web.Response:
     async with transaction(request.app[READ_SESSIONS]) as session:
         group = await group_store.find_group(
@@ -410,6 +467,21 @@ async def show_group(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/instances")
+@doc(
+    "List hosts (one row per host and application)",
+    listing("instances", ref("Instance"), limit=INT, offset=INT),
+    query={
+        "group": STR,
+        "arch": ARCH,
+        "status": STR,
+        "version": VERSION,
+        "retired": FLAG,
+        "all": FLAG,
+        "limit": INT_TEXT,
+        "offset": INT_TEXT,
+    },
+    errors=(404,),
+)
 async def list_instances(request: web.Request) -> web.Response:
     q = request.query
     try:

@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from nebula.config import split_listen
-from nebula.errors import AuthError, ForbiddenError, InvalidInputError
+from nebula.errors import AuthError, ForbiddenError, InvalidInputError, RequestTooLargeError
 from nebula.store.catalog import bump_stamp
 from nebula.store.db import transaction
 from nebula.store.tokens import Principal, authenticate
@@ -119,7 +119,9 @@ def actor(request: web.Request) -> str:
 
 async def json_body(request: web.Request) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > MAX_JSON:
-        raise InvalidInputError("JSON body too large")
+        raise RequestTooLargeError(
+            f"the JSON body is {request.content_length} bytes, over the limit of {MAX_JSON}"
+        )
     try:
         # read() gets the whole body (a single content.read(n) may return only part of it);
         # the app's client_max_size bounds it.

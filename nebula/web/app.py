@@ -60,6 +60,7 @@ from nebula.web.keys import (
     TRUSTED_PROXIES,
 )
 from nebula.web.limits import limits_middleware
+from nebula.web.openapi import document as openapi_document
 from nebula.web.ratelimit import FailureLimiter
 
 log = logging.getLogger(__name__)
@@ -224,4 +225,5 @@ def create_app(
     admin.add_routes(app)
     rollout.add_routes(app)
     sysext_admin.add_routes(app)
+    openapi_document.add_routes(app)
     return app

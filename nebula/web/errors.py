@@ -1,11 +1,11 @@
 """The one place exceptions become HTTP answers.
 
-NebulaError subclasses carry their status; the admin API answers JSON, the hosts' routes plain
-text. A body aiohttp cannot decode is the client's 400; a lost database connection is a 503
-(update_engine backs off on it); a full payload disk a 507 that says so; a client that hung up
-is logged at INFO and not answered (it is gone); anything else unexpected is logged with its
-traceback and answered with a bare 500 that shows nothing of it. What the client sent (the
-path) is logged with its control characters escaped.
+NebulaError subclasses carry their status; the admin API answers an RFC 9457 problem document
+(`application/problem+json`, see `problem`), the hosts' routes plain text. A body aiohttp cannot
+decode is the client's 400; a lost database connection is a 503 (update_engine backs off on it); a
+full payload disk a 507 that says so; a client that hung up is logged at INFO and not answered (it
+is gone); anything else unexpected is logged with its traceback and answered with a bare 500 that
+shows nothing of it. What the client sent (the path) is logged with its control characters escaped.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import errno
 import logging
 import os
 import time
+from http import HTTPStatus
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -27,11 +29,54 @@ from nebula.web.logs import client_error, printable, reason
 log = logging.getLogger(__name__)
 
 
+PROBLEM_JSON = "application/problem+json"
+
+# A problem's `type` is a URI (RFC 9457 3.1.1) that names its kind: a tag URI (RFC 4151), which
+# identifies without pretending there is a page to fetch. The kind is the NebulaError class (or
+# aiohttp's HTTPException) name, also given bare in `kind` for scripts.
+PROBLEM_TYPE = "tag:nebula,2026:problem:"
+
+
+def problem(status: int, detail: str, kind: str) -> dict[str, Any]:
+    """An RFC 9457 problem document: type, title (constant per type: the status phrase, as each
+    kind has one status), status, detail (this occurrence, in words), and two extensions:
+    `kind`, and `error`, the detail again under the name CLIs before 0.9 read."""
+    try:
+        title = HTTPStatus(status).phrase
+    except ValueError:
+        title = "Error"
+    return {
+        "type": PROBLEM_TYPE + kind,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "kind": kind,
+        "error": detail,
+    }
+
+
 def answer(request: web.Request, status: int, message: str, kind: str) -> web.Response:
-    """An error in the shape of its route: JSON `{"error", "type"}` under /api/, else text."""
+    """An error in the shape of its route: a problem document under /api/, else text."""
     if request.path.startswith("/api/"):
-        return web.json_response({"error": message, "type": kind}, status=status)
+        return web.json_response(
+            problem(status, message, kind), status=status, content_type=PROBLEM_JSON
+        )
     return web.Response(status=status, text=message + "\n")
+
+
+def _http_detail(request: web.Request, exc: web.HTTPException) -> str:
+    """What aiohttp's own refusal means for this request, in words (its default text is just
+    "404: Not Found")."""
+    where = f"{request.method} {printable(request.path)}"
+    text = (exc.text or "").strip()
+    if text and text != f"{exc.status}: {exc.reason}":
+        return text  # our own words (limits_middleware), or aiohttp's specific ones (413)
+    if exc.status == 404:
+        return f"no such admin API route: {where} (the routes: GET /api/v1/openapi.json)"
+    if exc.status == 405:
+        allowed = exc.headers.get("Allow", "")
+        return f"{where}: method not allowed here; use {allowed or 'another method'}"
+    return f"{where}: {exc.reason}"
 
 
 # SQLSTATE classes that mean "the database cannot serve us now", not "this query is wrong":
@@ -126,12 +171,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         # the admin API's JSON shape; successes and redirects pass through as they are.
         if exc.status < 400 or not request.path.startswith("/api/"):
             raise
-        response = answer(request, exc.status, exc.reason, type(exc).__name__)
+        response = answer(request, exc.status, _http_detail(request, exc), type(exc).__name__)
         if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
     except NebulaError as exc:
-        return answer(request, exc.http_status, str(exc), type(exc).__name__)
+        response = answer(request, exc.http_status, str(exc), type(exc).__name__)
+        if exc.http_status == 401 and request.path.startswith("/api/"):
+            response.headers["WWW-Authenticate"] = 'Bearer realm="nebula"'  # RFC 9110 11.6.1
+        return response
     except Exception as exc:
         where = f"{request.method} {printable(request.path)}"
         if _client_gone(request, exc):

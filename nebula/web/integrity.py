@@ -18,8 +18,10 @@ from aiohttp import web
 from nebula.store.db import transaction
 from nebula.store.packages import stored_files
 from nebula.web.keys import BLOBS, READ_SESSIONS
+from nebula.web.openapi.spec import doc, ref
 
 
+@doc("Re-hash every stored payload file; list those that no longer match", ref("Verification"))
 async def verify_packages(request: web.Request) -> web.Response:
     async with transaction(request.app[READ_SESSIONS]) as session:
         files: list[dict[str, Any]] = [

@@ -24,6 +24,17 @@ from nebula.store.packages import check_arch, check_version, find_package
 from nebula.store.retirement import delete_host
 from nebula.web.api import actor, change, json_body
 from nebula.web.keys import CATALOG, CLOCK, HOST_CHANGES, READ_SESSIONS
+from nebula.web.openapi.spec import (
+    ARCH,
+    INT_TEXT,
+    POLICY_BODY,
+    REASON_BODY,
+    VERSION,
+    doc,
+    listing,
+    obj,
+    ref,
+)
 from nebula.web.serialize import iso
 from nebula.windows import WindowError, next_opening, parse_window, window_from_json
 
@@ -228,6 +239,7 @@ async def _policy_answer(session: Any, group: Group, **extra: Any) -> dict[str, 
 
 
 @routes.get("/api/v1/groups/{ref}/policy")
+@doc("Show a group's rollout policy", ref("Policy"), query={"arch": ARCH})
 async def show_policy(request: web.Request) -> web.Response:
     async with transaction(request.app[READ_SESSIONS]) as session:
         group = await _group(session, request)
@@ -235,6 +247,13 @@ async def show_policy(request: web.Request) -> web.Response:
 
 
 @routes.patch("/api/v1/groups/{ref}/policy")
+@doc(
+    "Change a group's rollout policy (and its channel's floors) in one transaction",
+    ref("Policy"),
+    query={"arch": ARCH},
+    body=POLICY_BODY,
+    body_required=True,
+)
 async def set_policy(request: web.Request) -> web.Response:
     """Policy columns and the channel's floors, in one transaction: a floor that has no package
     refuses the whole change, so nothing is half applied."""
@@ -298,16 +317,23 @@ async def _pause_or_resume(request: web.Request, paused: bool) -> web.Response:
 
 
 @routes.post("/api/v1/groups/{ref}/pause")
+@doc("Pause a group's updates", ref("Policy"), query={"arch": ARCH}, body=REASON_BODY)
 async def pause_group(request: web.Request) -> web.Response:
     return await _pause_or_resume(request, paused=True)
 
 
 @routes.post("/api/v1/groups/{ref}/resume")
+@doc("Resume a group's updates", ref("Policy"), query={"arch": ARCH}, body=REASON_BODY)
 async def resume_group(request: web.Request) -> web.Response:
     return await _pause_or_resume(request, paused=False)
 
 
 @routes.get("/api/v1/groups/{ref}/history")
+@doc(
+    "A group's hosts by version and status over a window",
+    ref("History"),
+    query={"arch": ARCH, "window": {"type": "string", "enum": ["1h", "1d", "7d", "30d"]}},
+)
 async def rollout_history(request: web.Request) -> web.Response:
     """The group's hosts by version and by status over a window (1h, 1d, 7d, 30d), from the
     count samples (nebula.store.history): every sample within a day, hourly ones beyond."""
@@ -337,6 +363,7 @@ async def rollout_history(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/groups/{ref}/rollout")
+@doc("A group's rollout: target, progress, rate", ref("Rollout"), query={"arch": ARCH})
 async def rollout_status(request: web.Request) -> web.Response:
     now = request.app[CLOCK]()
     catalog = await request.app[CATALOG].get()
@@ -381,6 +408,11 @@ async def rollout_status(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/groups/{ref}/activity")
+@doc(
+    "A group's activity log, newest first",
+    listing("activity", ref("Activity")),
+    query={"arch": ARCH, "limit": INT_TEXT},
+)
 async def group_activity(request: web.Request) -> web.Response:
     try:
         limit = min(max(int(request.query.get("limit", "50")), 1), 1000)
@@ -452,16 +484,19 @@ MACHINE_ID = "{machine_id:[^/]+}"
 
 
 @routes.post(f"/api/v1/instances/{MACHINE_ID}/hold")
+@doc("Hold a host at its version", ref("Hold"), body=REASON_BODY)
 async def hold_instance(request: web.Request) -> web.Response:
     return await _hold_or_release(request, held=True)
 
 
 @routes.post(f"/api/v1/instances/{MACHINE_ID}/release")
+@doc("Release a held host", ref("Hold"), body=REASON_BODY)
 async def release_instance(request: web.Request) -> web.Response:
     return await _hold_or_release(request, held=False)
 
 
 @routes.delete(f"/api/v1/instances/{MACHINE_ID}")
+@doc("Delete a host, its state and its events", ref("HostDeleted"))
 async def delete_instance(request: web.Request) -> web.Response:
     """Remove a host, its per-app state and its events (admin only: a DELETE). The activity
     log of each group it was in keeps who deleted it."""
@@ -545,6 +580,12 @@ async def _change_floor(
 
 
 @routes.post("/api/v1/channels/{name}/floors")
+@doc(
+    "Mark a version a floor of a channel",
+    ref("Floors"),
+    body=obj({"version": VERSION, "arch": ARCH}),
+    body_required=True,
+)
 async def add_floor(request: web.Request) -> web.Response:
     data = await json_body(request)
     version = check_version(str(data.get("version") or ""), "floor")
@@ -552,6 +593,7 @@ async def add_floor(request: web.Request) -> web.Response:
 
 
 @routes.delete("/api/v1/channels/{name}/floors/{version}")
+@doc("Unmark a version as a floor of a channel", ref("Floors"), query={"arch": ARCH})
 async def remove_floor(request: web.Request) -> web.Response:
     version = request.match_info["version"]
     return await _change_floor(request, version, request.query.get("arch"), adding=False)

@@ -15,6 +15,9 @@ _CLEAN_ENV: dict[str, str | None] = {
     "NEBULA_TOKEN": None,
     "NEBULA_DB": None,
     "NEBULA_CONFIG": None,
+    # No test reads the contexts of whoever runs the tests; context tests give their own file.
+    "NEBULA_CLI_CONFIG": "/nonexistent/nebula-tests/config.toml",
+    "NEBULA_CONTEXT": None,
 }
 
 

@@ -30,7 +30,7 @@ async def api(base: str, token: str, method: str, path: str, **kwargs: Any) -> t
             method, base + path, headers={"Authorization": f"Bearer {token}"}, **kwargs
         ) as resp,
     ):
-        return resp.status, (await resp.json() if resp.content_type == "application/json" else None)
+        return resp.status, (await resp.json() if resp.content_type.endswith("json") else None)
 
 
 def table_rows(output: str) -> list[list[str]]:

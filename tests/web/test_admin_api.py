@@ -1,5 +1,5 @@
 """The admin API (nebula.web.admin): tokens and roles, channels, groups, external packages,
-package deletion, and the shape of every error (JSON {"error", "type"}).
+package deletion, and the shape of every error (an RFC 9457 problem document).
 
 Each test runs against a real app on a fresh database of each backend.
 """
@@ -7,6 +7,7 @@ Each test runs against a real app on a fresh database of each backend.
 from __future__ import annotations
 
 import hashlib
+from http import HTTPStatus
 from typing import Any
 
 import aiohttp
@@ -20,6 +21,7 @@ from nebula.store.tokens import revoke_token
 from tests import crau
 from tests.conftest import FakeClock
 from tests.factories import make_token
+from tests.problem import check_problem
 
 NEW = "4152.2.3"
 STABLE_AMD64_ID = "9a2deb70-37be-4026-853f-bfdd6b347bbe"
@@ -32,16 +34,10 @@ def auth(token: str) -> dict[str, str]:
 
 
 async def expect_error(resp: aiohttp.ClientResponse, status: int, kind: str | None = None) -> str:
-    """Assert an admin API error: the status, a JSON body of exactly {error, type}; its message."""
+    """Assert an admin API error: the status, a problem document (tests.problem); its detail."""
     raw = await resp.text()
     assert resp.status == status, raw
-    assert resp.content_type == "application/json", raw
-    body = await resp.json()
-    assert set(body) == {"error", "type"}, body
-    assert isinstance(body["error"], str) and body["error"].strip(), body
-    if kind is not None:
-        assert body["type"] == kind, body
-    return str(body["error"])
+    return check_problem(resp.content_type, await resp.json(), status, kind)
 
 
 def file_entry(name: str = MAIN, data: bytes | None = None) -> dict[str, Any]:
@@ -559,20 +555,55 @@ async def test_malformed_json_is_400(client: Any, admin_token: str, method: str,
     assert "object" in await expect_error(resp, 400, "InvalidInputError")
 
 
-async def test_every_admin_error_is_json(client: Any, admin_token: str) -> None:
-    """One request per error class the admin routes raise: each answers {"error", "type"}."""
+async def test_every_admin_error_is_a_problem_document(
+    client: Any, admin_token: str, viewer_token: str
+) -> None:
+    """One request per error status the admin API answers (and per way it gets there: a handler's
+    NebulaError, the auth middleware, aiohttp's own 404/405/413): each is an RFC 9457 problem
+    document with the right status and kind. Catches an error answered as plain JSON or text,
+    a problem with a missing or wrong member, and a status that disagrees with the body."""
     token = auth(admin_token)
-    cases: list[tuple[str, str, dict[str, Any], int]] = [
-        ("GET", "/api/v1/channels", {}, 401),
-        ("GET", "/api/v1/packages/00000000-0000-0000-0000-000000000000", {"headers": token}, 404),
-        ("GET", "/api/v1/instances?limit=many", {"headers": token}, 400),
-        ("GET", "/api/v1/instances?group=nosuch", {"headers": token}, 404),
-        ("POST", "/api/v1/packages", {"headers": token, "data": b"{"}, 400),
+    group = {"name": "twice", "arch": "amd64", "channel": "stable"}
+    resp = await client.post("/api/v1/groups", json=group, headers=token)
+    assert resp.status == 201, await resp.text()
+    bad_signature = {
+        **file_entry(),
+        "crau": {
+            "signed_size": 100,
+            "signed_sha256": "ab" * 32,
+            "signature": "c2lnbmF0dXJl",
+            "delta": False,
+        },
+    }
+    json_type = {**token, "Content-Type": "application/json"}
+    cases: list[tuple[str, str, dict[str, Any], int, str | None]] = [
+        ("GET", "/api/v1/channels", {}, 401, "AuthError"),
+        ("GET", "/api/v1/channels", {"headers": auth("nbl_wrong")}, 401, "AuthError"),
+        (
+            "POST",
+            "/api/v1/groups",
+            {"headers": auth(viewer_token), "json": group},
+            403,
+            "ForbiddenError",
+        ),
+        (
+            "GET",
+            "/api/v1/packages/00000000-0000-0000-0000-000000000000",
+            {"headers": token},
+            404,
+            "NotFoundError",
+        ),
+        ("GET", "/api/v1/instances?group=nosuch", {"headers": token}, 404, "NotFoundError"),
+        ("GET", "/api/v1/nosuch", {"headers": token}, 404, "HTTPNotFound"),
+        ("PATCH", "/api/v1/channels", {"headers": token}, 405, "HTTPMethodNotAllowed"),
+        ("GET", "/api/v1/instances?limit=many", {"headers": token}, 400, "InvalidInputError"),
+        ("POST", "/api/v1/packages", {"headers": token, "data": b"{"}, 400, "InvalidInputError"),
         (
             "POST",
             "/api/v1/packages/upload?version=4152.2.3&arch=amd64",
             {"headers": token, "json": {"not": "multipart"}},
             400,
+            "InvalidInputError",
         ),
         (
             "POST",
@@ -582,16 +613,35 @@ async def test_every_admin_error_is_json(client: Any, admin_token: str) -> None:
                 "data": b"garbage that is no multipart body",
             },
             400,
+            "InvalidInputError",
         ),
-        ("POST", "/api/v1/packages/upload?arch=amd64", {"headers": token}, 400),
-        ("POST", "/api/v1/packages", {"headers": token, "data": b"x" * (2 << 20)}, 400),
+        ("POST", "/api/v1/packages/upload?arch=amd64", {"headers": token}, 400, None),
+        ("POST", "/api/v1/groups", {"headers": token, "json": group}, 409, "ConflictError"),
+        (
+            "POST",
+            "/api/v1/packages",
+            {"headers": json_type, "data": b"x" * (2 << 20)},
+            413,
+            "RequestTooLargeError",
+        ),
+        (
+            "POST",
+            "/api/v1/packages",
+            {"headers": token, "json": external(files=[bad_signature])},
+            422,
+            "SignatureError",
+        ),
     ]
-    for method, path, kwargs, status in cases:
+    for method, path, kwargs, status, kind in cases:
         resp = await client.request(method, path, **kwargs)
         try:
-            await expect_error(resp, status)
+            detail = await expect_error(resp, status, kind)
         except AssertionError as exc:
             raise AssertionError(f"{method} {path}: {exc}") from None
+        # A detail that says something about this request, not only the status phrase again.
+        assert detail.lower() != HTTPStatus(status).phrase.lower(), (method, path, detail)
+        if status == 401:
+            assert resp.headers["WWW-Authenticate"].startswith("Bearer"), resp.headers
 
 
 async def test_unknown_route_and_method_are_json(client: Any, admin_token: str) -> None:

@@ -36,7 +36,7 @@ async def test_admin_routes_only_on_the_admin_listener(
                 if not on_admin_port:
                     # Not a bare "Not Found": the operator learns the API is elsewhere.
                     body = await resp.json()
-                    assert body["type"] == "AdminListenerError"
+                    assert body["kind"] == "AdminListenerError"
                     assert "admin listener" in body["error"] and "--admin-listen" in body["error"]
                     assert admin not in body["error"]  # hosts reach this port too
             async with http.get(f"{base}/metrics") as resp:

@@ -23,6 +23,7 @@ from nebula.web.app import create_app
 from nebula.web.ratelimit import FailureLimiter
 from tests.conftest import FakeClock
 from tests.factories import make_settings, make_token
+from tests.problem import check_problem
 
 PUBLIC = {
     ("POST", "/v1/update/"),
@@ -34,6 +35,8 @@ PUBLIC = {
     ("GET", "/metrics"),  # the admin listener's alone when admin_listen is set
     ("GET", "/healthz"),
     ("GET", "/readyz"),
+    ("GET", "/v1/ignition/{group}"),  # host configs, only when ignition_public is on
+    ("GET", "/v1/release/{board}/{version}/{name}"),  # release files for first boot
 }
 SAMPLE = {"machine_id": "a" * 32, "version": "4152.2.3"}
 
@@ -99,7 +102,7 @@ async def test_every_admin_route_refuses_a_missing_wrong_or_revoked_token(
             headers = {"Authorization": header} if header else {}
             resp = await client.request(method, path, headers=headers)
             assert resp.status == 401, (method, path, header, await resp.text())
-            assert (await resp.json())["type"] == "AuthError"
+            check_problem(resp.content_type, await resp.json(), 401, "AuthError")
             assert_secured(resp)
         resp = await client.request(
             method, path, headers={"Authorization": f"Bearer {viewer_token}"}
@@ -108,7 +111,7 @@ async def test_every_admin_route_refuses_a_missing_wrong_or_revoked_token(
             assert resp.status not in (401, 403, 500), (method, path, resp.status)
         else:
             assert resp.status == 403, (method, path, await resp.text())
-            assert (await resp.json())["type"] == "ForbiddenError"
+            check_problem(resp.content_type, await resp.json(), 403, "ForbiddenError")
         assert_secured(resp)
     # The admin's own answers (found or not) carry them too, and nothing is a 500.
     for method, path in routes:
@@ -166,7 +169,7 @@ async def test_bad_tokens_from_one_address_are_slowed_down(
         resp = await limited.get("/api/v1/whoami", headers=from_(attacker, token))
         assert resp.status == 429, await resp.text()
         assert resp.headers["Retry-After"] == "60"
-        assert (await resp.json())["type"] == "TooManyAttempts"
+        assert (await resp.json())["kind"] == "TooManyAttempts"
         assert resp.headers["X-Content-Type-Options"] == "nosniff"
     # Another address is not held back by it.
     resp = await limited.get("/api/v1/whoami", headers=from_(other, admin_token))

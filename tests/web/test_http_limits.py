@@ -362,5 +362,5 @@ async def test_an_admin_json_body_postgres_or_python_cannot_take_is_a_400(
         headers={"Authorization": f"Bearer {admin_token}", "Content-Type": "application/json"},
     )
     assert resp.status == 400, await resp.text()
-    assert (await resp.json())["type"] == "InvalidInputError"
+    assert (await resp.json())["kind"] == "InvalidInputError"
     assert await state_counts(engine) == before

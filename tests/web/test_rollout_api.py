@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from nebula.policy import rollout_bucket
 from tests.conftest import FakeClock
 from tests.factories import Host
+from tests.problem import check_problem
 
 Client = Any  # aiohttp TestClient
 
@@ -62,13 +63,10 @@ def machine(n: int) -> str:
 
 
 async def expect_error(resp: Any, status: int) -> str:
-    """An admin API error: the status and a JSON {error, type} with a message; the message."""
+    """An admin API error: the status and a problem document (tests.problem); its detail."""
     raw = await resp.text()
     assert resp.status == status, raw
-    body = await resp.json()
-    assert set(body) == {"error", "type"}, body
-    assert body["error"].strip(), body
-    return str(body["error"])
+    return check_problem(resp.content_type, await resp.json(), status)
 
 
 async def add_version(client: Client, token: str, version: str, arch: str = "amd64") -> None:

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from nebula.config import Settings
 from tests import crau
+from tests.problem import check_problem
 
 NEW, OLD = "4152.2.3", "3815.2.0"
 MAIN, AZURE, PODMAN = "flatcar_production_update.gz", "oem-azure.gz", "flatcar-podman.gz"
@@ -63,9 +64,8 @@ async def package_count(client: Any, token: str) -> int:
 async def error_of(resp: aiohttp.ClientResponse, status: int) -> dict[str, str]:
     raw = await resp.text()
     assert resp.status == status, raw
-    assert resp.content_type == "application/json", raw
     body = await resp.json()
-    assert set(body) == {"error", "type"}, body
+    check_problem(resp.content_type, body, status)
     return body  # type: ignore[no-any-return]
 
 
@@ -180,7 +180,7 @@ async def test_refused_payloads_say_why(
             body = await error_of(resp, 422)
         except AssertionError as exc:
             raise AssertionError(f"{case}: {exc}") from None
-        assert body["type"] == kind, (case, body)
+        assert body["kind"] == kind, (case, body)
         assert MAIN in body["error"], (case, body)  # which file
         for word in words:  # which problem
             assert word in body["error"], (case, word, body)
@@ -206,7 +206,7 @@ async def test_a_bad_extension_refuses_the_whole_package(
     parts = [("payload", *files[0]), *(("extension", *f) for f in files[1:])]
     resp = await client.post(UPLOAD, params=params(), data=form(*parts), headers=auth(admin_token))
     body = await error_of(resp, 422)
-    assert body["type"] == "SignatureError"
+    assert body["kind"] == "SignatureError"
     assert bad_name in body["error"]
     await assert_nothing_stored(client, admin_token, settings)
 
@@ -228,7 +228,7 @@ async def test_duplicate_upload_is_409_and_stores_nothing(
             headers=auth(admin_token),
         )
         body = await error_of(resp, 409)
-        assert body["type"] == "ConflictError"
+        assert body["kind"] == "ConflictError"
         assert NEW in body["error"] and "exists" in body["error"]
         # Neither the refused main payload nor its extension went into the store.
         assert stored_files(settings) == [first]
@@ -276,7 +276,7 @@ async def test_delta_upload(client: Any, admin_token: str, signing_key: RSAPriva
         data=form(("payload", MAIN, delta)),
         headers=auth(admin_token),
     )
-    assert (await error_of(resp, 409))["type"] == "ConflictError"
+    assert (await error_of(resp, 409))["kind"] == "ConflictError"
     resp = await client.post(
         UPLOAD,
         params=params(from_version="3760.2.0"),
@@ -367,7 +367,7 @@ async def test_malformed_uploads_are_400(
             body = await error_of(resp, 400)
         except AssertionError as exc:
             raise AssertionError(f"{case}: {exc}") from None
-        assert body["type"] == "InvalidInputError", (case, body)
+        assert body["kind"] == "InvalidInputError", (case, body)
         for word in words:
             assert word in body["error"], (case, word, body)
         await assert_nothing_stored(client, admin_token, settings)
