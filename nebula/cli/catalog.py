@@ -227,7 +227,12 @@ def package_delete(url: str | None, token: str | None, as_json: bool, package_id
 @json_option
 def package_verify(url: str | None, token: str | None, as_json: bool) -> None:
     """Re-hash every stored payload file; exit 1 naming each that no longer matches its
-    recorded SHA-256 (or is gone)."""
+    recorded SHA-256 (or is gone).
+
+    \b
+    Example:
+      nebula package verify
+    """
     result = ApiClient(url, token).call("POST", "/api/v1/packages/verify")
     if as_json:
         emit_json(result)

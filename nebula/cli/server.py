@@ -202,7 +202,12 @@ def db_upgrade(**flags: Any) -> None:
 @db_option
 @click.argument("file", type=click.Path(dir_okay=False))
 def db_backup(file: str, **flags: Any) -> None:
-    """Copy a SQLite database to FILE while it is being served (PostgreSQL: use pg_dump)."""
+    """Copy a SQLite database to FILE while it is being served (PostgreSQL: use pg_dump).
+
+    \b
+    Example:
+      nebula db backup --db sqlite:///nebula.db nebula-backup.db
+    """
     from pathlib import Path
 
     from nebula.store.backup import backup_sqlite

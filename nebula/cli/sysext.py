@@ -44,7 +44,12 @@ def sysext_group() -> None:
 def sysext_upload(
     url: str | None, token: str | None, as_json: bool, file: Path, ext: str | None
 ) -> None:
-    """Upload FILE, named <ext>-<version>-<arch>.raw (arch x86-64 or arm64)."""
+    """Upload FILE, named <ext>-<version>-<arch>.raw (arch x86-64 or arm64).
+
+    \b
+    Example:
+      nebula sysext upload kubernetes-v1.31.1-x86-64.raw
+    """
     try:
         image = parse_image_name(file.name, ext)
     except InvalidInputError as exc:
@@ -66,7 +71,12 @@ def sysext_upload(
 @json_option
 @click.option("--name", help="Only this extension")
 def sysext_list(url: str | None, token: str | None, as_json: bool, name: str | None) -> None:
-    """Stored images and the groups each is promoted to."""
+    """Stored images and the groups each is promoted to.
+
+    \b
+    Example:
+      nebula sysext list
+    """
     result = _client(url, token).get("/api/v1/sysext/images", {"name": name})
     if as_json:
         emit_json(result)
@@ -105,7 +115,12 @@ def sysext_promote(
     group: str,
     arch: str | None,
 ) -> None:
-    """Offer EXT VERSION to a group's hosts (it joins the group's SHA256SUMS index)."""
+    """Offer EXT VERSION to a group's hosts (it joins the group's SHA256SUMS index).
+
+    \b
+    Example:
+      nebula sysext promote kubernetes v1.31.1 --group stable
+    """
     body = _promotion(name, version, group, arch)
     result = _client(url, token).send("POST", "/api/v1/sysext/promotions", body)
     if as_json:
@@ -131,7 +146,12 @@ def sysext_demote(
     group: str,
     arch: str | None,
 ) -> None:
-    """Take EXT VERSION out of a group's index (hosts that have it keep it)."""
+    """Take EXT VERSION out of a group's index (hosts that have it keep it).
+
+    \b
+    Example:
+      nebula sysext demote kubernetes v1.31.1 --group stable
+    """
     body = _promotion(name, version, group, arch)
     result = _client(url, token).send("DELETE", "/api/v1/sysext/promotions", body)
     if as_json:
@@ -149,7 +169,12 @@ def sysext_demote(
 def sysext_delete(
     url: str | None, token: str | None, as_json: bool, name: str, version: str, arch: str | None
 ) -> None:
-    """Forget EXT VERSION (refused while it is promoted to a group)."""
+    """Forget EXT VERSION (refused while it is promoted to a group).
+
+    \b
+    Example:
+      nebula sysext delete kubernetes v1.31.1 --arch x86-64
+    """
     from urllib.parse import quote
 
     path = f"/api/v1/sysext/images/{quote(name, safe='')}/{quote(version, safe='')}"
