@@ -81,7 +81,7 @@ class Run:
     hosts: int
     load_seconds: float | None
     timings: dict[str, Timings]
-    rss_mb: float
+    rss_mb: list[float]  # each process of the server: the parent first, then its workers
 
 
 def _url(server: str, name: str) -> str:
@@ -167,19 +167,20 @@ def _stop_server(process: subprocess.Popen[bytes]) -> None:
             process.wait(15)
 
 
-def _rss_mb(pid: int) -> float:
-    """Resident memory of the process and its children (workers), in MB."""
-    total = 0
+def _rss_mb(pid: int) -> list[float]:
+    """Resident memory of the process and of each of its children (workers), in MB: the
+    target is per worker, and `nebula serve` on PostgreSQL runs one per CPU under a parent."""
     pids = [pid]
     with contextlib.suppress(OSError):
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         pids += [int(c) for c in children]
+    sizes = []
     for p in pids:
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-    return total / 1024
+                    sizes.append(int(line.split()[1]) / 1024)
+    return sizes
 
 
 async def _wait_ready(
@@ -302,7 +303,8 @@ def report(runs: list[Run]) -> str:
     lines.append("(milliseconds, one request at a time)")
     for run in runs:
         load = f", loaded in {run.load_seconds:.0f} s" if run.load_seconds is not None else ""
-        lines.append(f"{run.hosts:,} hosts: server RSS {run.rss_mb:.0f} MB after the run{load}")
+        each = ", ".join(f"{mb:.0f}" for mb in run.rss_mb)
+        lines.append(f"{run.hosts:,} hosts: RSS after the run, MB (parent first): {each}{load}")
     return "\n".join(lines)
 
 
@@ -312,7 +314,7 @@ def cache_memory(entries: int) -> str:
     from nebula.store.hostcache import HostCache, snapshot
 
     def rss() -> float:
-        return _rss_mb(os.getpid())
+        return _rss_mb(os.getpid())[0]
 
     gc.collect()
     before = rss()
