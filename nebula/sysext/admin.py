@@ -61,7 +61,7 @@ def _arch(raw: str | None) -> str | None:
     listing("images", ref("SysextImage")),
 )
 async def list_images(request: web.Request) -> web.Response:
-    base = request.app[SETTINGS].base_url
+    base = request.app[SETTINGS].host_base_url
     async with transaction(request.app[READ_SESSIONS]) as session:
         rows = await store.list_images(session, request.query.get("name") or None)
         return web.json_response({"images": [image_json(r.image, r.tracks, base) for r in rows]})
@@ -120,7 +120,7 @@ async def upload_image(request: web.Request) -> web.Response:
         ),
     )
     log.info("sysext %s uploaded by %s", image.file_name, actor(request))
-    return web.json_response(image_json(row, (), request.app[SETTINGS].base_url), status=201)
+    return web.json_response(image_json(row, (), request.app[SETTINGS].host_base_url), status=201)
 
 
 @routes.delete("/api/v1/sysext/images/{name}/{version}")
@@ -134,7 +134,7 @@ async def delete_image(request: web.Request) -> web.Response:
     name, version = request.match_info["name"], request.match_info["version"]
     arch = _arch(request.query.get("arch") or None)
     deleted = await change(request, lambda s: store.delete_image(s, name, version, arch))
-    base = request.app[SETTINGS].base_url
+    base = request.app[SETTINGS].host_base_url
     return web.json_response({"deleted": [image_json(i, (), base) for i in deleted]})
 
 
@@ -159,7 +159,7 @@ async def promote(request: web.Request) -> web.Response:
         lambda s: store.promote(s, name, version, group, arch, actor(request), now),
     )
     log.info("sysext %s %s promoted to %s by %s", name, version, track, actor(request))
-    base = request.app[SETTINGS].base_url
+    base = request.app[SETTINGS].host_base_url
     return web.json_response(
         {
             "group": track,

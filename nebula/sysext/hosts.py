@@ -21,7 +21,7 @@ from nebula.provisioning.spec import check_group
 from nebula.store.db import transaction
 from nebula.sysext.names import INDEX, ImageName, is_ext_name, parse_image_name, render_index
 from nebula.sysext.store import promoted_images
-from nebula.web.keys import READ_SESSIONS
+from nebula.web.keys import READ_SESSIONS, SETTINGS
 from nebula.web.payloads import serve_blob
 
 _MISSING = "no such sysext image in this group\n"
@@ -54,4 +54,6 @@ async def handle_extension_file(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/v1/extensions/{group}/{ext}/{file}", handle_extension_file)
+    # Under the secret prefix when one is set, like everything hosts fetch.
+    prefix = app[SETTINGS].omaha_prefix
+    app.router.add_get(f"{prefix}/v1/extensions/{{group}}/{{ext}}/{{file}}", handle_extension_file)

@@ -115,4 +115,6 @@ async def handle_ignition(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/v1/ignition/{group}", handle_ignition)
+    # Under the secret prefix when one is set, like everything hosts fetch.
+    prefix = app[SETTINGS].omaha_prefix
+    app.router.add_get(f"{prefix}/v1/ignition/{{group}}", handle_ignition)

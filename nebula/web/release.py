@@ -5,7 +5,8 @@ A Flatcar host booted with `flatcar.release_file_server_url=<URL>` fetches, in i
 with the payload key, and its first boot fails if one is missing. With the URL set to Nebula's
 `<public URL>/v1/release` (what `nebula host-config --release-server` writes), an air-gapped
 host gets them from the extension payloads Nebula already stores with each version. The route
-stays under /v1/, the one prefix a deployment exposes to hosts.
+stays under /v1/, the one prefix a deployment exposes to hosts (below omaha_prefix when one is
+set).
 
 Boards are `amd64-usr` and `arm64-usr`. Only stored extension payloads are served (not the
 main payload, not files registered elsewhere); anything else, and any name that cannot be a
@@ -21,7 +22,7 @@ from nebula.store.db import transaction
 from nebula.store.groups import FLATCAR_APP_ID
 from nebula.store.packages import find_release_file, is_file_name
 from nebula.versions import is_valid_version
-from nebula.web.keys import CATALOG, READ_SESSIONS
+from nebula.web.keys import CATALOG, READ_SESSIONS, SETTINGS
 from nebula.web.payloads import serve_blob
 
 BOARDS = {"amd64-usr": "amd64", "arm64-usr": "arm64"}
@@ -51,4 +52,6 @@ async def handle_release_file(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/v1/release/{board}/{version}/{name}", handle_release_file)
+    # Under the secret prefix when one is set, like everything hosts fetch.
+    prefix = app[SETTINGS].omaha_prefix
+    app.router.add_get(f"{prefix}/v1/release/{{board}}/{{version}}/{{name}}", handle_release_file)

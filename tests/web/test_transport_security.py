@@ -223,6 +223,44 @@ async def test_the_omaha_endpoint_and_payloads_move_under_the_secret_prefix(
     assert (await client.get("/healthz")).status == 200
 
 
+HOST_PATHS = ("/v1/update", "/v1/payloads/", "/v1/release/", "/v1/ignition/", "/v1/extensions/")
+
+
+def host_route_paths(app: Any) -> list[str]:
+    """The path templates of every route that is not the admin API, a probe or /metrics."""
+    paths = []
+    for route in app.router.routes():
+        info = route.resource.get_info() if route.resource is not None else {}
+        path = info.get("formatter") or info.get("path") or ""
+        if not path.startswith("/api/") and path not in ("/metrics", "/healthz", "/readyz"):
+            paths.append(path)
+    return paths
+
+
+async def test_every_host_route_moves_under_the_secret_prefix(
+    db_url: str, tmp_path: Path, key_file: Path, clock: FakeClock, aiohttp_client: Any
+) -> None:
+    """Release files, host configs and sysext images are fetched by hosts as much as update
+    checks are: a route left at its plain path (as they were) would bypass the prefix. Walks
+    the router, so a new host route added without the prefix fails here too; and a host config
+    is really served under the prefix, with the prefixed SERVER in it."""
+    settings = make_settings(
+        db_url, tmp_path, key_file, omaha_prefix="/s3cr3t", ignition_public=True
+    )
+    app = create_app(settings, clock=clock)
+    paths = host_route_paths(app)
+    assert paths and all(p.startswith("/s3cr3t/v1/") for p in paths), paths
+    for plain in HOST_PATHS:
+        assert any(p.startswith("/s3cr3t" + plain) for p in paths), plain
+    client: TestClient[Any, Any] = await aiohttp_client(app)
+    assert (await client.get("/v1/ignition/stable")).status == 404
+    resp = await client.get("/s3cr3t/v1/ignition/stable")
+    assert resp.status == 200, await resp.text()
+    # update.conf is a data URL in the config: percent-encoded.
+    assert "SERVER%3Dhttp%3A%2F%2Fnebula.test%2Fs3cr3t%2Fv1%2Fupdate%2F" in await resp.text()
+    assert (await client.get("/v1/extensions/stable/docker/SHA256SUMS")).status == 404
+
+
 # -- /metrics behind a token -----------------------------------------------------------------------
 
 
