@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from nebula.config import Settings
+from tests.web.test_payload_files import _metric
 
 K1_X86 = b"kubernetes 1.31.1 for x86-64 " * 100
 K1_ARM = b"kubernetes 1.31.1 for arm64 " * 100
@@ -149,6 +150,16 @@ async def test_images_served_only_to_groups_they_are_promoted_to(
     assert (await client.get(f"/v1/extensions/beta/kubernetes/{F1_X86}")).status == 404
     # A stored image under another extension's directory is not served either.
     assert (await client.get(f"/v1/extensions/stable/docker/{F1_X86}")).status == 404
+
+    # Counted with the payloads: GET requests by status (HEADs are not downloads) and the
+    # image bytes really sent.
+    text = await (await client.get("/metrics")).text()
+    requests = "nebula_payload_requests_total"
+    assert _metric(text, requests, 'status="200"') == 1
+    assert _metric(text, requests, 'status="206"') == 1
+    assert _metric(text, requests, 'status="304"') == 1
+    assert _metric(text, requests, 'status="404"') == 3
+    assert _metric(text, "nebula_payload_bytes_sent_total") == len(K1_X86) + 10
 
 
 @pytest.mark.parametrize(
