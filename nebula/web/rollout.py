@@ -18,6 +18,7 @@ from nebula.errors import InvalidInputError, NotFoundError
 from nebula.omaha.parse import normalize_id
 from nebula.store import groups as group_store
 from nebula.store import history, rollouts
+from nebula.store.apps import find_app
 from nebula.store.db import transaction
 from nebula.store.models import Channel, Group, InstanceApp
 from nebula.store.packages import check_arch, check_version, find_package
@@ -218,8 +219,13 @@ def policy_json(group: Group) -> dict[str, Any]:
 
 
 async def _group(session: Any, request: web.Request, lock: bool = False) -> Group:
+    # `app` (an id or name) only where a group's name is in several apps but not Flatcar's.
+    app = request.query.get("app")
     group = await group_store.find_group(
-        session, request.match_info["ref"], request.query.get("arch")
+        session,
+        request.match_info["ref"],
+        request.query.get("arch"),
+        (await find_app(session, app)).id if app else None,
     )
     return await rollouts.lock_group(session, group.id) if lock else group
 

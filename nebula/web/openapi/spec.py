@@ -157,6 +157,10 @@ SCHEMAS: dict[str, Schema] = {
         }
     ),
     "Principal": obj({"name": STR, "role": {"type": "string", "enum": ["admin", "viewer"]}}),
+    "App": obj(
+        {"id": STR, "name": STR, "description": STR, "created_at": TIME},
+        {"channels": array(STR), "groups": array(STR), "packages": INT},
+    ),
     "Package": obj(
         {
             "id": STR,
@@ -175,17 +179,20 @@ SCHEMAS: dict[str, Schema] = {
     "Channel": obj(
         {
             "id": INT,
+            "app_id": STR,
             "name": STR,
             "arch": STR,
             "version": NSTR,
             "package_id": NSTR,
             "updated_at": TIME,
             "updated_by": NSTR,
-        }
+        },
+        {"floors": array(STR), "groups": array(STR)},
     ),
     "Group": obj(
         {
             "id": STR,
+            "app_id": STR,
             "name": STR,
             "track": STR,
             "arch": STR,
