@@ -21,6 +21,8 @@ from nebula.web.openapi.spec import STR, doc, listing, obj, ref
 from nebula.web.serialize import iso
 
 routes = web.RouteTableDef()
+# aiohttp's default placeholder excludes braces; app ids may come braced as hosts send them.
+APP_REF = "{ref:[^/]+}"
 
 
 def app_json(app: Application) -> dict[str, Any]:
@@ -70,7 +72,7 @@ async def create_app(request: web.Request) -> web.Response:
     return web.json_response(await change(request, work), status=201)
 
 
-@routes.get("/api/v1/apps/{ref}")
+@routes.get(f"/api/v1/apps/{APP_REF}")
 @doc("Show an application and what uses it", ref("App"))
 async def show_app(request: web.Request) -> web.Response:
     async with transaction(request.app[READ_SESSIONS]) as session:
@@ -81,7 +83,7 @@ async def show_app(request: web.Request) -> web.Response:
         return web.json_response(body)
 
 
-@routes.patch("/api/v1/apps/{ref}")
+@routes.patch(f"/api/v1/apps/{APP_REF}")
 @doc(
     "Rename or describe an application (its id stays: hosts send it)",
     ref("App"),
@@ -118,7 +120,7 @@ async def update_app(request: web.Request) -> web.Response:
     return web.json_response(await change(request, work))
 
 
-@routes.delete("/api/v1/apps/{ref}")
+@routes.delete(f"/api/v1/apps/{APP_REF}")
 @doc("Delete an application nothing uses", None, status=204, errors=(409,))
 async def delete_app(request: web.Request) -> web.Response:
     async def work(session: Any) -> None:
