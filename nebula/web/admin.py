@@ -48,6 +48,7 @@ from nebula.web.keys import (
 )
 from nebula.web.limits import bounded
 from nebula.web.openapi.spec import (
+    APP,
     ARCH,
     EXTERNAL_BODY,
     FLAG,
@@ -88,7 +89,7 @@ async def whoami(request: web.Request) -> web.Response:
 @doc(
     "List packages",
     listing("packages", ref("Package")),
-    query={"arch": ARCH, "version": VERSION, "app": channels.APP},
+    query={"arch": ARCH, "version": VERSION, "app": APP},
     errors=(404,),
 )
 async def list_packages(request: web.Request) -> web.Response:
@@ -175,7 +176,7 @@ async def _drain(request: web.Request) -> None:
     "Upload a package's files (multipart: a payload part, then extension parts)",
     ref("Package"),
     status=201,
-    query={"version": VERSION, "arch": ARCH, "from_version": VERSION, "app": channels.APP},
+    query={"version": VERSION, "arch": ARCH, "from_version": VERSION, "app": APP},
     body=UPLOAD_BODY,
     body_media="multipart/form-data",
     body_required=True,
@@ -407,7 +408,7 @@ async def add_external_package(request: web.Request) -> web.Response:
 @doc(
     "List an application's channels",
     listing("channels", ref("Channel")),
-    query={"app": channels.APP},
+    query={"app": APP},
     errors=(404,),
 )
 async def list_channels(request: web.Request) -> web.Response:
@@ -421,7 +422,7 @@ async def list_channels(request: web.Request) -> web.Response:
 @doc(
     "Point a channel at the package of a version",
     ref("Channel"),
-    body=obj({"arch": ARCH, "version": VERSION}, {"app": channels.APP}),
+    body=obj({"arch": ARCH, "version": VERSION}, {"app": APP}),
     body_required=True,
 )
 async def set_channel(request: web.Request) -> web.Response:
@@ -468,7 +469,7 @@ async def _channel_names(session: Any) -> dict[int, str]:
 @doc(
     "List an application's groups",
     listing("groups", ref("Group")),
-    query={"app": channels.APP},
+    query={"app": APP},
     errors=(404,),
 )
 async def list_groups(request: web.Request) -> web.Response:
@@ -493,7 +494,7 @@ async def list_groups(request: web.Request) -> web.Response:
     status=201,
     body=obj(
         {"name": STR, "arch": ARCH, "channel": STR},
-        {"track": STR, "description": STR, "app": channels.APP},
+        {"track": STR, "description": STR, "app": APP},
     ),
     body_required=True,
     errors=(404, 409),
@@ -525,7 +526,7 @@ async def create_group(request: web.Request) -> web.Response:
 @doc(
     "Show a group and its hosts' counts by status",
     ref("Group"),
-    query={"arch": ARCH, "app": channels.APP},
+    query={"arch": ARCH, "app": APP},
 )
 async def show_group(request: web.Request) -> web.Response:
     q = request.query

@@ -22,11 +22,10 @@ from nebula.store.packages import check_arch, check_version
 from nebula.web.api import actor, change, json_body, opt, req
 from nebula.web.audit import changes_text, record
 from nebula.web.keys import CLOCK, READ_SESSIONS
-from nebula.web.openapi.spec import ARCH, STR, VERSION, doc, obj, ref
+from nebula.web.openapi.spec import APP, ARCH, STR, VERSION, doc, obj, ref
 from nebula.web.serialize import channel_json, group_json
 
 routes = web.RouteTableDef()
-APP: dict[str, Any] = {"type": "string", "description": "an app id or name (default: Flatcar)"}
 
 
 def _arch(value: Any) -> str | None:

@@ -26,6 +26,7 @@ from nebula.store.retirement import delete_host
 from nebula.web.api import actor, change, json_body
 from nebula.web.keys import CATALOG, CLOCK, HOST_CHANGES, READ_SESSIONS
 from nebula.web.openapi.spec import (
+    APP,
     ARCH,
     INT_TEXT,
     POLICY_BODY,
@@ -245,7 +246,7 @@ async def _policy_answer(session: Any, group: Group, **extra: Any) -> dict[str, 
 
 
 @routes.get("/api/v1/groups/{ref}/policy")
-@doc("Show a group's rollout policy", ref("Policy"), query={"arch": ARCH})
+@doc("Show a group's rollout policy", ref("Policy"), query={"arch": ARCH, "app": APP})
 async def show_policy(request: web.Request) -> web.Response:
     async with transaction(request.app[READ_SESSIONS]) as session:
         group = await _group(session, request)
@@ -256,7 +257,7 @@ async def show_policy(request: web.Request) -> web.Response:
 @doc(
     "Change a group's rollout policy (and its channel's floors) in one transaction",
     ref("Policy"),
-    query={"arch": ARCH},
+    query={"arch": ARCH, "app": APP},
     body=POLICY_BODY,
     body_required=True,
 )
@@ -323,13 +324,13 @@ async def _pause_or_resume(request: web.Request, paused: bool) -> web.Response:
 
 
 @routes.post("/api/v1/groups/{ref}/pause")
-@doc("Pause a group's updates", ref("Policy"), query={"arch": ARCH}, body=REASON_BODY)
+@doc("Pause a group's updates", ref("Policy"), query={"arch": ARCH, "app": APP}, body=REASON_BODY)
 async def pause_group(request: web.Request) -> web.Response:
     return await _pause_or_resume(request, paused=True)
 
 
 @routes.post("/api/v1/groups/{ref}/resume")
-@doc("Resume a group's updates", ref("Policy"), query={"arch": ARCH}, body=REASON_BODY)
+@doc("Resume a group's updates", ref("Policy"), query={"arch": ARCH, "app": APP}, body=REASON_BODY)
 async def resume_group(request: web.Request) -> web.Response:
     return await _pause_or_resume(request, paused=False)
 
@@ -338,7 +339,11 @@ async def resume_group(request: web.Request) -> web.Response:
 @doc(
     "A group's hosts by version and status over a window",
     ref("History"),
-    query={"arch": ARCH, "window": {"type": "string", "enum": ["1h", "1d", "7d", "30d"]}},
+    query={
+        "arch": ARCH,
+        "app": APP,
+        "window": {"type": "string", "enum": ["1h", "1d", "7d", "30d"]},
+    },
 )
 async def rollout_history(request: web.Request) -> web.Response:
     """The group's hosts by version and by status over a window (1h, 1d, 7d, 30d), from the
@@ -369,7 +374,7 @@ async def rollout_history(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/groups/{ref}/rollout")
-@doc("A group's rollout: target, progress, rate", ref("Rollout"), query={"arch": ARCH})
+@doc("A group's rollout: target, progress, rate", ref("Rollout"), query={"arch": ARCH, "app": APP})
 async def rollout_status(request: web.Request) -> web.Response:
     now = request.app[CLOCK]()
     catalog = await request.app[CATALOG].get()
@@ -417,7 +422,7 @@ async def rollout_status(request: web.Request) -> web.Response:
 @doc(
     "A group's activity log, newest first",
     listing("activity", ref("Activity")),
-    query={"arch": ARCH, "limit": INT_TEXT},
+    query={"arch": ARCH, "app": APP, "limit": INT_TEXT},
 )
 async def group_activity(request: web.Request) -> web.Response:
     try:

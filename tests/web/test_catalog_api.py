@@ -393,3 +393,22 @@ async def test_package_delete_names_every_channel_and_is_logged(
     await ok(client, admin_token, "DELETE", f"/api/v1/packages/{other['id']}", 204)
     (gone,) = await activity(engine, "package_delete")
     assert gone.detail["old"]["version"] == "4152.2.4"
+
+
+async def test_a_name_in_two_apps_but_not_flatcar_needs_the_app(
+    client: Any, admin_token: str
+) -> None:
+    """Catches a lookup that picks one of two apps' channels or groups at random."""
+    for app_id, name in ((AGENT, "agent"), ("io.example.other", "other")):
+        await make_app(client, admin_token, app_id, name)
+        channel = {"name": "nightly", "arch": "amd64", "app": name}
+        await ok(client, admin_token, "POST", "/api/v1/channels", 201, json=channel)
+        group = {"name": "fleet", "arch": "amd64", "channel": "nightly", "app": name}
+        await ok(client, admin_token, "POST", "/api/v1/groups", 201, json=group)
+    for path in ("/api/v1/channels/nightly", "/api/v1/groups/fleet", "/api/v1/groups/fleet/policy"):
+        detail = await expect_error(await call(client, admin_token, "GET", path), 400)
+        assert "agent, other" in detail and "--app" in detail, path
+        shown = await ok(client, admin_token, "GET", f"{path}?app=other")
+        assert shown.get("app_id", "io.example.other") == "io.example.other"
+    group = await ok(client, admin_token, "GET", "/api/v1/groups/fleet?app=agent")
+    assert group["app_id"] == AGENT

@@ -86,6 +86,7 @@ BOOL: Schema = {"type": "boolean"}
 NUM: Schema = {"type": "number"}
 TIME: Schema = nullable("string", format="date-time")
 ARCH: Schema = {"type": "string", "enum": ["amd64", "arm64"]}
+APP: Schema = {"type": "string", "description": "an app id or name (default: Flatcar)"}
 VERSION: Schema = {"type": "string", "description": "an OS version, e.g. 4152.2.3"}
 FLAG: Schema = {"type": "string", "enum": ["true", "false", "1", "0"]}
 NSTR: Schema = nullable("string")
