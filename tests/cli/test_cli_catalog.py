@@ -141,3 +141,27 @@ async def test_refusals_and_changes(server: str, admin_token: str) -> None:
     assert "deleted: true" in out
     listed = await run_json(["app", "list"], env)
     assert [a["name"] for a in listed["apps"]] == ["flatcar"]
+
+
+async def test_app_picks_a_group_whose_name_two_apps_have(server: str, admin_token: str) -> None:
+    """Catches a policy or rollout command that does not pass --app on: the change would be
+    refused as ambiguous, or land in the other app's group."""
+    env = {"NEBULA_URL": server, "NEBULA_TOKEN": admin_token}
+    for app in ("one", "two"):
+        ok(await nebula(["app", "create", app, "--id", f"io.example.{app}"], **env))
+        ok(await nebula(["channel", "create", "main", "--arch", "amd64", "--app", app], **env))
+        create = ["group", "create", "fleet", "--arch", "amd64", "--channel", "main"]
+        ok(await nebula([*create, "--app", app], **env))
+    fails(await nebula(["rollout", "status", "fleet"], **env), 1, "one, two", "--app")
+    ok(await nebula(["policy", "set", "fleet", "--app", "two", "--max-concurrent", "3"], **env))
+    for app, limit in (("one", None), ("two", 3)):
+        shown = await run_json(["policy", "show", "fleet", "--app", app], env)
+        assert shown["policy"]["max_concurrent"] == limit, app
+    ok(await nebula(["rollout", "pause", "fleet", "--app", "one", "--reason", "wait"], **env))
+    out = ok(await nebula(["rollout", "activity", "fleet", "--app", "one"], **env))
+    assert "pause" in out and "wait" in out
+    status = await run_json(["rollout", "status", "fleet", "--app", "one"], env)
+    assert status["updates_enabled"] is False
+    ok(await nebula(["rollout", "history", "fleet", "--app", "two"], **env))
+    shown = await run_json(["group", "show", "fleet", "--app", "two"], env)
+    assert shown["policy"]["updates_enabled"] is True
