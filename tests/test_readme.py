@@ -1,4 +1,5 @@
-"""The README's walkthrough, run as written: the "Try it" commands, then the "Rollouts" example.
+"""The README's walkthrough, run as written: the "Try it" commands, then the "Rollouts" example,
+then "Your own application" (a custom app from nothing to a rollout with the CLI alone).
 
 The shell blocks are taken from README.md itself and run by bash in a scratch directory that
 looks like a checkout (`.venv` and `tests/` link to the real ones), with the one `nebula serve`
@@ -36,6 +37,7 @@ def _first_sh_block(text: str) -> str:
 def _script(port: int) -> str:
     try_it = _first_sh_block(_section("Try it"))
     rollouts = _first_sh_block(_section("Rollouts"))
+    own_app = _first_sh_block(_section("Your own application"))
     serve_lines = [line for line in try_it.splitlines() if " serve " in line]
     assert len(serve_lines) == 1, serve_lines
     serve = serve_lines[0].split("#")[0].strip()
@@ -47,7 +49,7 @@ def _script(port: int) -> str:
         "done\n"
     )
     try_it = try_it.replace(serve_lines[0], started)
-    body = (try_it + "\n" + rollouts).replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+    body = "\n".join((try_it, rollouts, own_app)).replace("127.0.0.1:8000", f"127.0.0.1:{port}")
     return "set -euo pipefail\ntrap 'kill $(cat serve.pid) 2>/dev/null || true' EXIT\n" + body
 
 
@@ -83,4 +85,10 @@ def test_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
     assert re.search(r"percentage\s+25%", out)
     assert re.search(r"pause on failures\s+5 hosts or 10%", out)
     assert "dbff85b41ae14f41bde761eefbdafaac held" in out
+    # The custom app's host was offered the app's package, and its rollout counts it.
+    assert '<app appid="io.example.agent" status="ok">' in out
+    assert '<manifest version="1.1.0">' in out
+    assert "group agent-canary (amd64) -> 1.1.0: running" in out
+    assert re.search(r"in progress\s+1\n", out)
+    assert "groups: agent-canary (amd64)" in out
     assert "Traceback" not in result.stderr + log

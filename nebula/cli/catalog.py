@@ -49,6 +49,7 @@ _PATH = click.Path(exists=True, dir_okay=False, path_type=Path)
     help="An extension payload of this version (oem-*.gz, flatcar-*.gz); repeatable",
 )
 @click.option("--from-version", help="For a delta payload: the version it applies to")
+@click.option("--app", help="The application (id or name; default Flatcar)")
 def package_upload(
     url: str | None,
     token: str | None,
@@ -58,6 +59,7 @@ def package_upload(
     arch: str,
     extension: tuple[Path, ...],
     from_version: str | None,
+    app: str | None,
 ) -> None:
     """Upload a signed payload (and its extensions) to Nebula's payload store.
 
@@ -69,6 +71,8 @@ def package_upload(
     params = {"version": version, "arch": arch}
     if from_version:
         params["from_version"] = from_version
+    if app:
+        params["app"] = app
     result = ApiClient(url, token).upload(params, payload, extension)
     emit_json(result) if as_json else _print_package(result)
 
@@ -131,6 +135,7 @@ def _parse_file_spec(text: str) -> dict[str, Any]:
     help="NAME:SIZE:SHA1HEX:SHA256HEX of a file without a local copy; repeatable, "
     "main payload first",
 )
+@click.option("--app", help="The application (id or name; default Flatcar)")
 def package_add(
     url: str | None,
     token: str | None,
@@ -142,6 +147,7 @@ def package_add(
     from_version: str | None,
     extension: tuple[Path, ...],
     specs: tuple[str, ...],
+    app: str | None,
 ) -> None:
     """Register a package hosted elsewhere, with each file's size and hashes.
 
@@ -164,6 +170,7 @@ def package_add(
         "from_version": from_version,
         "base_url": base_url,
         "files": described,
+        "app": app,
     }
     result = ApiClient(url, token).send("POST", "/api/v1/packages", body)
     emit_json(result) if as_json else _print_package(result)
@@ -174,8 +181,14 @@ def package_add(
 @json_option
 @click.option("--arch", type=ARCH)
 @click.option("--version")
+@click.option("--app", help="The application (id or name; default Flatcar)")
 def package_list(
-    url: str | None, token: str | None, as_json: bool, arch: str | None, version: str | None
+    url: str | None,
+    token: str | None,
+    as_json: bool,
+    arch: str | None,
+    version: str | None,
+    app: str | None,
 ) -> None:
     """List packages.
 
@@ -183,7 +196,8 @@ def package_list(
     Example:
       nebula package list --arch amd64 -o wide
     """
-    result = ApiClient(url, token).get("/api/v1/packages", {"arch": arch, "version": version})
+    query = {"arch": arch, "version": version, "app": app}
+    result = ApiClient(url, token).get("/api/v1/packages", query)
     if as_json:
         return emit_json(result)
     table(
@@ -196,13 +210,28 @@ def package_list(
                 human_size(sum(f["size"] for f in p["files"])),
                 "external" if p["external"] else "stored",
                 p["id"],
-                *((p["created_at"], p["created_by"], p["codebase"]) if wide() else ()),
+                *((p["app_id"], p["created_at"], p["created_by"], p["codebase"]) if wide() else ()),
             )
             for p in result["packages"]
         ],
         ["version", "arch", "kind", "files", "size", "where", "id"]
-        + (["created", "by", "codebase"] if wide() else []),
+        + (["app", "created", "by", "codebase"] if wide() else []),
     )
+
+
+@package_group.command("show")
+@api_options
+@json_option
+@click.argument("package_id")
+def package_show(url: str | None, token: str | None, as_json: bool, package_id: str) -> None:
+    """Show a package and its files.
+
+    \b
+    Example:
+      nebula package show 9bf8e088-5612-4604-b745-00188134362a
+    """
+    result = ApiClient(url, token).get(f"/api/v1/packages/{package_id}")
+    emit_json(result) if as_json else _print_package(result)
 
 
 @package_group.command("delete")
@@ -262,14 +291,15 @@ def channel_group() -> None:
 @channel_group.command("list")
 @api_options
 @json_option
-def channel_list(url: str | None, token: str | None, as_json: bool) -> None:
+@click.option("--app", help="The application (id or name; default Flatcar)")
+def channel_list(url: str | None, token: str | None, as_json: bool, app: str | None) -> None:
     """List channels and their versions.
 
     \b
     Example:
       nebula channel list -o json
     """
-    result = ApiClient(url, token).get("/api/v1/channels")
+    result = ApiClient(url, token).get("/api/v1/channels", {"app": app})
     if as_json:
         return emit_json(result)
     table(
@@ -294,8 +324,15 @@ def channel_list(url: str | None, token: str | None, as_json: bool) -> None:
 @click.argument("channel")
 @click.option("--arch", type=ARCH, required=True)
 @click.option("--version", required=True, help="A version uploaded or added before")
+@click.option("--app", help="The application (id or name; default Flatcar)")
 def channel_set(
-    url: str | None, token: str | None, as_json: bool, channel: str, arch: str, version: str
+    url: str | None,
+    token: str | None,
+    as_json: bool,
+    channel: str,
+    arch: str,
+    version: str,
+    app: str | None,
 ) -> None:
     """Point CHANNEL at VERSION: hosts of its groups are offered it.
 
@@ -303,9 +340,8 @@ def channel_set(
     Example:
       nebula channel set stable --arch amd64 --version 4152.2.3
     """
-    result = ApiClient(url, token).send(
-        "PUT", f"/api/v1/channels/{channel}", {"arch": arch, "version": version}
-    )
+    body = {"arch": arch, "version": version, "app": app}
+    result = ApiClient(url, token).send("PUT", f"/api/v1/channels/{channel}", body)
     if as_json:
         return emit_json(result)
     click.echo(f"{result['name']} ({result['arch']}) now offers {result['version']}")
@@ -322,14 +358,15 @@ def group_group() -> None:
 @group_group.command("list")
 @api_options
 @json_option
-def group_list(url: str | None, token: str | None, as_json: bool) -> None:
+@click.option("--app", help="The application (id or name; default Flatcar)")
+def group_list(url: str | None, token: str | None, as_json: bool, app: str | None) -> None:
     """List groups.
 
     \b
     Example:
       nebula group list
     """
-    result = ApiClient(url, token).get("/api/v1/groups")
+    result = ApiClient(url, token).get("/api/v1/groups", {"app": app})
     if as_json:
         return emit_json(result)
     table(
@@ -357,6 +394,7 @@ def group_list(url: str | None, token: str | None, as_json: bool) -> None:
 @click.option("--channel", required=True, help="The channel whose version the group follows")
 @click.option("--track", help="What hosts send as GROUP in update.conf (default: the name)")
 @click.option("--description", default="")
+@click.option("--app", help="The application (id or name; default Flatcar)")
 def group_create(
     url: str | None,
     token: str | None,
@@ -366,6 +404,7 @@ def group_create(
     channel: str,
     track: str | None,
     description: str,
+    app: str | None,
 ) -> None:
     """Create a group.
 
@@ -382,6 +421,7 @@ def group_create(
             "channel": channel,
             "track": track,
             "description": description,
+            "app": app,
         },
     )
     if as_json:
@@ -397,8 +437,9 @@ def group_create(
 @json_option
 @click.argument("group")
 @click.option("--arch", type=ARCH, help="Needed when the name exists for both arches")
+@click.option("--app", help="The application (id or name; default Flatcar)")
 def group_show(
-    url: str | None, token: str | None, as_json: bool, group: str, arch: str | None
+    url: str | None, token: str | None, as_json: bool, group: str, arch: str | None, app: str | None
 ) -> None:
     """Show a group, its policy and its hosts by status.
 
@@ -406,7 +447,7 @@ def group_show(
     Example:
       nebula group show canary --arch amd64
     """
-    g = ApiClient(url, token).get(f"/api/v1/groups/{group}", {"arch": arch})
+    g = ApiClient(url, token).get(f"/api/v1/groups/{group}", {"arch": arch, "app": app})
     if as_json:
         return emit_json(g)
     click.echo(f"group {g['name']} ({g['arch']}), track {g['track']}, channel {g['channel']}")

@@ -19,12 +19,16 @@ COMMANDS = {
         "nebula.cli.server:token_group", "Admin API tokens (works on the database directly)."
     ),
     "package": Lazy("nebula.cli.catalog:package_group", "Update payloads."),
+    "app": Lazy("nebula.cli.apps:app_group", "Applications: the Omaha app ids Nebula serves."),
     "channel": Lazy(
-        "nebula.cli.catalog:channel_group", "Channels: which version each channel offers."
+        "nebula.cli.catalog:channel_group",
+        "Channels: which version each channel offers.",
+        also=("nebula.cli.catalog_verbs",),
     ),
     "group": Lazy(
         "nebula.cli.catalog:group_group",
         "Groups of hosts (a track on an architecture) and their channel.",
+        also=("nebula.cli.catalog_verbs",),
     ),
     "instance": Lazy(
         "nebula.cli.catalog:instance_group",

@@ -62,8 +62,9 @@ def policy_group() -> None:
 @json_option
 @click.argument("group")
 @click.option("--arch", type=ARCH, help="Needed when the name exists for both arches")
+@click.option("--app", help="The group's application (id or name), when the name is in several")
 def policy_show(
-    url: str | None, token: str | None, as_json: bool, group: str, arch: str | None
+    url: str | None, token: str | None, as_json: bool, group: str, arch: str | None, app: str | None
 ) -> None:
     """Show GROUP's rollout rules.
 
@@ -71,7 +72,7 @@ def policy_show(
     Example:
       nebula policy show canary --arch amd64
     """
-    body = ApiClient(url, token).get(f"{_group_path(group)}/policy", {"arch": arch})
+    body = ApiClient(url, token).get(f"{_group_path(group)}/policy", {"arch": arch, "app": app})
     emit_json(body) if as_json else _print_policy(body)
 
 
@@ -143,8 +144,15 @@ ON_OFF = click.Choice(["on", "off"])
     help="Retire hosts not seen this long, e.g. 14d (the default): they leave every count "
     "until they check in again; or none",
 )
+@click.option("--app", help="The group's application (id or name), when the name is in several")
 def policy_set(
-    url: str | None, token: str | None, as_json: bool, group: str, arch: str | None, **opts: Any
+    url: str | None,
+    token: str | None,
+    as_json: bool,
+    group: str,
+    arch: str | None,
+    app: str | None,
+    **opts: Any,
 ) -> None:
     """Change GROUP's rollout rules; options not given stay as they are.
 
@@ -180,7 +188,7 @@ def policy_set(
         raise click.UsageError("nothing to change: give at least one option (see --help)")
     # One call, one transaction on the server: a refused part (a floor without a package, say)
     # leaves everything as it was.
-    params = {"arch": arch} if arch else None
+    params = {k: v for k, v in (("arch", arch), ("app", app)) if v}
     body = client.call("PATCH", f"{_group_path(group)}/policy", json=patch, params=params)
     emit_json(body) if as_json else _print_policy(body)
 
@@ -199,8 +207,9 @@ def _eta(seconds: float | None) -> str:
 @json_option
 @click.argument("group")
 @click.option("--arch", type=ARCH)
+@click.option("--app", help="The group's application (id or name), when the name is in several")
 def rollout_status(
-    url: str | None, token: str | None, as_json: bool, group: str, arch: str | None
+    url: str | None, token: str | None, as_json: bool, group: str, arch: str | None, app: str | None
 ) -> None:
     """Where GROUP's rollout stands.
 
@@ -208,7 +217,7 @@ def rollout_status(
     Example:
       nebula rollout status canary --arch amd64
     """
-    s = ApiClient(url, token).get(f"{_group_path(group)}/rollout", {"arch": arch})
+    s = ApiClient(url, token).get(f"{_group_path(group)}/rollout", {"arch": arch, "app": app})
     if as_json:
         return emit_json(s)
     h = s["hosts"]
@@ -267,8 +276,15 @@ def rollout_status(
     show_default=True,
     help="How far back (a sample every few minutes within a day, hourly beyond)",
 )
+@click.option("--app", help="The group's application (id or name), when the name is in several")
 def rollout_history(
-    url: str | None, token: str | None, as_json: bool, group: str, arch: str | None, window: str
+    url: str | None,
+    token: str | None,
+    as_json: bool,
+    group: str,
+    arch: str | None,
+    window: str,
+    app: str | None,
 ) -> None:
     """GROUP's hosts by version and status over time.
 
@@ -276,7 +292,8 @@ def rollout_history(
     Example:
       nebula rollout history stable --arch amd64 --window 7d
     """
-    h = ApiClient(url, token).get(f"{_group_path(group)}/history", {"arch": arch, "window": window})
+    query = {"arch": arch, "window": window, "app": app}
+    h = ApiClient(url, token).get(f"{_group_path(group)}/history", query)
     if as_json:
         return emit_json(h)
     click.echo(f"group {h['group']} ({h['arch']}), last {h['window']}: {len(h['points'])} samples")
@@ -297,6 +314,7 @@ def _pause_resume_command(action: str, doc: str) -> None:
     @click.argument("group")
     @click.option("--arch", type=ARCH)
     @click.option("--reason", help="Recorded in the activity log")
+    @click.option("--app", help="The group's application (id or name), when the name is in several")
     def command(
         url: str | None,
         token: str | None,
@@ -304,8 +322,9 @@ def _pause_resume_command(action: str, doc: str) -> None:
         group: str,
         arch: str | None,
         reason: str | None,
+        app: str | None,
     ) -> None:
-        params = {"arch": arch} if arch else None
+        params = {k: v for k, v in (("arch", arch), ("app", app)) if v}
         body = ApiClient(url, token).call(
             "POST", f"{_group_path(group)}/{action}", json={"reason": reason or ""}, params=params
         )
@@ -332,8 +351,15 @@ _pause_resume_command(
 @click.argument("group")
 @click.option("--arch", type=ARCH)
 @click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--app", help="The group's application (id or name), when the name is in several")
 def rollout_activity(
-    url: str | None, token: str | None, as_json: bool, group: str, arch: str | None, limit: int
+    url: str | None,
+    token: str | None,
+    as_json: bool,
+    group: str,
+    arch: str | None,
+    limit: int,
+    app: str | None,
 ) -> None:
     """GROUP's activity log: pauses, resumes, policy changes.
 
@@ -342,7 +368,7 @@ def rollout_activity(
       nebula rollout activity canary --limit 50
     """
     body = ApiClient(url, token).get(
-        f"{_group_path(group)}/activity", {"arch": arch, "limit": limit}
+        f"{_group_path(group)}/activity", {"arch": arch, "limit": limit, "app": app}
     )
     if as_json:
         return emit_json(body)

@@ -177,11 +177,20 @@ async def get_package(session: AsyncSession, package_id: str) -> Package:
 
 async def delete_package(session: AsyncSession, package_id: str) -> Package:
     package = await get_package(session, package_id)
-    channel = (
-        await session.execute(select(Channel.name).where(Channel.package_id == package_id).limit(1))
-    ).scalar_one_or_none()
-    if channel is not None:
-        raise ConflictError(f"channel {channel} points at this package; point it elsewhere first")
+    channels = [
+        f"{name} ({arch})"
+        for name, arch in await session.execute(
+            select(Channel.name, Channel.arch)
+            .where(Channel.package_id == package_id)
+            .order_by(Channel.name)
+        )
+    ]
+    if channels:
+        raise ConflictError(
+            f"package {package.version} ({package.arch}) is what "
+            f"{'channel' if len(channels) == 1 else 'channels'} {', '.join(channels)} "
+            "offer: point them elsewhere first"
+        )
     pinned = (
         await session.execute(
             select(Group.name)

@@ -27,13 +27,16 @@ from nebula.ingest import Ingested, ingest
 from nebula.lifecycle import STATUSES
 from nebula.payload import TrustedKey, check_signature
 from nebula.policy import HostState
+from nebula.store import apps as app_store
 from nebula.store import groups as group_store
 from nebula.store import packages as package_store
 from nebula.store.catalog import Catalog
 from nebula.store.db import transaction
-from nebula.store.models import Channel, Group, Instance, InstanceApp
+from nebula.store.models import Channel, Group, Instance, InstanceApp, Package
 from nebula.store.tokens import Principal
+from nebula.web import apps, channels
 from nebula.web.api import PRINCIPAL, actor, change, json_body, opt, req
+from nebula.web.audit import record
 from nebula.web.keys import (
     BLOBS,
     CATALOG,
@@ -45,6 +48,7 @@ from nebula.web.keys import (
 )
 from nebula.web.limits import bounded
 from nebula.web.openapi.spec import (
+    APP,
     ARCH,
     EXTERNAL_BODY,
     FLAG,
@@ -85,13 +89,17 @@ async def whoami(request: web.Request) -> web.Response:
 @doc(
     "List packages",
     listing("packages", ref("Package")),
-    query={"arch": ARCH, "version": VERSION},
+    query={"arch": ARCH, "version": VERSION, "app": APP},
+    errors=(404,),
 )
 async def list_packages(request: web.Request) -> web.Response:
     q = request.query
     async with transaction(request.app[READ_SESSIONS]) as session:
         found = await package_store.list_packages(
-            session, arch=q.get("arch"), version=q.get("version")
+            session,
+            app_id=await app_store.app_id_of(session, q.get("app")),
+            arch=q.get("arch"),
+            version=q.get("version"),
         )
         base = request.app[SETTINGS].host_base_url
         return web.json_response({"packages": [package_json(p, base) for p in found]})
@@ -108,8 +116,24 @@ async def show_package(request: web.Request) -> web.Response:
 @routes.delete("/api/v1/packages/{id}")
 @doc("Delete a package no channel points at", None, status=204, errors=(409,))
 async def delete_package(request: web.Request) -> web.Response:
-    await change(request, lambda s: package_store.delete_package(s, request.match_info["id"]))
+    base = request.app[SETTINGS].host_base_url
+
+    async def work(session: Any) -> None:
+        package = await package_store.delete_package(session, request.match_info["id"])
+        message = f"package {package.version} ({package.arch}, {package.kind}) deleted"
+        record(session, request, "package_delete", message, old=package_json(package, base))
+
+    await change(request, work)
     return web.Response(status=204)
+
+
+async def _recorded(session: Any, request: web.Request, package: Any) -> Any:
+    """Log a new package; hand it back."""
+    kind = f"delta from {package.from_version}" if package.kind == "delta" else "full"
+    body = package_json(package, request.app[SETTINGS].host_base_url)
+    message = f"package {package.version} ({package.arch}, {kind}) added"
+    record(session, request, "package_add", message, new=body)
+    return package
 
 
 def _package_target(q: Any) -> tuple[str, str, str | None]:
@@ -152,17 +176,18 @@ async def _drain(request: web.Request) -> None:
     "Upload a package's files (multipart: a payload part, then extension parts)",
     ref("Package"),
     status=201,
-    query={"version": VERSION, "arch": ARCH, "from_version": VERSION},
+    query={"version": VERSION, "arch": ARCH, "from_version": VERSION, "app": APP},
     body=UPLOAD_BODY,
     body_media="multipart/form-data",
     body_required=True,
-    errors=(408, 409, 422, 507),
+    errors=(404, 408, 409, 422, 507),
 )
 async def upload_package(request: web.Request) -> web.Response:
     """multipart/form-data: a `payload` part first, then any `extension` parts.
 
-    Query: version, arch, from_version (for a delta). Each file is verified (CrAU, trusted
-    version-2 signature), hashed and stored while it streams in; then the package is recorded.
+    Query: version, arch, from_version (for a delta), app (default Flatcar). Each file is
+    verified (CrAU, trusted version-2 signature), hashed and stored while it streams in; then
+    the package is recorded.
     """
     version, arch, from_version = _package_target(request.query)
     blobs = request.app[BLOBS]
@@ -176,9 +201,8 @@ async def upload_package(request: web.Request) -> web.Response:
         # Refuse a duplicate before reading the files: add_package checks again, but by then
         # the files would be in the payload store, which keeps them although nothing uses them.
         async with transaction(request.app[READ_SESSIONS]) as session:
-            await package_store.check_new_package(
-                session, group_store.FLATCAR_APP_ID, arch, version, from_version
-            )
+            app_id = await _app_id(session, request.query.get("app"))
+            await package_store.check_new_package(session, app_id, arch, version, from_version)
         try:
             reader = await request.multipart()
         except ValueError as exc:  # e.g. no boundary in the Content-Type
@@ -215,20 +239,9 @@ async def upload_package(request: web.Request) -> web.Response:
             )
             for i in ingested
         ]
-        app_id = group_store.FLATCAR_APP_ID
         package = await change(
             request,
-            lambda s: package_store.add_package(
-                s,
-                app_id=app_id,
-                version=version,
-                arch=arch,
-                from_version=from_version,
-                base_url=None,
-                files=specs,
-                actor=actor(request),
-                now=request.app[CLOCK](),
-            ),
+            lambda s: _add_package(request, s, app_id, version, arch, from_version, None, specs),
         )
     except NebulaError:
         metrics.uploads.labels(outcome="refused").inc()
@@ -246,6 +259,36 @@ async def upload_package(request: web.Request) -> web.Response:
     metrics.uploads.labels(outcome="stored").inc()
     log.info("package %s %s (%s) uploaded by %s", version, arch, package.kind, actor(request))
     return web.json_response(package_json(package, request.app[SETTINGS].host_base_url), status=201)
+
+
+async def _app_id(session: Any, ref: Any) -> str:
+    if ref is not None and not isinstance(ref, str):
+        raise InvalidInputError("app must be a string: an app id or name")
+    return (await app_store.find_app(session, ref)).id if ref else group_store.FLATCAR_APP_ID
+
+
+async def _add_package(
+    request: web.Request,
+    session: Any,
+    app_id: str,
+    version: str,
+    arch: str,
+    from_version: str | None,
+    base_url: str | None,
+    specs: list[package_store.FileSpec],
+) -> Any:
+    package = await package_store.add_package(
+        session,
+        app_id=app_id,
+        version=version,
+        arch=arch,
+        from_version=from_version,
+        base_url=base_url,
+        files=specs,
+        actor=actor(request),
+        now=request.app[CLOCK](),
+    )
+    return await _recorded(session, request, package)
 
 
 def _check_kind(name: str, is_delta: bool, from_version: str | None) -> None:
@@ -347,20 +390,14 @@ async def add_external_package(request: web.Request) -> web.Response:
                 signer=signer,
             )
         )
-    package = await change(
-        request,
-        lambda s: package_store.add_package(
-            s,
-            app_id=group_store.FLATCAR_APP_ID,
-            version=version,
-            arch=arch,
-            from_version=from_version,
-            base_url=base_url,
-            files=specs,
-            actor=actor(request),
-            now=request.app[CLOCK](),
-        ),
-    )
+
+    async def work(session: Any) -> Any:
+        app_id = await _app_id(session, data.get("app"))
+        return await _add_package(
+            request, session, app_id, version, arch, from_version, base_url, specs
+        )
+
+    package = await change(request, work)
     return web.json_response(package_json(package, request.app[SETTINGS].host_base_url), status=201)
 
 
@@ -368,10 +405,16 @@ async def add_external_package(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/channels")
-@doc("List channels", listing("channels", ref("Channel")))
+@doc(
+    "List an application's channels",
+    listing("channels", ref("Channel")),
+    query={"app": APP},
+    errors=(404,),
+)
 async def list_channels(request: web.Request) -> web.Response:
     async with transaction(request.app[READ_SESSIONS]) as session:
-        rows = await group_store.list_channels(session)
+        app_id = await _app_id(session, request.query.get("app"))
+        rows = await group_store.list_channels(session, app_id)
         return web.json_response({"channels": [channel_json(c, p) for c, p in rows]})
 
 
@@ -379,24 +422,38 @@ async def list_channels(request: web.Request) -> web.Response:
 @doc(
     "Point a channel at the package of a version",
     ref("Channel"),
-    body=obj({"arch": ARCH, "version": VERSION}),
+    body=obj({"arch": ARCH, "version": VERSION}, {"app": APP}),
     body_required=True,
 )
 async def set_channel(request: web.Request) -> web.Response:
     data = await json_body(request)
     arch = req(data, "arch")
     version = req(data, "version")
-    channel, package = await change(
-        request,
-        lambda s: group_store.set_channel(
-            s,
-            request.match_info["name"],
-            arch,
-            version,
-            actor(request),
-            request.app[CLOCK](),
-        ),
-    )
+
+    async def work(session: Any) -> tuple[Channel, Any]:
+        app_id = await app_store.app_id_of(session, opt(data, "app"))
+        name = request.match_info["name"]
+        old = await group_store.get_channel(session, name, package_store.check_arch(arch), app_id)
+        was = await session.get(Package, old.package_id) if old.package_id else None
+        channel, package = await group_store.set_channel(
+            session, name, arch, version, actor(request), request.app[CLOCK](), old.app_id
+        )
+        if was is None or was.id != package.id:
+            followers = [g.id for g in await group_store.followers(session, channel.id)]
+            old_version = was.version if was else None
+            record(
+                session,
+                request,
+                "channel_set",
+                f"channel {name} ({arch}) {old_version or 'none'} -> {version}",
+                followers,
+                channel=name,
+                arch=arch,
+                changes={"version": [old_version, version]},
+            )
+        return channel, package
+
+    channel, package = await change(request, work)
     log.info("channel %s (%s) -> %s by %s", channel.name, arch, version, actor(request))
     return web.json_response(channel_json(channel, package))
 
@@ -409,11 +466,18 @@ async def _channel_names(session: Any) -> dict[int, str]:
 
 
 @routes.get("/api/v1/groups")
-@doc("List groups", listing("groups", ref("Group")))
+@doc(
+    "List an application's groups",
+    listing("groups", ref("Group")),
+    query={"app": APP},
+    errors=(404,),
+)
 async def list_groups(request: web.Request) -> web.Response:
     async with transaction(request.app[READ_SESSIONS]) as session:
         names = await _channel_names(session)
-        found = await group_store.list_groups(session)
+        found = await group_store.list_groups(
+            session, await _app_id(session, request.query.get("app"))
+        )
         return web.json_response(
             {
                 "groups": [
@@ -428,7 +492,10 @@ async def list_groups(request: web.Request) -> web.Response:
     "Create a group of hosts on a channel",
     ref("Group"),
     status=201,
-    body=obj({"name": STR, "arch": ARCH, "channel": STR}, {"track": STR, "description": STR}),
+    body=obj(
+        {"name": STR, "arch": ARCH, "channel": STR},
+        {"track": STR, "description": STR, "app": APP},
+    ),
     body_required=True,
     errors=(404, 409),
 )
@@ -436,6 +503,7 @@ async def create_group(request: web.Request) -> web.Response:
     data = await json_body(request)
 
     async def work(session: Any) -> dict[str, Any]:
+        app_id = await _app_id(session, data.get("app"))
         group = await group_store.create_group(
             session,
             name=req(data, "name"),
@@ -444,18 +512,30 @@ async def create_group(request: web.Request) -> web.Response:
             channel=req(data, "channel"),
             description=opt(data, "description") or "",
             now=request.app[CLOCK](),
+            app_id=app_id,
         )
-        return group_json(group, data["channel"])
+        body = group_json(group, data["channel"])
+        message = f"group {group.name} ({group.arch}) created, following {data['channel']}"
+        record(session, request, "group_create", message, [group.id], new=body)
+        return body
 
     return web.json_response(await change(request, work), status=201)
 
 
 @routes.get("/api/v1/groups/{ref}")
-@doc("Show a group and its hosts' counts by status", ref("Group"), query={"arch": ARCH})
+@doc(
+    "Show a group and its hosts' counts by status",
+    ref("Group"),
+    query={"arch": ARCH, "app": APP},
+)
 async def show_group(request: web.Request) -> web.Response:
+    q = request.query
     async with transaction(request.app[READ_SESSIONS]) as session:
         group = await group_store.find_group(
-            session, request.match_info["ref"], request.query.get("arch")
+            session,
+            request.match_info["ref"],
+            q.get("arch"),
+            await app_store.app_id_of(session, q.get("app")),
         )
         names = await _channel_names(session)
         body = group_json(group, names.get(group.channel_id) if group.channel_id else None)
@@ -566,3 +646,5 @@ def _hold_in_force(
 
 def add_routes(app: web.Application) -> None:
     app.router.add_routes(routes)
+    app.router.add_routes(apps.routes)
+    app.router.add_routes(channels.routes)

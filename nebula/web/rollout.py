@@ -18,6 +18,7 @@ from nebula.errors import InvalidInputError, NotFoundError
 from nebula.omaha.parse import normalize_id
 from nebula.store import groups as group_store
 from nebula.store import history, rollouts
+from nebula.store.apps import find_app
 from nebula.store.db import transaction
 from nebula.store.models import Channel, Group, InstanceApp
 from nebula.store.packages import check_arch, check_version, find_package
@@ -25,6 +26,7 @@ from nebula.store.retirement import delete_host
 from nebula.web.api import actor, change, json_body
 from nebula.web.keys import CATALOG, CLOCK, HOST_CHANGES, READ_SESSIONS
 from nebula.web.openapi.spec import (
+    APP,
     ARCH,
     INT_TEXT,
     POLICY_BODY,
@@ -218,8 +220,13 @@ def policy_json(group: Group) -> dict[str, Any]:
 
 
 async def _group(session: Any, request: web.Request, lock: bool = False) -> Group:
+    # `app` (an id or name) only where a group's name is in several apps but not Flatcar's.
+    app = request.query.get("app")
     group = await group_store.find_group(
-        session, request.match_info["ref"], request.query.get("arch")
+        session,
+        request.match_info["ref"],
+        request.query.get("arch"),
+        (await find_app(session, app)).id if app else None,
     )
     return await rollouts.lock_group(session, group.id) if lock else group
 
@@ -239,7 +246,7 @@ async def _policy_answer(session: Any, group: Group, **extra: Any) -> dict[str, 
 
 
 @routes.get("/api/v1/groups/{ref}/policy")
-@doc("Show a group's rollout policy", ref("Policy"), query={"arch": ARCH})
+@doc("Show a group's rollout policy", ref("Policy"), query={"arch": ARCH, "app": APP})
 async def show_policy(request: web.Request) -> web.Response:
     async with transaction(request.app[READ_SESSIONS]) as session:
         group = await _group(session, request)
@@ -250,7 +257,7 @@ async def show_policy(request: web.Request) -> web.Response:
 @doc(
     "Change a group's rollout policy (and its channel's floors) in one transaction",
     ref("Policy"),
-    query={"arch": ARCH},
+    query={"arch": ARCH, "app": APP},
     body=POLICY_BODY,
     body_required=True,
 )
@@ -317,13 +324,13 @@ async def _pause_or_resume(request: web.Request, paused: bool) -> web.Response:
 
 
 @routes.post("/api/v1/groups/{ref}/pause")
-@doc("Pause a group's updates", ref("Policy"), query={"arch": ARCH}, body=REASON_BODY)
+@doc("Pause a group's updates", ref("Policy"), query={"arch": ARCH, "app": APP}, body=REASON_BODY)
 async def pause_group(request: web.Request) -> web.Response:
     return await _pause_or_resume(request, paused=True)
 
 
 @routes.post("/api/v1/groups/{ref}/resume")
-@doc("Resume a group's updates", ref("Policy"), query={"arch": ARCH}, body=REASON_BODY)
+@doc("Resume a group's updates", ref("Policy"), query={"arch": ARCH, "app": APP}, body=REASON_BODY)
 async def resume_group(request: web.Request) -> web.Response:
     return await _pause_or_resume(request, paused=False)
 
@@ -332,7 +339,11 @@ async def resume_group(request: web.Request) -> web.Response:
 @doc(
     "A group's hosts by version and status over a window",
     ref("History"),
-    query={"arch": ARCH, "window": {"type": "string", "enum": ["1h", "1d", "7d", "30d"]}},
+    query={
+        "arch": ARCH,
+        "app": APP,
+        "window": {"type": "string", "enum": ["1h", "1d", "7d", "30d"]},
+    },
 )
 async def rollout_history(request: web.Request) -> web.Response:
     """The group's hosts by version and by status over a window (1h, 1d, 7d, 30d), from the
@@ -363,7 +374,7 @@ async def rollout_history(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/groups/{ref}/rollout")
-@doc("A group's rollout: target, progress, rate", ref("Rollout"), query={"arch": ARCH})
+@doc("A group's rollout: target, progress, rate", ref("Rollout"), query={"arch": ARCH, "app": APP})
 async def rollout_status(request: web.Request) -> web.Response:
     now = request.app[CLOCK]()
     catalog = await request.app[CATALOG].get()
@@ -411,7 +422,7 @@ async def rollout_status(request: web.Request) -> web.Response:
 @doc(
     "A group's activity log, newest first",
     listing("activity", ref("Activity")),
-    query={"arch": ARCH, "limit": INT_TEXT},
+    query={"arch": ARCH, "app": APP, "limit": INT_TEXT},
 )
 async def group_activity(request: web.Request) -> web.Response:
     try:

@@ -43,6 +43,7 @@ def package_json(package: Package, base_url: str) -> dict[str, Any]:
 def channel_json(channel: Channel, package: Package | None) -> dict[str, Any]:
     return {
         "id": channel.id,
+        "app_id": channel.app_id,
         "name": channel.name,
         "arch": channel.arch,
         "version": package.version if package else None,
@@ -55,6 +56,7 @@ def channel_json(channel: Channel, package: Package | None) -> dict[str, Any]:
 def group_json(group: Group, channel: str | None) -> dict[str, Any]:
     return {
         "id": group.id,
+        "app_id": group.app_id,
         "name": group.name,
         "track": group.track,
         "arch": group.arch,

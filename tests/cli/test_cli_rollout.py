@@ -262,7 +262,8 @@ async def test_policy_set_refusals(server: str, admin_token: str, env: dict[str,
     )
     assert (policy["max_updates_per_period"], policy["percentage"]) == (None, 100.0)
     status, body = await api(server, admin_token, "GET", f"{STABLE}/activity?arch=amd64")
-    assert (status, body["activity"]) == (200, [])
+    # Nothing but the setup's channel change: no refused policy change left an entry.
+    assert status == 200 and [a["action"] for a in body["activity"]] == ["channel_set"]
 
 
 async def test_every_policy_answer_shows_the_floors_and_keeps_what_was_not_given(
@@ -364,9 +365,10 @@ async def test_rollout_status_pause_resume_activity(
 
     out = ok(await nebula(["rollout", "activity", "stable", "--arch", "amd64"], **env))
     lines = out.splitlines()
-    assert len(lines) == 2
+    assert len(lines) == 3  # the setup's channel change is the first entry
     assert re.match(r"\S+\s+ops\s+resume\s+fixed upstream$", lines[0]), lines[0]
     assert re.match(r"\S+\s+ops\s+pause\s+bad kernel$", lines[1]), lines[1]
+    assert re.match(r"\S+\s+ops\s+channel_set\s+channel stable", lines[2]), lines[2]
     listed = json.loads(
         ok(
             await nebula(

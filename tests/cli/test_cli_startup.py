@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from nebula.cli.main import COMMANDS, main
 
 API_COMMANDS = (
+    "app",
     "package",
     "channel",
     "group",

@@ -313,6 +313,7 @@ async def run_rollout(
     log = [(a["actor"], a["action"]) for a in reversed((await resp.json())["activity"])]
     assert log == [
         ("ops", "policy"),
+        ("ops", "channel_set"),  # the release
         ("nebula", "auto_pause"),
         *[("ops", "hold")] * BAD_HOSTS,
         ("ops", "resume"),

@@ -86,6 +86,7 @@ BOOL: Schema = {"type": "boolean"}
 NUM: Schema = {"type": "number"}
 TIME: Schema = nullable("string", format="date-time")
 ARCH: Schema = {"type": "string", "enum": ["amd64", "arm64"]}
+APP: Schema = {"type": "string", "description": "an app id or name (default: Flatcar)"}
 VERSION: Schema = {"type": "string", "description": "an OS version, e.g. 4152.2.3"}
 FLAG: Schema = {"type": "string", "enum": ["true", "false", "1", "0"]}
 NSTR: Schema = nullable("string")
@@ -157,6 +158,10 @@ SCHEMAS: dict[str, Schema] = {
         }
     ),
     "Principal": obj({"name": STR, "role": {"type": "string", "enum": ["admin", "viewer"]}}),
+    "App": obj(
+        {"id": STR, "name": STR, "description": STR, "created_at": TIME},
+        {"channels": array(STR), "groups": array(STR), "packages": INT},
+    ),
     "Package": obj(
         {
             "id": STR,
@@ -175,17 +180,20 @@ SCHEMAS: dict[str, Schema] = {
     "Channel": obj(
         {
             "id": INT,
+            "app_id": STR,
             "name": STR,
             "arch": STR,
             "version": NSTR,
             "package_id": NSTR,
             "updated_at": TIME,
             "updated_by": NSTR,
-        }
+        },
+        {"floors": array(STR), "groups": array(STR)},
     ),
     "Group": obj(
         {
             "id": STR,
+            "app_id": STR,
             "name": STR,
             "track": STR,
             "arch": STR,
