@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -331,7 +332,9 @@ class CatalogCache:
         self._base_url = base_url
         self._ttl = ttl
         self._snapshot: Catalog | None = None
-        self._checked_at = 0.0
+        # Never 0.0 for "stale": time.monotonic() counts from boot, so on a machine up for less
+        # than `ttl` a zero would still look fresh and an expiry would be ignored.
+        self._checked_at = -math.inf
         self._lock = asyncio.Lock()
 
     async def get(self) -> Catalog:
@@ -357,9 +360,9 @@ class CatalogCache:
     def expire(self) -> None:
         """Re-read the stamp at the next request (another process changed the catalog, or may
         have while this one could not hear it); the snapshot serves until then."""
-        self._checked_at = 0.0
+        self._checked_at = -math.inf
 
     def invalidate(self) -> None:
         """Drop the snapshot: the next request reloads (after an admin change in this process)."""
-        self._checked_at = 0.0
+        self._checked_at = -math.inf
         self._snapshot = None

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import math
 import os
 import time
 from collections import Counter, defaultdict
@@ -83,7 +84,7 @@ class InstanceCounts(Collector):
         self.overdue: list[tuple[str, str, int]] = []
         self.progress: list[tuple[str, str, float]] = []
         self.holds: list[tuple[str, str, str, int]] = []
-        self.at = 0.0
+        self.at = -math.inf  # never read (monotonic time counts from boot: 0 may be recent)
         self.holds_at = 0.0  # 0: never read
         self.holds_task: asyncio.Task[None] | None = None
 
