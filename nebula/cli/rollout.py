@@ -265,7 +265,7 @@ def rollout_status(
     type=click.Choice(["1h", "1d", "7d", "30d"]),
     default="1d",
     show_default=True,
-    help="How far back (a sample every few minutes within a day, hourly beyond)",
+    help="How far back (1h, 1d: every sample, a few minutes apart; 7d: hourly; 30d: every 4 hours)",
 )
 def rollout_history(
     url: str | None, token: str | None, as_json: bool, group: str, arch: str | None, window: str
