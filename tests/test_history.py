@@ -221,3 +221,39 @@ def test_each_window_reads_the_finest_grid_it_has_in_full() -> None:
         "7d": 3600,
         "30d": 14400,
     }
+
+
+async def test_migration_gives_kept_samples_their_grid(engine: Any) -> None:
+    """Samples taken before migration 0014 (with `hourly`) get their grid from their stamp, and
+    a downgrade gives the hourly flag back. Catches a migration that leaves every old sample on
+    grid 0 (the next thinning would drop them all) or marks every hourly one four-hourly."""
+    import sqlalchemy as sa
+
+    old = sa.table(
+        "count_samples",
+        sa.column("group_id", sa.String()),
+        sa.column("at", sa.DateTime(timezone=True)),
+        sa.column("status", sa.String()),
+        sa.column("version", sa.String()),
+        sa.column("hosts", sa.Integer()),
+        sa.column("hourly", sa.Boolean()),
+    )
+    day = datetime(2026, 11, 27, tzinfo=UTC)
+    stamps = {day: 14400, day + timedelta(hours=5): 3600, day + timedelta(minutes=5): 0}
+    await db.downgrade(engine, "0011")
+    async with engine.begin() as conn:
+        for at, grid in stamps.items():
+            for version in ("A", "B"):
+                row = {"group_id": STABLE_ID, "at": at, "status": "idle", "version": version}
+                await conn.execute(old.insert().values(**row, hosts=3, hourly=grid > 0))
+    await db.upgrade(engine)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(CountSample.at, CountSample.grid).distinct())).all()
+    assert sorted(rows) == sorted(stamps.items())
+    await db.downgrade(engine, "0011")
+    async with engine.connect() as conn:
+        back = (await conn.execute(sa.select(old.c.at, old.c.hourly).distinct())).all()
+    assert sorted((at.replace(tzinfo=UTC), hourly) for at, hourly in back) == sorted(
+        (at, grid > 0) for at, grid in stamps.items()
+    )
+    await db.upgrade(engine)
