@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, func, insert, literal, select
+from sqlalchemy import DateTime, delete, func, insert, literal, select, type_coerce
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nebula.store.models import CountSample, StatusCount
@@ -110,19 +110,28 @@ async def read_history(
 ) -> list[Point]:
     """The group's samples within the window on the window's grid (`grid_for`), oldest first."""
     since = now - timedelta(seconds=window_seconds)
-    stmt = select(CountSample.at, CountSample.status, CountSample.version, CountSample.hosts).where(
+    # The stamp as the driver hands it over, made aware once per point rather than once per
+    # row; and run on the connection: the ORM's row handling cost more than the rest here.
+    at_column = type_coerce(CountSample.at, DateTime(timezone=True))
+    stmt = select(at_column, CountSample.status, CountSample.version, CountSample.hosts).where(
         CountSample.group_id == group_id, CountSample.at >= since
     )
     if grid := grid_for(window_seconds):
         stmt = stmt.where(CountSample.grid >= grid)
+    connection = await session.connection()
     points: list[Point] = []
-    point = Point(datetime.min.replace(tzinfo=UTC))
+    last: datetime | None = None
+    statuses: dict[str, int] = {}
+    versions: dict[str, int] = {}
     # Rows come ordered by time: one pass, each time stamp's rows folded into its point.
-    for at, status, version, hosts in (await session.execute(stmt.order_by(CountSample.at))).all():
-        if at != point.at:
-            point = Point(at)
+    for at, status, version, hosts in (
+        await connection.execute(stmt.order_by(CountSample.at))
+    ).all():
+        if at != last:
+            last = at
+            point = Point(at if at.tzinfo is not None else at.replace(tzinfo=UTC))
+            statuses, versions = point.statuses, point.versions
             points.append(point)
-        statuses, versions = point.statuses, point.versions
         statuses[status] = statuses.get(status, 0) + hosts
         versions[version] = versions.get(version, 0) + hosts
     return points
