@@ -424,6 +424,8 @@ class CountSample(Base):
     history_retention (nebula.store.history)."""
 
     __tablename__ = "count_samples"
+    # Taking, thinning and pruning samples select by time across groups.
+    __table_args__ = (Index("ix_count_samples_at", "at"),)
 
     group_id: Mapped[str] = mapped_column(
         ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True
