@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -19,7 +21,9 @@ from nebula.jobs.retention import Ages, prune_once, retention_ages, run_retentio
 from nebula.store import db
 from nebula.store.models import Activity, Failure, Grant
 from nebula.store.rollouts import log_activity
+from nebula.web.app import create_app
 from tests.conftest import FakeClock
+from tests.factories import make_settings
 from tests.test_rollout import (
     ERROR_HASH,
     NEW,
@@ -191,6 +195,26 @@ async def _until(engine: AsyncEngine, count: int) -> None:
             return
         await asyncio.sleep(0.01)
     assert await rows(engine, Activity) == count
+
+
+async def test_the_leader_prunes_by_itself(
+    db_url: str, tmp_path: Path, key_file: Path, clock: FakeClock, aiohttp_client: Any
+) -> None:
+    """A process started with activity_retention 2d prunes a week-old entry by itself (its
+    leader runs retention at once) and keeps a day-old one: catches a job that is defined but
+    never started, or started without the settings' ages."""
+    engine = db.create_engine(db_url)
+    try:
+        async with db.transaction(db.session_factory(engine)) as session:
+            log_activity(session, clock.now - timedelta(days=7), "ops", "pause", "old")
+            log_activity(session, clock.now - timedelta(days=1), "ops", "pause", "recent")
+        settings = make_settings(db_url, tmp_path, key_file, activity_retention="2d")
+        await aiohttp_client(create_app(settings, clock=clock))
+        await _until(engine, 1)
+        async with db.session_factory(engine)() as session:
+            assert (await session.execute(select(Activity.message))).scalars().all() == ["recent"]
+    finally:
+        await engine.dispose()
 
 
 def test_retention_settings_are_checked() -> None:
