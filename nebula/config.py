@@ -51,6 +51,11 @@ class Settings:
     admin_listen: str = ""
     # How long events are kept, e.g. "90d"; empty keeps them forever.
     event_retention: str = "90d"
+    # How long grants, failures and activity-log entries are kept (empty: forever). A grant or
+    # failure a rollout rule still reads is kept longer (nebula.store.retention).
+    grant_retention: str = "90d"
+    failure_retention: str = "90d"
+    activity_retention: str = "365d"
     # Seconds between sweeps for hosts past their group's update timeout.
     sweep_interval: float = 30.0
     # Seconds between the samples of every group's status counts that rollout history reads
@@ -266,6 +271,7 @@ def _normalize_prefix(raw: str) -> str:
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+RETENTIONS = ("event_retention", "grant_retention", "failure_retention", "activity_retention")
 LOG_FORMATS = ("text", "json")
 
 
@@ -276,11 +282,12 @@ def _check_ranges(settings: Settings) -> None:
         raise ConfigError(
             f"poll_interval must be 0 (unset) or seconds > 0, got {settings.poll_interval}"
         )
-    if settings.event_retention:
-        try:
-            parse_duration(settings.event_retention)
-        except ValueError as exc:
-            raise ConfigError(f"event_retention: {exc}") from None
+    for name in RETENTIONS:
+        if value := getattr(settings, name):
+            try:
+                parse_duration(value)
+            except ValueError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
     if settings.history_interval <= 0 or 3600 % settings.history_interval:
         raise ConfigError(
             f"history_interval must divide an hour (e.g. 60, 300, 900), got "

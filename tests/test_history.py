@@ -4,15 +4,17 @@ real app and the admin API, on both databases, with the clock injected."""
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import delete, func, select
 
 from nebula.jobs.history import sample_once
 from nebula.store import db
-from nebula.store.models import CountSample
+from nebula.store import history as samples
+from nebula.store.models import CountSample, StatusCount
 from nebula.web.app import create_app
 from tests.conftest import FakeClock
 from tests.factories import Host, make_settings
@@ -125,3 +127,133 @@ async def test_the_leader_takes_samples_by_itself(
         raise AssertionError("no count sample was taken by the leader")
     finally:
         await engine.dispose()
+
+
+STABLE_ID = "9a2deb70-37be-4026-853f-bfdd6b347bbe"  # the seeded stable amd64 group
+
+
+async def _sample_at(sessions: Any, at: datetime, on_a: int) -> None:
+    """The group's counts at `at`: `on_a` idle hosts on version A, 50 complete on B; sampled."""
+    async with db.transaction(sessions) as session:
+        await session.execute(delete(StatusCount).where(StatusCount.group_id == STABLE_ID))
+        session.add(
+            StatusCount(group_id=STABLE_ID, status="idle", version="A", shard=0, count=on_a)
+        )
+        session.add(StatusCount(group_id=STABLE_ID, status="complete", version="B", count=50))
+    await sample_once(sessions, at, 1800, KEEP)
+
+
+async def test_samples_thin_out_to_exact_ones_on_each_grid(engine: Any) -> None:
+    """Samples every 30 minutes on day 0 (00:00-09:00) and day 6 (10:00-12:00), then one on day
+    8 at 14:00, each with a different count. Past a week only the four-hourly ones are left
+    (00:00, 04:00, 08:00), past a day the hourly ones, and each keeps the counts of its own
+    moment. Catches thinning that keeps the wrong sample of a bucket (the last, or an average),
+    thins by the wrong age, and windows that read a grid they no longer have in full."""
+    sessions = db.session_factory(engine)
+    day0 = datetime(2026, 11, 27, tzinfo=UTC)
+    script = [day0 + timedelta(minutes=30 * n) for n in range(19)]  # 00:00 .. 09:00
+    script += [day0 + timedelta(days=6, hours=10, minutes=30 * n) for n in range(5)]  # .. 12:00
+    for n, at in enumerate(script):
+        await _sample_at(sessions, at, on_a=n + 1)
+    now = day0 + timedelta(days=8, hours=14)
+    await _sample_at(sessions, now, on_a=1000)
+
+    async with db.transaction(sessions) as session:
+        stamps = (await session.execute(select(CountSample.at, CountSample.grid).distinct())).all()
+        month = await samples.read_history(session, STABLE_ID, samples.WINDOWS["30d"], now)
+        week = await samples.read_history(session, STABLE_ID, samples.WINDOWS["7d"], now)
+        day = await samples.read_history(session, STABLE_ID, samples.WINDOWS["1d"], now)
+    kept = {at: n + 1 for n, at in enumerate(script)} | {now: 1000}
+    day6 = day0 + timedelta(days=6)
+    assert sorted(stamps) == [
+        (day0, 14400),
+        (day0 + timedelta(hours=4), 14400),
+        (day0 + timedelta(hours=8), 14400),
+        (day6 + timedelta(hours=10), 3600),
+        (day6 + timedelta(hours=11), 3600),
+        (day6 + timedelta(hours=12), 14400),
+        (now, 3600),
+    ]
+
+    def shown(points: list[samples.Point]) -> list[tuple[datetime, int]]:
+        for p in points:
+            assert p.statuses == {"idle": kept[p.at], "complete": 50}
+            assert p.versions == {"A": kept[p.at], "B": 50}
+        return [(p.at, p.versions["A"]) for p in points]
+
+    assert shown(month) == [
+        (day0, 1),
+        (day0 + timedelta(hours=4), 9),
+        (day0 + timedelta(hours=8), 17),
+        (day6 + timedelta(hours=12), 24),
+    ]
+    assert shown(week) == [
+        (day6 + timedelta(hours=10), 20),
+        (day6 + timedelta(hours=11), 22),
+        (day6 + timedelta(hours=12), 24),
+        (now, 1000),
+    ]
+    assert shown(day) == [(now, 1000)]
+
+
+@pytest.mark.parametrize(
+    ("at", "grid"),
+    [
+        ("00:00", 14400),
+        ("04:00", 14400),
+        ("20:00", 14400),
+        ("01:00", 3600),
+        ("13:00", 3600),
+        ("04:05", 0),
+        ("12:30", 0),
+        ("23:59", 0),
+    ],
+)
+def test_grid_of_a_stamp(at: str, grid: int) -> None:
+    hour, minute = map(int, at.split(":"))
+    assert samples.grid_of(datetime(2026, 12, 3, hour, minute, tzinfo=UTC)) == grid
+
+
+def test_each_window_reads_the_finest_grid_it_has_in_full() -> None:
+    assert {w: samples.grid_for(s) for w, s in samples.WINDOWS.items()} == {
+        "1h": 0,
+        "1d": 0,
+        "7d": 3600,
+        "30d": 14400,
+    }
+
+
+async def test_migration_gives_kept_samples_their_grid(engine: Any) -> None:
+    """Samples taken before migration 0014 (with `hourly`) get their grid from their stamp, and
+    a downgrade gives the hourly flag back. Catches a migration that leaves every old sample on
+    grid 0 (the next thinning would drop them all) or marks every hourly one four-hourly."""
+    import sqlalchemy as sa
+
+    old = sa.table(
+        "count_samples",
+        sa.column("group_id", sa.String()),
+        sa.column("at", sa.DateTime(timezone=True)),
+        sa.column("status", sa.String()),
+        sa.column("version", sa.String()),
+        sa.column("hosts", sa.Integer()),
+        sa.column("hourly", sa.Boolean()),
+    )
+    day = datetime(2026, 11, 27, tzinfo=UTC)
+    stamps = {day: 14400, day + timedelta(hours=5): 3600, day + timedelta(minutes=5): 0}
+    await db.downgrade(engine, "0011")
+    async with engine.begin() as conn:
+        for at, grid in stamps.items():
+            for version in ("A", "B"):
+                row = {"group_id": STABLE_ID, "at": at, "status": "idle", "version": version}
+                await conn.execute(old.insert().values(**row, hosts=3, hourly=grid > 0))
+    await db.upgrade(engine)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(CountSample.at, CountSample.grid).distinct())).all()
+    assert sorted(rows) == sorted(stamps.items())
+    await db.downgrade(engine, "0011")
+    async with engine.connect() as conn:
+        back = (await conn.execute(sa.select(old.c.at, old.c.hourly).distinct())).all()
+    assert sorted((at.replace(tzinfo=UTC), hourly) for at, hourly in back) == sorted(
+        (at, grid > 0) for at, grid in stamps.items()
+    )
+    await db.upgrade(engine)

@@ -274,7 +274,7 @@ def rollout_status(
     type=click.Choice(["1h", "1d", "7d", "30d"]),
     default="1d",
     show_default=True,
-    help="How far back (a sample every few minutes within a day, hourly beyond)",
+    help="How far back (1h, 1d: every sample, a few minutes apart; 7d: hourly; 30d: every 4 hours)",
 )
 @click.option("--app", help="The group's application (id or name), when the name is in several")
 def rollout_history(

@@ -1,4 +1,4 @@
-"""Leadership: the background jobs that must run once per deployment (the timeout sweep, event
+"""Leadership: the background jobs that must run once per deployment (the timeout sweep,
 retention) run in one process only, however many workers and replicas serve.
 
 On PostgreSQL every process competes for a session advisory lock (`pg_try_advisory_lock`) on a

@@ -215,20 +215,28 @@ WHERE group_id IS NOT NULL GROUP BY group_id, status, COALESCE(version, '')
 
 
 # Thirty days of rollout history (nebula.store.history) as a server that has run that long
-# keeps it: hourly samples for 30 days, and one every five minutes for the last day, each a
-# copy of today's counts (what rollout history reads is their number, not their values).
+# keeps it: a sample every four hours for 30 days, every hour for the last 7, every five
+# minutes for the last day, each a copy of today's counts (what rollout history reads is their
+# number, not their values), each with the grid its stamp lies on.
 SAMPLES_SQL = """
-INSERT INTO count_samples (group_id, at, status, version, hosts, hourly)
-SELECT c.group_id, t.at, c.status, c.version, sum(c.count), extract(minute FROM t.at) = 0
+INSERT INTO count_samples (group_id, at, status, version, hosts, grid)
+SELECT c.group_id, t.at, c.status, c.version, sum(c.count),
+       CASE WHEN CAST(extract(epoch FROM t.at) AS bigint) % 14400 = 0 THEN 14400
+            WHEN CAST(extract(epoch FROM t.at) AS bigint) % 3600 = 0 THEN 3600 ELSE 0 END
 FROM status_counts c,
-     (SELECT generate_series(date_trunc('hour', CAST(:now AS timestamptz)) - interval '30 days',
-                             date_trunc('hour', CAST(:now AS timestamptz)) - interval '1 day',
-                             interval '1 hour') AS at
-      UNION ALL
-      SELECT generate_series(date_trunc('hour', CAST(:now AS timestamptz)) - interval '1 day'
-                                 + interval '5 minutes',
-                             date_trunc('hour', CAST(:now AS timestamptz)) - interval '5 minutes',
-                             interval '5 minutes')) AS t
+     (SELECT DISTINCT at FROM (
+          SELECT generate_series(to_timestamp(floor(extract(epoch FROM CAST(:now AS timestamptz))
+                                                    / 14400) * 14400) - interval '30 days',
+                                 CAST(:now AS timestamptz) - interval '7 days',
+                                 interval '4 hours') AS at
+          UNION ALL
+          SELECT generate_series(date_trunc('hour', CAST(:now AS timestamptz)) - interval '7 days',
+                                 CAST(:now AS timestamptz) - interval '1 day',
+                                 interval '1 hour')
+          UNION ALL
+          SELECT generate_series(date_trunc('hour', CAST(:now AS timestamptz)) - interval '1 day',
+                                 CAST(:now AS timestamptz),
+                                 interval '5 minutes')) AS stamps) AS t
 GROUP BY c.group_id, t.at, c.status, c.version HAVING sum(c.count) <> 0
 """
 

@@ -65,6 +65,7 @@ ROUTES = (
 class Timings:
     name: str
     ms: list[float]
+    cpu_ms: float | None = None  # the server's CPU per call (its processes, not PostgreSQL's)
 
     @property
     def median(self) -> float:
@@ -167,15 +168,32 @@ def _stop_server(process: subprocess.Popen[bytes]) -> None:
             process.wait(15)
 
 
-def _rss_mb(pid: int) -> list[float]:
-    """Resident memory of the process and of each of its children (workers), in MB: the
-    target is per worker, and `nebula serve` on PostgreSQL runs one per CPU under a parent."""
+def _tree(pid: int) -> list[int]:
+    """The process and its children (the workers)."""
     pids = [pid]
     with contextlib.suppress(OSError):
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         pids += [int(c) for c in children]
+    return pids
+
+
+def _cpu_ms(pid: int) -> float:
+    """CPU time (user + system) the process and its children have used, in milliseconds: what
+    a request costs the server, which other jobs on a shared machine stretch far less than its
+    wall time."""
+    ticks = 0
+    for p in _tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_mb(pid: int) -> list[float]:
+    """Resident memory of the process and of each of its children (workers), in MB: the
+    target is per worker, and `nebula serve` on PostgreSQL runs one per CPU under a parent."""
     sizes = []
-    for p in pids:
+    for p in _tree(pid):
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -272,8 +290,10 @@ async def measure(server: str, hosts: int, calls: int, checks: int) -> Run:
                     if n == 1:  # the first scrape: the counts are read, then cached
                         timings[name] = Timings(name, ms)
                         continue
+                    cpu = _cpu_ms(process.pid)
                     ms = [await _time_get(http, base + path, auth) for _ in range(n or calls)]
-                    timings[name] = Timings(name, ms)
+                    cpu_ms = (_cpu_ms(process.pid) - cpu) / len(ms)
+                    timings[name] = Timings(name, ms, cpu_ms)
                 sample = await _current_hosts(db_url, checks)
                 timings["check (from db)"] = Timings(
                     "check (from db)", await _checks(http, base, sample)
@@ -290,17 +310,25 @@ async def measure(server: str, hosts: int, calls: int, checks: int) -> Run:
 def report(runs: list[Run]) -> str:
     small, large = runs[0], runs[-1]
     lines = [
-        f"{'':24} {small.hosts:>10,} hosts      {large.hosts:>10,} hosts",
-        f"{'':24} {'median':>8} {'p95':>8}   {'median':>8} {'p95':>8}   ratio (median)",
+        f"{'':24} {small.hosts:>10,} hosts               {large.hosts:>10,} hosts",
+        f"{'':24} {'median':>8} {'p95':>8} {'cpu':>6}   {'median':>8} {'p95':>8} {'cpu':>6}"
+        "   ratio (median)",
     ]
+
+    def cpu(t: Timings) -> str:
+        return f"{t.cpu_ms:6.1f}" if t.cpu_ms is not None else f"{'':6}"
+
     for name, t_small in small.timings.items():
         t_large = large.timings[name]
         ratio = t_large.median / t_small.median if t_small.median else float("nan")
         lines.append(
-            f"{name:24} {t_small.median:8.1f} {t_small.p95:8.1f}   "
-            f"{t_large.median:8.1f} {t_large.p95:8.1f}   {ratio:5.2f}"
+            f"{name:24} {t_small.median:8.1f} {t_small.p95:8.1f} {cpu(t_small)}   "
+            f"{t_large.median:8.1f} {t_large.p95:8.1f} {cpu(t_large)}   {ratio:5.2f}"
         )
-    lines.append("(milliseconds, one request at a time)")
+    lines.append(
+        "(milliseconds, one request at a time; cpu: the server's processes' CPU per call, "
+        "PostgreSQL's not included)"
+    )
     for run in runs:
         load = f", loaded in {run.load_seconds:.0f} s" if run.load_seconds is not None else ""
         each = ", ".join(f"{mb:.0f}" for mb in run.rss_mb)

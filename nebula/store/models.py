@@ -420,9 +420,12 @@ class Failure(Base):
 class CountSample(Base):
     """The status counts of a group at one moment (nebula.store.history): the rollup that
     rollout history and dashboards read, taken from the maintained counts every few minutes,
-    thinned to one an hour after a day and pruned after history_retention."""
+    thinned to one an hour after a day, to one every four hours after a week, and pruned after
+    history_retention (nebula.store.history)."""
 
     __tablename__ = "count_samples"
+    # Taking, thinning and pruning samples select by time across groups.
+    __table_args__ = (Index("ix_count_samples_at", "at"),)
 
     group_id: Mapped[str] = mapped_column(
         ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True
@@ -431,7 +434,9 @@ class CountSample(Base):
     status: Mapped[str] = mapped_column(String(16), primary_key=True)
     version: Mapped[str] = mapped_column(String(64), primary_key=True)
     hosts: Mapped[int] = mapped_column(Integer)
-    hourly: Mapped[bool]  # taken on the hour: kept when older samples are thinned
+    # The coarsest grid the stamp lies on, in seconds: 14400 (every four hours, UTC), 3600 (on
+    # the hour) or 0. Thinning keeps the samples on the grid their age calls for.
+    grid: Mapped[int] = mapped_column(Integer, server_default="0")
 
 
 class StatusCount(Base):

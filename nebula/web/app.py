@@ -23,7 +23,7 @@ from nebula.durations import parse_duration
 from nebula.errors import ConfigError
 from nebula.jobs.history import run_history
 from nebula.jobs.leader import Job, Leader
-from nebula.jobs.retention import run_retention
+from nebula.jobs.retention import retention_ages, run_retention
 from nebula.jobs.retirement import INTERVAL, run_retirement
 from nebula.jobs.sweeper import run_sweeper
 from nebula.metrics import Metrics
@@ -171,9 +171,8 @@ def create_app(
                     sessions, clock, min(settings.sweep_interval, INTERVAL), changes
                 )
             )
-            if settings.event_retention:
-                keep = parse_duration(settings.event_retention)
-                jobs.append(lambda: run_retention(sessions, clock, keep))
+            ages = retention_ages(settings)
+            jobs.append(lambda: run_retention(sessions, clock, ages))
             jobs.append(
                 lambda: run_history(
                     sessions,
@@ -185,7 +184,7 @@ def create_app(
             leader = Leader(
                 None if db.is_sqlite(eng) else eng.url.render_as_string(hide_password=False),
                 jobs,
-                names="the timeout sweep, retirement, event retention and rollout history",
+                names="the timeout sweep, retirement, retention and rollout history",
                 on_change=lambda leading: metrics.leader.set(1 if leading else 0),
             )
             app[LEADER] = leader

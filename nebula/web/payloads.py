@@ -28,7 +28,8 @@ from nebula.store.db import transaction
 from nebula.store.packages import find_delta_extension, find_file, is_file_name
 from nebula.web.keys import BLOBS, CATALOG, METRICS, READ_SESSIONS, SETTINGS
 
-# Routes whose answers are payload files (counted by count_payload_requests).
+# Routes whose answers are payload files (counted by count_payload_requests): update
+# payloads, release files of first boots, sysext images and their index.
 PAYLOAD_PATHS = ("/v1/payloads/", "/v1/release/", "/v1/extensions/")
 _UUID_CHARS = frozenset("0123456789abcdef-")
 _CACHE_CONTROL = "public, max-age=31536000, immutable"
@@ -177,9 +178,9 @@ async def own_validator(request: web.Request, response: web.StreamResponse) -> N
 
 async def count_payload_requests(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: count the requests of payload routes by status: the payloads of
-    update checks, the release files of first boots and the sysext images (with their
-    SHA256SUMS indexes) alike, under the secret prefix when one is set. Their bytes are
-    counted as they go out (PayloadFileResponse)."""
+    update checks, the release files of first boots and the sysext images hosts fetch alike
+    (under the secret prefix when one is set). Their bytes are counted as they go out
+    (PayloadFileResponse)."""
     path = request.path
     prefix = request.app[SETTINGS].omaha_prefix
     if prefix and path.startswith(prefix + "/"):

@@ -347,7 +347,8 @@ async def resume_group(request: web.Request) -> web.Response:
 )
 async def rollout_history(request: web.Request) -> web.Response:
     """The group's hosts by version and by status over a window (1h, 1d, 7d, 30d), from the
-    count samples (nebula.store.history): every sample within a day, hourly ones beyond."""
+    count samples (nebula.store.history): every sample for 1h and 1d, the hourly ones for 7d,
+    those every four hours for 30d."""
     window = request.query.get("window", "1d")
     if window not in history.WINDOWS:
         raise InvalidInputError(f"window must be one of {', '.join(history.WINDOWS)}")

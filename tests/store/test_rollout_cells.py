@@ -149,15 +149,16 @@ async def test_loader_leaves_counts_equal_to_a_recount(db_url: str, engine: Asyn
         fast = await rollouts.rollout_status(session, group, TARGET, now)
     assert fast == slow
     assert slow.complete > slow.remaining > slow.in_progress > 0
-    # Thirty days of history as a long-running server keeps it: hourly samples from 30 days
-    # back, and one every five minutes within the last day (those on the hour are hourly too),
-    # each with the group's counts of today. The 30-day window reads the hourly ones: 719 full
-    # hours, and the oldest if it falls just inside.
+    # Thirty days of history as a long-running server keeps it: a sample every four hours from
+    # 30 days back, every hour for the last week, every five minutes for the last day, each
+    # with the group's counts of today. The 30-day window reads the four-hourly ones: 179 full
+    # four hours, and the oldest if it falls just inside.
     async with db.transaction(db.session_factory(engine)) as session:
         month = await history.read_history(session, STABLE_ID, history.WINDOWS["30d"], now)
         day = await history.read_history(session, STABLE_ID, history.WINDOWS["1d"], now)
-    assert 719 <= len(month) <= 720
-    assert all(p.at.minute == 0 for p in month)
+    assert 179 <= len(month) <= 180
+    assert {history.grid_of(p.at) for p in month} == {14400}
+    assert {(b.at - a.at).total_seconds() for a, b in itertools.pairwise(month)} == {14400.0}
     assert len(day) > 250
     assert {(b.at - a.at).total_seconds() for a, b in itertools.pairwise(day)} == {300.0}
     stable_hosts = sum(n for (g, _, _), n in recount.items() if g == STABLE_ID)
