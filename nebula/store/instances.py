@@ -287,6 +287,6 @@ async def set_alias(session: AsyncSession, machine_id: str, alias: str | None) -
     instance = await session.get(Instance, machine_id, with_for_update=True)
     if instance is None:
         raise NotFoundError(f"no host {machine_id} has checked in")
-    old = instance.alias
+    old = instance.alias or None  # hosts that send no alias send it empty
     instance.alias = alias
     return old

@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from nebula.web.openapi.document import PATH, UNDOCUMENTED
 from tests.factories import Host
 from tests.problem import check_problem
-from tests.web.test_admin_security import ADMIN_READS
 from tests.web.test_admin_api import STABLE_AMD64_ID, STABLE_ARM64_ID, add_external, auth
+from tests.web.test_admin_security import ADMIN_READS
 
 EXAMPLES = 25  # per operation: about 600 requests in all
 WRITES = {"post", "put", "patch", "delete"}
