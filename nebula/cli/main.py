@@ -16,7 +16,8 @@ COMMANDS = {
     "serve": Lazy("nebula.cli.server:serve", "Run the update server."),
     "db": Lazy("nebula.cli.server:db_group", "Database schema."),
     "token": Lazy(
-        "nebula.cli.server:token_group", "Admin API tokens (works on the database directly)."
+        "nebula.cli.server:token_group",
+        "Admin API tokens, on the database (--db) or over the API (--server, a context).",
     ),
     "package": Lazy("nebula.cli.catalog:package_group", "Update payloads."),
     "channel": Lazy(
@@ -26,10 +27,11 @@ COMMANDS = {
         "nebula.cli.catalog:group_group",
         "Groups of hosts (a track on an architecture) and their channel.",
     ),
-    "instance": Lazy(
-        "nebula.cli.catalog:instance_group",
-        "Hosts and their update state.",
-        also=("nebula.cli.rollout",),
+    "instance": Lazy("nebula.cli.instances:instance_group", "Hosts and their update state."),
+    "event": Lazy("nebula.cli.eventlog:event_group", "The events hosts sent."),
+    "activity": Lazy(
+        "nebula.cli.eventlog:activity_group",
+        "The activity log: who changed what, across every group.",
     ),
     "sample-payload": Lazy(
         "nebula.cli.sample:sample_payload",
