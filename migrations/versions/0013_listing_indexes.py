@@ -10,6 +10,8 @@ from the cursor on, however deep the page (OFFSET would read and drop every row 
 - instances alias and ip: the search finds a host by its alias or its address.
 - events (created_at, id) and activity (created_at, id): the fleet-wide logs, newest first
   (event retention's `created_at < cutoff` uses the first too).
+- grants, completions and failures by instance_id: one host's history (and deleting a host,
+  whose rows there go by cascade) without a scan of every grant.
 
 Revision ID: 0013
 Revises: 0011
@@ -36,9 +38,15 @@ def upgrade() -> None:
     )
     op.create_index("ix_events_time_id", "events", ["created_at", "id"])
     op.create_index("ix_activity_time_id", "activity", ["created_at", "id"])
+    op.create_index("ix_grants_instance_time", "grants", ["instance_id", "granted_at"])
+    op.create_index("ix_completions_instance", "completions", ["instance_id"])
+    op.create_index("ix_failures_instance", "failures", ["instance_id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_failures_instance", table_name="failures")
+    op.drop_index("ix_completions_instance", table_name="completions")
+    op.drop_index("ix_grants_instance_time", table_name="grants")
     op.drop_index("ix_activity_time_id", table_name="activity")
     op.drop_index("ix_events_time_id", table_name="events")
     op.drop_index("ix_instance_apps_version_key", table_name="instance_apps")

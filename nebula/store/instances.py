@@ -34,7 +34,7 @@ from nebula.store.models import (
 )
 from nebula.store.pages import Order, Page, read_page
 
-HEX = frozenset("0123456789abcdef")
+ALNUM = "0123456789abcdefghijklmnopqrstuvwxyz"
 DETAIL_EVENTS = 50  # events and history entries in a host's detail, newest first
 ALIAS_MAX = 255
 
@@ -45,6 +45,7 @@ def _by_id(descending: bool) -> Order:
         InstanceApp.instance_id,
         (InstanceApp.app_id,),
         descending,
+        bound=(Instance.id,),
     )
 
 
@@ -57,6 +58,7 @@ def _by_last_seen(descending: bool) -> Order:
         (Instance.id, InstanceApp.app_id),
         descending,
         key_is_time=True,
+        bound=(Instance.last_seen_at, Instance.id),
     )
 
 
@@ -93,30 +95,29 @@ class Filters:
     extra: list[ColumnElement[bool]] = field(default_factory=list)
 
 
-def _successor(prefix: str) -> str | None:
-    """The smallest hex string above every string that starts with `prefix` (hex), or None."""
-    digits = "0123456789abcdef"
+def successor(prefix: str) -> str | None:
+    """A string above every string that starts with `prefix` and below the next such run:
+    the last letter or digit moved on by one ('9' to 'a', 'z' carried), what follows it
+    dropped. Letters and digits alone, because collations that skip punctuation at first
+    would put "ab:" among the "ab9..." (None: no such bound)."""
     chars = list(prefix)
     while chars:
         last = chars.pop()
-        if last != "f":
-            return "".join(chars) + digits[digits.index(last) + 1]
+        if last in ALNUM and last != "z":
+            return "".join(chars) + ALNUM[ALNUM.index(last) + 1]
     return None
 
 
 def search_condition(text: str) -> ColumnElement[bool]:
-    """Machine id prefix, exact alias or exact IP address. A hex prefix is a range of the
-    primary key (hex digits sort alike in every collation); LIKE checks it again and alone
-    covers other ids (UUID-shaped with dashes)."""
+    """Machine id prefix, exact alias or exact IP address, each an index range (machine ids
+    are kept lower-case, braces off). The id prefix is a range of the primary key, from the
+    prefix to its successor; LIKE then keeps exactly the ids that start with it."""
     machine = text.strip().strip("{}").strip().lower()
     conditions: list[ColumnElement[bool]] = [Instance.alias == text, Instance.ip == text.strip()]
     if machine:
-        prefix = Instance.id.startswith(machine, autoescape=True)
-        if set(machine) <= HEX:
-            upper = _successor(machine)
-            ranged = Instance.id >= machine
-            prefix = ranged & prefix if upper is None else ranged & (Instance.id < upper) & prefix
-        conditions.append(prefix)
+        prefix = (Instance.id >= machine) & Instance.id.startswith(machine, autoescape=True)
+        upper = successor(machine)
+        conditions.append(prefix if upper is None else prefix & (Instance.id < upper))
     return or_(*conditions)
 
 

@@ -367,7 +367,10 @@ class Grant(Base):
     the pace of a rollout from them."""
 
     __tablename__ = "grants"
-    __table_args__ = (Index("ix_grants_group_time", "group_id", "granted_at"),)
+    __table_args__ = (
+        Index("ix_grants_group_time", "group_id", "granted_at"),
+        Index("ix_grants_instance_time", "instance_id", "granted_at"),  # a host's history
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     group_id: Mapped[str] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"))
@@ -415,6 +418,7 @@ class Failure(Base):
     __table_args__ = (
         UniqueConstraint("group_id", "version", "instance_id"),
         CheckConstraint("kind IN ('error', 'rolled_back', 'timed_out')", name="kind"),
+        Index("ix_failures_instance", "instance_id"),  # a host's history
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -471,7 +475,10 @@ class Completion(Base):
     host has since moved on to the next floor or the target."""
 
     __tablename__ = "completions"
-    __table_args__ = (UniqueConstraint("group_id", "version", "instance_id"),)
+    __table_args__ = (
+        UniqueConstraint("group_id", "version", "instance_id"),
+        Index("ix_completions_instance", "instance_id"),  # a host's history
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     group_id: Mapped[str] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"))

@@ -47,6 +47,11 @@ class Order:
     descending: bool = False
     nullable: bool = False
     key_is_time: bool = False  # a datetime: written to the cursor as ISO 8601
+    # Columns equal to the leading sort columns (another table's side of a join, or the prefix
+    # one index holds), compared non-strictly as well: the planner can then start that index
+    # at the cursor too, where the full row comparison alone would be a filter on a scan from
+    # the start (a join on machine id; (last_seen_at, id) without the app).
+    bound: tuple[Column, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +149,10 @@ async def read_page(
             values = after[1:] if null_segment else after
             row, bound = tuple_(*columns), _typed(columns, values)
             query = query.where(row < bound if order.descending else row > bound)
+            if order.bound and not null_segment:
+                near = tuple_(*order.bound)
+                limit_at = _typed(order.bound, values[: len(order.bound)])
+                query = query.where(near <= limit_at if order.descending else near >= limit_at)
         query = query.order_by(*(c.desc() if order.descending else c.asc() for c in columns))
         rows += (await session.execute(query.limit(limit + 1 - len(rows)))).all()
         if len(rows) > limit:
