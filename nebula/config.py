@@ -356,6 +356,12 @@ def client_env(environ: Mapping[str, str] | None = None) -> tuple[str | None, st
     return env.get("NEBULA_URL"), env.get("NEBULA_TOKEN")
 
 
+def server_env_given(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether NEBULA_DB or NEBULA_CONFIG is set: `nebula token` then works on the database."""
+    env = os.environ if environ is None else environ
+    return bool(env.get("NEBULA_DB") or env.get("NEBULA_CONFIG"))
+
+
 def cli_config_path(environ: Mapping[str, str] | None = None) -> Path:
     """Where the CLI keeps its named contexts (server URL and token each): NEBULA_CLI_CONFIG,
     else $XDG_CONFIG_HOME/nebula/config.toml, else ~/.config/nebula/config.toml."""

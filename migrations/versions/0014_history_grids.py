@@ -7,7 +7,7 @@ and each history window reads one grid: the 30-day window 180 time stamps instea
 An index on `at` serves taking, thinning and pruning samples, which select by time.
 
 Revision ID: 0014
-Revises: 0011
+Revises: 0013
 Create Date: 2026-12-03
 """
 
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0014"
-down_revision = "0011"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 

@@ -1,4 +1,4 @@
-"""`nebula package|channel|group|instance ...`: the operator's commands over the admin API."""
+"""`nebula package|channel|group ...`: the operator's commands over the admin API."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ import click
 
 from nebula.cli.client import ApiClient
 from nebula.cli.output import api_options, emit_json, human_size, json_option, table, wide
-from nebula.durations import format_duration
-from nebula.lifecycle import STATUSES  # pure and small: cheap enough for --help
 
 ARCH = click.Choice(["amd64", "arm64"])
 
@@ -456,90 +454,3 @@ def group_show(
         click.echo(f"  {key}: {value}")
     counts = g.get("instances", {})
     click.echo("  hosts: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
-
-
-# -- instances -----------------------------------------------------------------------------------
-
-
-def _status_text(i: dict[str, Any]) -> str:
-    """An installed host with how long it has waited for its reboot ("installed 3d2h")."""
-    waited = i.get("reboot_wait_seconds")
-    if i["status"] != "installed" or waited is None:
-        return str(i["status"]) + (" (retired)" if i.get("retired_at") else "")
-    text = f"installed {format_duration(max(1, round(waited)))}"
-    text = text + " (reboot overdue)" if i.get("reboot_overdue") else text
-    return text + " (retired)" if i.get("retired_at") else text
-
-
-@click.group("instance")
-def instance_group() -> None:
-    """Hosts and their update state."""
-
-
-@instance_group.command("list")
-@api_options
-@json_option
-@click.option("--group", help="Only this group (name, track or id)")
-@click.option("--arch", type=ARCH)
-@click.option("--status", type=click.Choice(STATUSES))
-@click.option("--version")
-@click.option("--limit", type=int, default=100, show_default=True)
-@click.option("--offset", type=int, default=0)
-@click.option("--all", "show_all", is_flag=True, help="Retired hosts too")
-@click.option(
-    "--retired", is_flag=True, help="Only retired hosts (not seen for their group's retire-after)"
-)
-def instance_list(
-    url: str | None,
-    token: str | None,
-    as_json: bool,
-    show_all: bool,
-    retired: bool,
-    **filters: Any,
-) -> None:
-    """List hosts (live ones: not retired, unless --all or --retired).
-
-    \b
-    Example:
-      nebula instance list --group canary --status error -o wide
-    """
-    if show_all and retired:
-        raise click.UsageError("--all and --retired: say one")
-    filters["all"] = "1" if show_all else None
-    filters["retired"] = "1" if retired else None
-    result = ApiClient(url, token).get("/api/v1/instances", filters)
-    if as_json:
-        return emit_json(result)
-    table(
-        [
-            (
-                i["machine_id"],
-                i["alias"],
-                i["ip"],
-                i["group"],
-                i["version"],
-                _status_text(i),
-                i["granted_version"],
-                "held" if i["held"] else (i["hold_reason"] or ""),
-                i["last_check_at"],
-                *(
-                    (i["app_id"], i["track"], i["oem"], i["board"], i["status_changed_at"])
-                    if wide()
-                    else ()
-                ),
-            )
-            for i in result["instances"]
-        ],
-        [
-            "machine id",
-            "alias",
-            "ip",
-            "group",
-            "version",
-            "status",
-            "granted",
-            "hold",
-            "last check",
-            *(("app", "track", "oem", "board", "status since") if wide() else ()),
-        ],
-    )

@@ -16,7 +16,8 @@ COMMANDS = {
     "serve": Lazy("nebula.cli.server:serve", "Run the update server."),
     "db": Lazy("nebula.cli.server:db_group", "Database schema."),
     "token": Lazy(
-        "nebula.cli.server:token_group", "Admin API tokens (works on the database directly)."
+        "nebula.cli.server:token_group",
+        "Admin API tokens, on the database (--db) or over the API (--server, a context).",
     ),
     "package": Lazy("nebula.cli.catalog:package_group", "Update payloads."),
     "app": Lazy("nebula.cli.apps:app_group", "Applications: the Omaha app ids Nebula serves."),
@@ -30,10 +31,11 @@ COMMANDS = {
         "Groups of hosts (a track on an architecture) and their channel.",
         also=("nebula.cli.catalog_verbs",),
     ),
-    "instance": Lazy(
-        "nebula.cli.catalog:instance_group",
-        "Hosts and their update state.",
-        also=("nebula.cli.rollout",),
+    "instance": Lazy("nebula.cli.instances:instance_group", "Hosts and their update state."),
+    "event": Lazy("nebula.cli.eventlog:event_group", "The events hosts sent."),
+    "activity": Lazy(
+        "nebula.cli.eventlog:activity_group",
+        "The activity log: who changed what, across every group.",
     ),
     "sample-payload": Lazy(
         "nebula.cli.sample:sample_payload",

@@ -1,5 +1,5 @@
-"""`nebula policy show|set`, `nebula rollout status|pause|resume`, `nebula instance
-hold|release|delete`: the operator's rollout commands over the admin API."""
+"""`nebula policy show|set`, `nebula rollout status|history|pause|resume|activity`: the
+operator's rollout commands over the admin API (hosts' holds: nebula.cli.instances)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from nebula.cli.catalog import ARCH, instance_group
+from nebula.cli.catalog import ARCH
 from nebula.cli.client import ApiClient
 from nebula.cli.output import api_options, emit_json, json_option
 from nebula.durations import format_duration
@@ -374,77 +374,3 @@ def rollout_activity(
         return emit_json(body)
     for a in body["activity"]:
         click.echo(f"{a['at']}  {a['actor']:<12} {a['action']:<10} {a['message']}")
-
-
-def _hold(
-    action: str,
-    url: str | None,
-    token: str | None,
-    as_json: bool,
-    machine_id: str,
-    reason: str | None,
-) -> None:
-    body = ApiClient(url, token).send(
-        "POST", f"/api/v1/instances/{machine_id}/{action}", {"reason": reason or ""}
-    )
-    if as_json:
-        return emit_json(body)
-    # The server's spelling: a braced or upper-case id given here is the host's id there.
-    click.echo(f"{body['machine_id']} {'held' if action == 'hold' else 'released'}")
-
-
-@instance_group.command("hold")
-@api_options
-@json_option
-@click.argument("machine_id")
-@click.option("--reason")
-def instance_hold(
-    url: str | None, token: str | None, as_json: bool, machine_id: str, reason: str | None
-) -> None:
-    """Exclude a host from updates until released.
-
-    \b
-    Example:
-      nebula instance hold 0f1e2d3c4b5a69788796a5b4c3d2e1f0 --reason 'db primary'
-    """
-    _hold("hold", url, token, as_json, machine_id, reason)
-
-
-@instance_group.command("release")
-@api_options
-@json_option
-@click.argument("machine_id")
-@click.option("--reason")
-def instance_release(
-    url: str | None, token: str | None, as_json: bool, machine_id: str, reason: str | None
-) -> None:
-    """Let a held host update again.
-
-    \b
-    Example:
-      nebula instance release 0f1e2d3c4b5a69788796a5b4c3d2e1f0
-    """
-    _hold("release", url, token, as_json, machine_id, reason)
-
-
-@instance_group.command("delete")
-@api_options
-@json_option
-@click.argument("machine_id")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation")
-def instance_delete(
-    url: str | None, token: str | None, as_json: bool, machine_id: str, yes: bool
-) -> None:
-    """Remove a host, its update state and its events for good (admin token). A host that checks
-    in again afterwards is a new host; to only leave it out of counts, let it retire.
-
-    \b
-    Example:
-      nebula instance delete 0f1e2d3c4b5a69788796a5b4c3d2e1f0 --yes
-    """
-    if not yes:
-        click.confirm(f"delete host {machine_id}, its state and its events?", abort=True)
-    body = ApiClient(url, token).call("DELETE", f"/api/v1/instances/{machine_id}")
-    if as_json:
-        return emit_json(body)
-    click.echo(f"{body['machine_id']} deleted")

@@ -1,7 +1,8 @@
 """`nebula serve`, `nebula db upgrade|current|backup` and `nebula token create|list|revoke`.
 
 These work on the server's own settings and database (not through the API): the first token has
-to come from somewhere. Every option is also `NEBULA_<NAME>` in the environment or a key of the
+to come from somewhere. The token commands also work over the admin API (see TOKEN_HELP).
+Every option is also `NEBULA_<NAME>` in the environment or a key of the
 `--config` TOML file.
 """
 
@@ -246,9 +247,54 @@ def db_current(**flags: Any) -> None:
     click.echo(f"database: {current or 'empty'}; newest: {db.head_revision()}")
 
 
-@click.group("token")
+TOKEN_HELP = """Admin API tokens, on the database (--db) or over the API (--server, a context).
+
+\b
+Where each command works:
+  - the database when --db or --config is given, or NEBULA_DB or NEBULA_CONFIG is set
+    (how the first token is made, on the server's machine);
+  - else the admin API when --server or --token is given, NEBULA_URL or NEBULA_TOKEN is set,
+    or a context is in use (`nebula context`): an admin token is needed;
+  - else the database of the default settings.
+Both ways, creating and revoking are written to the activity log.
+"""
+
+
+@click.group("token", help=TOKEN_HELP)
 def token_group() -> None:
-    """Admin API tokens (works on the database directly)."""
+    pass
+
+
+def _over_api(flags: dict[str, Any]) -> Any:
+    """The API client when this token command goes to the API (see TOKEN_HELP), else None;
+    takes the API's flags out of `flags`."""
+    from nebula.cli.client import ApiClient
+    from nebula.cli.contexts import resolve
+    from nebula.config import client_env, server_env_given
+
+    url, token = flags.pop("url", None), flags.pop("token", None)
+    if flags.get("db") or flags.get("config"):
+        if url or token:
+            raise click.UsageError("--db/--config and --server/--token: say one")
+        return None
+    if not (url or token):
+        if server_env_given():
+            return None
+        env_url, env_token = client_env()
+        if resolve(None, None, env_url, env_token)[1] is None:
+            return None
+    return ApiClient(url, token)
+
+
+def _actor() -> str:
+    """Who made a change on the database directly, for the activity log."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user} (database)"[:100]
 
 
 def _in_transaction(
@@ -276,9 +322,18 @@ def _in_transaction(
     return _run_db(settings, run)
 
 
+def _api_flags(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--token", help="An admin token, to work over the API [NEBULA_TOKEN]")(f)
+    f = click.option(
+        "--server", "url", help="Nebula's URL, to work over the API [NEBULA_URL, a context]"
+    )(f)
+    return f
+
+
 @token_group.command("create")
 @config_option
 @db_option
+@_api_flags
 @click.option("--name", required=True, help="Who or what uses the token")
 @click.option("--role", type=click.Choice(token_store.ROLES), default="admin", show_default=True)
 @click.option(
@@ -289,28 +344,45 @@ def _in_transaction(
 def token_create(name: str, role: str, create: bool, **flags: Any) -> None:
     """Create a token and print it (once: only its hash is kept).
 
-    The database must be the server's, migrated: one that is not is refused unless --create.
-    Which database the token went into is said on stderr.
+    On the database, it must be the server's, migrated: one that is not is refused unless
+    --create. Where the token went is said on stderr.
 
     \b
     Example:
-      export NEBULA_TOKEN=$(nebula token create --name ops --role admin)
+      export NEBULA_TOKEN=$(nebula token create --db sqlite:///nebula.db --name ops)
+      nebula token create --name grafana --role viewer    # over the API (a context)
     """
+    client = _over_api(flags)
+    if client is not None:
+        if create:
+            raise click.UsageError("--create works on the database (--db), not over the API")
+        body = client.send("POST", "/api/v1/tokens", {"name": name, "role": role})
+        click.echo(body["token"])
+        click.echo(f"token {name!r} ({role}) created on {client.url}", err=True)
+        return
     settings = settings_from(**flags)
     now = datetime.now(UTC)
     token = _in_transaction(
-        settings, lambda s: token_store.create_token(s, name, role, now), create=create
+        settings,
+        lambda s: token_store.create_token(s, name, role, now, _actor()),
+        create=create,
     )
     click.echo(token)
     click.echo(f"token {name!r} ({role}) created in database {db.safe_url(settings.db)}", err=True)
 
 
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
 @token_group.command("list")
 @config_option
 @db_option
+@_api_flags
 @output_options
 def token_list(as_json: bool, **flags: Any) -> None:
-    """List tokens (names and roles; the tokens themselves are not stored).
+    """List tokens: name, role, created, last used (to the minute), revoked. The tokens
+    themselves are not stored.
 
     \b
     Example:
@@ -318,39 +390,43 @@ def token_list(as_json: bool, **flags: Any) -> None:
     """
     from nebula.cli.output import emit_json, table
 
-    settings = settings_from(**flags)
-    rows = _in_transaction(settings, token_store.list_tokens)
-    if as_json:
-        return emit_json(
+    client = _over_api(flags)
+    if client is not None:
+        found = client.get("/api/v1/tokens")["tokens"]
+    else:
+        settings = settings_from(**flags)
+        rows = _in_transaction(settings, token_store.list_tokens)
+        found = [
             {
-                "tokens": [
-                    {
-                        "name": t.name,
-                        "role": t.role,
-                        "created_at": t.created_at.isoformat(),
-                        "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None,
-                    }
-                    for t in rows
-                ]
+                "name": t.name,
+                "role": t.role,
+                "created_at": _iso(t.created_at),
+                "last_used_at": _iso(t.last_used_at),
+                "revoked_at": _iso(t.revoked_at),
             }
-        )
+            for t in rows
+        ]
+    if as_json:
+        return emit_json({"tokens": found})
     table(
         [
             (
-                t.name,
-                t.role,
-                t.created_at.isoformat(timespec="seconds"),
-                "revoked" if t.revoked_at else "active",
+                t["name"],
+                t["role"],
+                t["created_at"][:19],
+                (t["last_used_at"] or "never")[:19],
+                "revoked" if t["revoked_at"] else "active",
             )
-            for t in rows
+            for t in found
         ],
-        ["name", "role", "created", "state"],
+        ["name", "role", "created", "last used", "state"],
     )
 
 
 @token_group.command("revoke")
 @config_option
 @db_option
+@_api_flags
 @click.option("--name", required=True)
 def token_revoke(name: str, **flags: Any) -> None:
     """Revoke a token at once.
@@ -359,8 +435,16 @@ def token_revoke(name: str, **flags: Any) -> None:
     Example:
       nebula token revoke --name grafana
     """
+    client = _over_api(flags)
+    if client is not None:
+        from urllib.parse import quote
+
+        client.call("DELETE", f"/api/v1/tokens/{quote(name, safe='')}")
+        click.echo(f"revoked {name}")
+        return
     settings = settings_from(**flags)
     now = datetime.now(UTC)
-    if not _in_transaction(settings, lambda s: token_store.revoke_token(s, name, now)):
+    done = _in_transaction(settings, lambda s: token_store.revoke_token(s, name, now, _actor()))
+    if not done:
         raise click.ClickException(f"no active token named {name!r}")
     click.echo(f"revoked {name}")

@@ -9,7 +9,10 @@ it, fills it with nebula.loadtest.fleetsql, starts a real `nebula serve` on 127.
 and times, one request at a time: the `/metrics` scrape (its first, uncached, and the rest), the
 rollout status of the largest group, `group show`, its rollout history over a day and over 30
 days (the loader writes 30 days of samples), the first page of `instance list` (all hosts,
-one group, one status), and update checks of known current hosts (a first pass read from the
+one group, one status, by last seen, by version, a search by alias and by machine id prefix),
+a page 90% of the way down the list in each sort (a cursor made from the row there: keyset
+pages must not slow down with depth), `instance show`, the fleet's activity log, and update
+checks of known current hosts (a first pass read from the
 database, a second answered from the process's host snapshots). Then it prints median and p95 of
 each, the ratio of the large database to the small, and the server's resident memory. The
 databases are dropped at the end (`--keep` leaves them, `--reuse` measures kept ones).
@@ -58,6 +61,32 @@ ROUTES = (
     ("instance list", "/api/v1/instances", None),
     ("instance list --group", "/api/v1/instances?group=stable&arch=amd64", None),
     ("instance list --status", "/api/v1/instances?group=stable&arch=amd64&status=error", None),
+    ("instance list by last seen", "/api/v1/instances?sort=last_seen&order=desc", None),
+    ("instance list by version", "/api/v1/instances?sort=version", None),
+    ("instance search: alias", "/api/v1/instances?q=db-primary", None),
+    (
+        "instance search: id prefix",
+        f"/api/v1/instances?q={fleetsql.machine_id(4242)[:30]}",
+        None,
+    ),
+    ("instance show", f"/api/v1/instances/{fleetsql.machine_id(4242)}", None),
+    ("activity (fleet)", "/api/v1/activity", None),
+)
+# Pages 90% of the way through the list, in each sort: a cursor made from the row there.
+DEEP = (
+    ("id:asc", "sort=id&order=asc", "a.instance_id, a.app_id", "a.instance_id, a.app_id"),
+    (
+        "last_seen:desc",
+        "sort=last_seen&order=desc",
+        "i.last_seen_at, i.id, a.app_id",
+        "i.last_seen_at DESC, i.id DESC, a.app_id DESC",
+    ),
+    (
+        "version:asc",
+        "sort=version&order=asc",
+        "a.version, a.instance_id, a.app_id",
+        "a.version, a.instance_id, a.app_id",
+    ),
 )
 
 
@@ -225,6 +254,42 @@ async def _time_get(http: aiohttp.ClientSession, url: str, headers: dict[str, st
     return (time.perf_counter() - started) * 1000
 
 
+async def _deep_pages(db_url: str, hosts: int) -> list[tuple[str, str]]:
+    """(name, path) of a page 90% of the way down the list in each sort, and give one host an
+    alias to search for. The row there is found with OFFSET once, here: the API never does."""
+    from nebula.store import instances as host_store
+    from nebula.store.pages import encode_cursor
+
+    depth = hosts * 9 // 10
+    engine = db.create_engine(db_url)
+    out = []
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE instances SET alias = 'db-primary' WHERE id = :id"),
+                {"id": fleetsql.machine_id(4242)},
+            )
+            for name, query, columns, order in DEEP:
+                row = (
+                    await conn.execute(
+                        text(
+                            f"SELECT {columns} FROM instance_apps AS a JOIN instances AS i "
+                            f"ON i.id = a.instance_id WHERE a.retired_at IS NULL "
+                            f"ORDER BY {order} OFFSET :n LIMIT 1"
+                        ),
+                        {"n": depth},
+                    )
+                ).one()
+                sort, direction = name.split(":")
+                cursor = encode_cursor(host_store.SORTS[sort](direction == "desc"), list(row))
+                out.append(
+                    (f"instance list {sort} deep", f"/api/v1/instances?{query}&cursor={cursor}")
+                )
+    finally:
+        await engine.dispose()
+    return out
+
+
 async def _current_hosts(db_url: str, count: int) -> list[Host]:
     """Known current hosts of stable amd64 (on the target, idle or complete), picked at random."""
     stable = fleetsql.TRACKS[0]
@@ -285,7 +350,8 @@ async def measure(server: str, hosts: int, calls: int, checks: int) -> Run:
                 await _wait_ready(http, base, process)
                 auth = {"Authorization": f"Bearer {token}"}
                 timings: dict[str, Timings] = {}
-                for name, path, n in ROUTES:
+                deep = [(n, p, None) for n, p in await _deep_pages(db_url, hosts)]
+                for name, path, n in (*ROUTES, *deep):
                     ms = [await _time_get(http, base + path, auth)]  # a warm-up, not counted
                     if n == 1:  # the first scrape: the counts are read, then cached
                         timings[name] = Timings(name, ms)
@@ -310,8 +376,8 @@ async def measure(server: str, hosts: int, calls: int, checks: int) -> Run:
 def report(runs: list[Run]) -> str:
     small, large = runs[0], runs[-1]
     lines = [
-        f"{'':24} {small.hosts:>10,} hosts               {large.hosts:>10,} hosts",
-        f"{'':24} {'median':>8} {'p95':>8} {'cpu':>6}   {'median':>8} {'p95':>8} {'cpu':>6}"
+        f"{'':30} {small.hosts:>10,} hosts               {large.hosts:>10,} hosts",
+        f"{'':30} {'median':>8} {'p95':>8} {'cpu':>6}   {'median':>8} {'p95':>8} {'cpu':>6}"
         "   ratio (median)",
     ]
 
@@ -322,7 +388,7 @@ def report(runs: list[Run]) -> str:
         t_large = large.timings[name]
         ratio = t_large.median / t_small.median if t_small.median else float("nan")
         lines.append(
-            f"{name:24} {t_small.median:8.1f} {t_small.p95:8.1f} {cpu(t_small)}   "
+            f"{name:30} {t_small.median:8.1f} {t_small.p95:8.1f} {cpu(t_small)}   "
             f"{t_large.median:8.1f} {t_large.p95:8.1f} {cpu(t_large)}   {ratio:5.2f}"
         )
     lines.append(

@@ -227,7 +227,12 @@ class Instance(Base):
     """A host, keyed by its machine id; what it last told us about itself."""
 
     __tablename__ = "instances"
-    __table_args__ = (Index("ix_instances_last_seen_at", "last_seen_at"),)
+    __table_args__ = (
+        # Hosts by last seen, ties by machine id: keyset pages (migration 0013), retirement.
+        Index("ix_instances_last_seen_id", "last_seen_at", "id"),
+        Index("ix_instances_alias", "alias"),  # search by alias
+        Index("ix_instances_ip", "ip"),  # search by address
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # machine id
     alias: Mapped[str | None] = mapped_column(String(255))
@@ -247,6 +252,8 @@ class InstanceApp(Base):
     __table_args__ = (
         Index("ix_instance_apps_group_status", "group_id", "status"),
         Index("ix_instance_apps_group_version", "group_id", "version"),
+        # Hosts by version, keyset pages of the admin API (migration 0013).
+        Index("ix_instance_apps_version_key", "version", "instance_id", "app_id"),
         # The few hosts rollout status looks at one by one (nebula.store.rollouts).
         Index(
             "ix_instance_apps_held",
@@ -312,6 +319,7 @@ class Event(Base):
     __table_args__ = (
         Index("ix_events_instance_time", "instance_id", "created_at"),
         Index("ix_events_group_time", "group_id", "created_at"),
+        Index("ix_events_time_id", "created_at", "id"),  # the fleet's events, newest first
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -359,7 +367,10 @@ class Grant(Base):
     the pace of a rollout from them."""
 
     __tablename__ = "grants"
-    __table_args__ = (Index("ix_grants_group_time", "group_id", "granted_at"),)
+    __table_args__ = (
+        Index("ix_grants_group_time", "group_id", "granted_at"),
+        Index("ix_grants_instance_time", "instance_id", "granted_at"),  # a host's history
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     group_id: Mapped[str] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"))
@@ -385,7 +396,10 @@ class Activity(Base):
     """The activity log: pauses, resumes (automatic and manual), policy and channel changes."""
 
     __tablename__ = "activity"
-    __table_args__ = (Index("ix_activity_group_time", "group_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_activity_group_time", "group_id", "created_at"),
+        Index("ix_activity_time_id", "created_at", "id"),  # the fleet-wide log, newest first
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     created_at: Mapped[datetime]
@@ -404,6 +418,7 @@ class Failure(Base):
     __table_args__ = (
         UniqueConstraint("group_id", "version", "instance_id"),
         CheckConstraint("kind IN ('error', 'rolled_back', 'timed_out')", name="kind"),
+        Index("ix_failures_instance", "instance_id"),  # a host's history
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -465,7 +480,10 @@ class Completion(Base):
     host has since moved on to the next floor or the target."""
 
     __tablename__ = "completions"
-    __table_args__ = (UniqueConstraint("group_id", "version", "instance_id"),)
+    __table_args__ = (
+        UniqueConstraint("group_id", "version", "instance_id"),
+        Index("ix_completions_instance", "instance_id"),  # a host's history
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     group_id: Mapped[str] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"))

@@ -11,7 +11,6 @@ import base64
 import binascii
 import logging
 from collections.abc import AsyncIterator, Sequence
-from datetime import datetime
 from typing import Any
 
 from aiohttp import BodyPartReader, MultipartReader, web
@@ -24,22 +23,18 @@ from nebula.errors import (
     SlowRequestError,
 )
 from nebula.ingest import Ingested, ingest
-from nebula.lifecycle import STATUSES
 from nebula.payload import TrustedKey, check_signature
-from nebula.policy import HostState
 from nebula.store import apps as app_store
 from nebula.store import groups as group_store
 from nebula.store import packages as package_store
-from nebula.store.catalog import Catalog
 from nebula.store.db import transaction
-from nebula.store.models import Channel, Group, Instance, InstanceApp, Package
+from nebula.store.models import Channel, Package
 from nebula.store.tokens import Principal
 from nebula.web import apps, channels
 from nebula.web.api import PRINCIPAL, actor, change, json_body, opt, req
 from nebula.web.audit import record
 from nebula.web.keys import (
     BLOBS,
-    CATALOG,
     CLOCK,
     METRICS,
     READ_SESSIONS,
@@ -51,9 +46,6 @@ from nebula.web.openapi.spec import (
     APP,
     ARCH,
     EXTERNAL_BODY,
-    FLAG,
-    INT,
-    INT_TEXT,
     STR,
     UPLOAD_BODY,
     VERSION,
@@ -63,10 +55,8 @@ from nebula.web.openapi.spec import (
     ref,
 )
 from nebula.web.serialize import (
-    RebootWaitJson,
     channel_json,
     group_json,
-    instance_json,
     package_json,
 )
 
@@ -541,107 +531,6 @@ async def show_group(request: web.Request) -> web.Response:
         body = group_json(group, names.get(group.channel_id) if group.channel_id else None)
         body["instances"] = await group_store.status_counts(session, group.id)
         return web.json_response(body)
-
-
-# -- instances -----------------------------------------------------------------------------------
-
-
-@routes.get("/api/v1/instances")
-@doc(
-    "List hosts (one row per host and application)",
-    listing("instances", ref("Instance"), limit=INT, offset=INT),
-    query={
-        "group": STR,
-        "arch": ARCH,
-        "status": STR,
-        "version": VERSION,
-        "retired": FLAG,
-        "all": FLAG,
-        "limit": INT_TEXT,
-        "offset": INT_TEXT,
-    },
-    errors=(404,),
-)
-async def list_instances(request: web.Request) -> web.Response:
-    q = request.query
-    try:
-        limit = min(max(int(q.get("limit", "100")), 1), 1000)
-        offset = max(int(q.get("offset", "0")), 0)
-    except ValueError:
-        raise InvalidInputError("limit and offset must be integers") from None
-    # An unknown status would match no host: an empty list that looks like a true answer.
-    if q.get("status") and q["status"] not in STATUSES:
-        raise InvalidInputError(f"unknown status {q['status']!r}: use one of {', '.join(STATUSES)}")
-    async with transaction(request.app[READ_SESSIONS]) as session:
-        stmt = (
-            select(InstanceApp, Instance, Group.name, Group.arch)
-            .join(Instance, Instance.id == InstanceApp.instance_id)
-            .outerjoin(Group, Group.id == InstanceApp.group_id)
-            .order_by(InstanceApp.instance_id, InstanceApp.app_id)
-            .limit(limit)
-            .offset(offset)
-        )
-        if q.get("group"):
-            group = await group_store.find_group(session, q["group"], q.get("arch"))
-            stmt = stmt.where(InstanceApp.group_id == group.id)
-        if q.get("status"):
-            stmt = stmt.where(InstanceApp.status == q["status"])
-        if q.get("version"):
-            stmt = stmt.where(InstanceApp.version == q["version"])
-        # Retired hosts (silent past their group's retire_after) only when asked for.
-        if _yes(q, "retired"):
-            stmt = stmt.where(InstanceApp.retired_at.is_not(None))
-        elif not _yes(q, "all"):
-            stmt = stmt.where(InstanceApp.retired_at.is_(None))
-        rows = (await session.execute(stmt)).all()
-        catalog = await request.app[CATALOG].get()
-        now = request.app[CLOCK]()
-        return web.json_response(
-            {
-                "instances": [
-                    instance_json(
-                        s,
-                        i,
-                        g,
-                        _hold_in_force(catalog, s, arch, now),
-                        RebootWaitJson.of(s, _reboot_timeout(catalog, s, arch), now),
-                    )
-                    for s, i, g, arch in rows
-                ],
-                "limit": limit,
-                "offset": offset,
-            }
-        )
-
-
-def _yes(query: Any, name: str) -> bool:
-    value = query.get(name, "")
-    if value not in ("", "0", "1", "true", "false"):
-        raise InvalidInputError(f"{name} must be true or false")
-    return value in ("1", "true")
-
-
-def _reboot_timeout(catalog: Catalog, state: InstanceApp, arch: str | None) -> int | None:
-    if state.group_id is None or arch is None:
-        return None
-    entry = catalog.groups.get((state.app_id, state.group_id, arch))
-    return entry.policy.reboot_timeout_seconds if entry is not None else None
-
-
-def _hold_in_force(
-    catalog: Catalog, state: InstanceApp, arch: str | None, now: datetime
-) -> str | None:
-    """Why the group's policy holds the host back now; not the reason it was given at its last
-    check (after a resume that would still say "paused")."""
-    if state.group_id is None or arch is None:
-        return None
-    entry = catalog.groups.get((state.app_id, state.group_id, arch))
-    if entry is None:
-        return None
-    host = HostState(
-        state.version, state.status, state.granted_version, state.held, state.instance_id
-    )
-    return entry.hold_for(host, state.hold_reason, now)
 
 
 def add_routes(app: web.Application) -> None:

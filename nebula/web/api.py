@@ -5,17 +5,25 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from sqlalchemy.exc import SQLAlchemyError
 
 from nebula.config import split_listen
-from nebula.errors import AuthError, ForbiddenError, InvalidInputError, RequestTooLargeError
+from nebula.errors import (
+    AuthError,
+    ForbiddenError,
+    InvalidInputError,
+    NebulaError,
+    RequestTooLargeError,
+)
 from nebula.store.catalog import bump_stamp
 from nebula.store.db import transaction
-from nebula.store.tokens import Principal, authenticate
+from nebula.store.tokens import Principal, authenticate, touch
 from nebula.web.errors import answer
 from nebula.web.forwarded import Network, client_address
 from nebula.web.keys import (
@@ -29,6 +37,7 @@ from nebula.web.keys import (
 )
 from nebula.web.limits import bounded
 
+log = logging.getLogger(__name__)
 PRINCIPAL = web.RequestKey("principal", Principal)
 MAX_JSON = 1 << 20
 
@@ -89,10 +98,25 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if principal is None:
         limiter.fail(address, now)
         raise AuthError("unknown or revoked token")
+    await _note_use(request, principal)
     if request.method not in ("GET", "HEAD") and not principal.can_write:
         raise ForbiddenError(f"token {principal.name} has role {principal.role}: read only")
     request[PRINCIPAL] = principal
     return await handler(request)
+
+
+async def _note_use(request: web.Request, principal: Principal) -> None:
+    """Keep the token's last-used time, to the minute (nebula.store.tokens.touch): a write
+    only when the time read with the token is a minute behind. Bookkeeping: a failure to
+    write it is logged, and the request goes on."""
+    now = request.app[CLOCK]()
+    if principal.token_id is None or not principal.stale(now):
+        return
+    try:
+        async with transaction(request.app[SESSIONS]) as session:
+            await touch(session, principal.token_id, now)
+    except (SQLAlchemyError, OSError, NebulaError) as exc:
+        log.warning("cannot note the use of token %s: %s", principal.name, exc)
 
 
 # What every admin answer says to a browser that should never render or keep it: it is data,

@@ -37,7 +37,19 @@ from nebula.store.hostcache import HostCache
 from nebula.store.seen import SeenWriter
 from nebula.sysext import admin as sysext_admin
 from nebula.sysext import hosts as sysext_hosts
-from nebula.web import admin, ignition, integrity, omaha, payloads, release, rollout, status
+from nebula.web import (
+    admin,
+    eventlog,
+    ignition,
+    instances,
+    integrity,
+    omaha,
+    payloads,
+    release,
+    rollout,
+    status,
+    tokens,
+)
 from nebula.web.access import echo_request_id
 from nebula.web.api import auth_middleware, listener_middleware, security_headers
 from nebula.web.errors import OUTAGE_LOG, LogThrottle, error_middleware
@@ -223,6 +235,9 @@ def create_app(
     integrity.add_routes(app)
     admin.add_routes(app)
     rollout.add_routes(app)
+    instances.add_routes(app)
+    eventlog.add_routes(app)
+    tokens.add_routes(app)
     sysext_admin.add_routes(app)
     openapi_document.add_routes(app)
     return app

@@ -1,6 +1,6 @@
-"""Admin API for rollouts: policy, pause and resume, rollout status, the activity log, per-host
-holds, deleting a host, and channel floors. Every change is logged in the activity log with who
-made it.
+"""Admin API for rollouts: policy, pause and resume, rollout status, a group's activity log
+and channel floors (hosts' holds live in nebula.web.instances). Every change is logged in the
+activity log with who made it.
 """
 
 from __future__ import annotations
@@ -15,16 +15,14 @@ from sqlalchemy import select
 
 from nebula.durations import format_duration, parse_duration
 from nebula.errors import InvalidInputError, NotFoundError
-from nebula.omaha.parse import normalize_id
 from nebula.store import groups as group_store
 from nebula.store import history, rollouts
 from nebula.store.apps import find_app
 from nebula.store.db import transaction
-from nebula.store.models import Channel, Group, InstanceApp
+from nebula.store.models import Channel, Group
 from nebula.store.packages import check_arch, check_version, find_package
-from nebula.store.retirement import delete_host
 from nebula.web.api import actor, change, json_body
-from nebula.web.keys import CATALOG, CLOCK, HOST_CHANGES, READ_SESSIONS
+from nebula.web.keys import CATALOG, CLOCK, READ_SESSIONS
 from nebula.web.openapi.spec import (
     APP,
     ARCH,
@@ -447,97 +445,6 @@ async def group_activity(request: web.Request) -> web.Response:
                 ]
             }
         )
-
-
-async def _hold_or_release(request: web.Request, held: bool) -> web.Response:
-    data = await json_body(request)
-    reason = data.get("reason") or ""
-    # As the Omaha endpoint keys hosts: a machine id copied braced or in capitals is found.
-    machine_id = normalize_id(request.match_info["machine_id"])
-    now = request.app[CLOCK]()
-
-    async def work(session: Any) -> dict[str, Any]:
-        states = list(
-            (
-                await session.execute(
-                    select(InstanceApp)
-                    .where(InstanceApp.instance_id == machine_id)
-                    .with_for_update()
-                )
-            ).scalars()
-        )
-        if not states:
-            raise NotFoundError(f"no host {machine_id} has checked in")
-        for state in states:
-            state.held = held
-            if not held and state.hold_reason == "host_hold":
-                state.hold_reason = None
-            rollouts.log_activity(
-                session,
-                now,
-                actor(request),
-                "hold" if held else "release",
-                f"host {machine_id} {'held' if held else 'released'}"
-                + (f": {reason}" if reason else ""),
-                state.group_id,
-                machine_id=machine_id,
-            )
-        # Every process answers this host's next check on its new state, not a snapshot.
-        await request.app[HOST_CHANGES].announce(session, [machine_id])
-        return {"machine_id": machine_id, "held": held}
-
-    body = await change(request, work)
-    request.app[HOST_CHANGES].applied([machine_id])
-    return web.json_response(body)
-
-
-# aiohttp's default placeholder excludes braces; machine ids may come braced (`{...}`).
-MACHINE_ID = "{machine_id:[^/]+}"
-
-
-@routes.post(f"/api/v1/instances/{MACHINE_ID}/hold")
-@doc("Hold a host at its version", ref("Hold"), body=REASON_BODY)
-async def hold_instance(request: web.Request) -> web.Response:
-    return await _hold_or_release(request, held=True)
-
-
-@routes.post(f"/api/v1/instances/{MACHINE_ID}/release")
-@doc("Release a held host", ref("Hold"), body=REASON_BODY)
-async def release_instance(request: web.Request) -> web.Response:
-    return await _hold_or_release(request, held=False)
-
-
-@routes.delete(f"/api/v1/instances/{MACHINE_ID}")
-@doc("Delete a host, its state and its events", ref("HostDeleted"))
-async def delete_instance(request: web.Request) -> web.Response:
-    """Remove a host, its per-app state and its events (admin only: a DELETE). The activity
-    log of each group it was in keeps who deleted it."""
-    machine_id = normalize_id(request.match_info["machine_id"])
-    now = request.app[CLOCK]()
-
-    async def work(session: Any) -> dict[str, Any]:
-        deleted = await delete_host(session, machine_id)
-        if deleted is None:
-            raise NotFoundError(f"no host {machine_id} has checked in")
-        who = actor(request)
-        groups: list[str | None] = [*deleted.groups] or [None]
-        for group_id in groups:
-            rollouts.log_activity(
-                session,
-                now,
-                who,
-                "delete",
-                f"host {machine_id} deleted",
-                group_id,
-                machine_id=machine_id,
-            )
-        # No process may answer its next check from a snapshot: it is a new host then.
-        await request.app[HOST_CHANGES].announce(session, [machine_id])
-        return {"machine_id": machine_id, "deleted": True, "apps": deleted.apps}
-
-    body = await change(request, work)
-    request.app[HOST_CHANGES].applied([machine_id])
-    return web.json_response(body)
 
 
 async def _channel(session: Any, request: web.Request, arch: Any) -> Channel:

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from nebula.errorcodes import describe, describe_event
 from nebula.store.catalog import payload_codebase
-from nebula.store.models import Channel, Group, InstanceApp, Package
+from nebula.store.models import Channel, Event, Group, InstanceApp, Package
 
 
 def iso(value: datetime | None) -> str | None:
@@ -134,4 +135,36 @@ def instance_json(
         "hold_reason": hold_reason,  # under the policy in force, not at its last check
         "held": state.held,
         "boot_id": state.boot_id,
+    }
+
+
+def event_json(event: Event, group_name: str | None) -> dict[str, Any]:
+    """An event a host sent, with its type, result and error code in words."""
+    return {
+        "id": event.id,
+        "at": iso(event.created_at),
+        "machine_id": event.instance_id,
+        "app_id": event.app_id,
+        "group": group_name,
+        "group_id": event.group_id,
+        "type": event.event_type,
+        "result": event.event_result,
+        "what": describe_event(event.event_type, event.event_result, event.previous_version),
+        "error": describe(event.error_code),
+        "version": event.version,
+        "previous_version": event.previous_version,
+        "boot_id": event.boot_id,
+    }
+
+
+def activity_json(entry: Any, group_name: str | None = None) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "at": iso(entry.created_at),
+        "group": group_name,
+        "group_id": entry.group_id,
+        "actor": entry.actor,
+        "action": entry.action,
+        "message": entry.message,
+        "detail": entry.detail,
     }

@@ -38,6 +38,10 @@ READS: list[list[str]] = [
     ["group", "list"],
     ["group", "show", *AMD64],
     ["instance", "list"],
+    ["instance", "show", MACHINE],
+    ["event", "list"],
+    ["activity", "list"],
+    ["token", "list"],  # over the API: NEBULA_URL and NEBULA_TOKEN are set
     ["policy", "show", *AMD64],
     ["rollout", "status", *AMD64],
     ["rollout", "activity", *AMD64],
@@ -47,12 +51,20 @@ WRITES: list[list[str]] = [
     ["channel", "set", *AMD64, "--version", NEW],
     ["instance", "hold", MACHINE],
     ["instance", "release", MACHINE],
+    ["instance", "set", MACHINE, "--alias", "web-1"],
     ["policy", "set", *AMD64, "--percentage", "50"],
     ["rollout", "pause", *AMD64, "--reason", "test"],
     ["rollout", "resume", *AMD64],
 ]
 # List commands with extra columns under -o wide.
-WIDE = [["package", "list"], ["channel", "list"], ["group", "list"], ["instance", "list"]]
+WIDE = [
+    ["package", "list"],
+    ["channel", "list"],
+    ["group", "list"],
+    ["instance", "list"],
+    ["event", "list"],
+    ["activity", "list"],
+]
 
 
 async def _setup(server: str, token: str) -> dict[str, str]:

@@ -25,6 +25,8 @@ API_COMMANDS = (
     "channel",
     "group",
     "instance",
+    "event",
+    "activity",
     "policy",
     "rollout",
     "host-config",

@@ -28,6 +28,7 @@ PATH_PARAMETERS = {
     "id": "a package's id",
     "machine_id": "a host's machine id (braces and capitals are accepted)",
     "version": "an OS version, e.g. 4152.2.3",
+    "token_name": "an API token's name",
 }
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")

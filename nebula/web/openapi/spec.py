@@ -92,6 +92,12 @@ FLAG: Schema = {"type": "string", "enum": ["true", "false", "1", "0"]}
 NSTR: Schema = nullable("string")
 NINT: Schema = nullable("integer")
 
+ERROR_WORDS: Schema = nullable(
+    "object",
+    description="an update_engine error code in words",
+    properties={"code": INT, "base": INT, "text": STR, "flags": {"type": "array", "items": STR}},
+    required=["code", "base", "text", "flags"],
+)
 _FILE = obj(
     {
         "name": STR,
@@ -232,6 +238,82 @@ SCHEMAS: dict[str, Schema] = {
             "hold_reason": NSTR,
             "held": BOOL,
             "boot_id": NSTR,
+            "arch": NSTR,
+            "last_error": ERROR_WORDS,
+        }
+    ),
+    "InstanceDetail": obj(
+        {
+            "machine_id": STR,
+            "alias": NSTR,
+            "ip": NSTR,
+            "oem": NSTR,
+            "oem_version": NSTR,
+            "aleph_version": NSTR,
+            "board": NSTR,
+            "created_at": TIME,
+            "last_seen_at": TIME,
+            "apps": array(ref("Instance")),
+            "history": array(
+                obj(
+                    {
+                        "at": TIME,
+                        "what": STR,
+                        "version": STR,
+                        "group": NSTR,
+                        "error": ERROR_WORDS,
+                        "count": NINT,
+                    }
+                )
+            ),
+            "events": array(ref("Event")),
+        }
+    ),
+    "AliasSet": obj({"machine_id": STR, "alias": NSTR, "previous": NSTR}),
+    "Event": obj(
+        {
+            "id": INT,
+            "at": TIME,
+            "machine_id": STR,
+            "app_id": STR,
+            "group": NSTR,
+            "group_id": NSTR,
+            "type": INT,
+            "result": INT,
+            "what": STR,
+            "error": ERROR_WORDS,
+            "version": NSTR,
+            "previous_version": NSTR,
+            "boot_id": NSTR,
+        }
+    ),
+    "ActivityEntry": obj(
+        {
+            "id": INT,
+            "at": TIME,
+            "group": NSTR,
+            "group_id": NSTR,
+            "actor": STR,
+            "action": STR,
+            "message": STR,
+            "detail": {"type": "object"},
+        }
+    ),
+    "Token": obj(
+        {
+            "name": STR,
+            "role": {"type": "string", "enum": ["admin", "viewer"]},
+            "created_at": TIME,
+            "last_used_at": TIME,
+            "revoked_at": TIME,
+        }
+    ),
+    "TokenCreated": obj(
+        {
+            "name": STR,
+            "role": {"type": "string", "enum": ["admin", "viewer"]},
+            "created_at": TIME,
+            "token": {"type": "string", "description": "the secret, shown this once"},
         }
     ),
     "Policy": obj(
