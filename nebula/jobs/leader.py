@@ -71,6 +71,7 @@ class Leader:
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 warned = False
                 while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK_KEY):
+                    _raise_if_cancelled()
                     await asyncio.sleep(self.retry)
                 watch = asyncio.create_task(self._watch(conn, lost))
                 try:
@@ -90,6 +91,7 @@ class Leader:
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         await conn.close(timeout=2)
+            _raise_if_cancelled()
             await asyncio.sleep(self.retry)
 
     async def _watch(self, conn: Any, lost: asyncio.Event) -> None:
@@ -121,3 +123,16 @@ class Leader:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+
+
+def _raise_if_cancelled() -> None:
+    """Stop when this task was asked to, even if the request was lost on the way.
+
+    A cancellation that lands while asyncpg connects or closes can be swallowed inside it (its
+    timeouts; seen on Python 3.11): the task then goes on looping, and the shutdown that
+    cancelled it and awaits it hangs for good (a test teardown did). The task still says it is
+    being cancelled; honour that before sleeping again.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

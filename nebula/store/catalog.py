@@ -13,7 +13,7 @@ import asyncio
 import base64
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -326,11 +326,16 @@ class CatalogCache:
     """
 
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], base_url: str, ttl: float = 5.0
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        base_url: str,
+        ttl: float = 5.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._sessions = sessions
         self._base_url = base_url
         self._ttl = ttl
+        self._monotonic = monotonic  # seconds since boot; injected by tests
         self._snapshot: Catalog | None = None
         # Never 0.0 for "stale": time.monotonic() counts from boot, so on a machine up for less
         # than `ttl` a zero would still look fresh and an expiry would be ignored.
@@ -339,15 +344,15 @@ class CatalogCache:
 
     async def get(self) -> Catalog:
         snapshot = self._snapshot
-        if snapshot is not None and time.monotonic() - self._checked_at < self._ttl:
+        if snapshot is not None and self._monotonic() - self._checked_at < self._ttl:
             return snapshot
         if snapshot is not None and self._lock.locked():
             return snapshot  # somebody is refreshing; this one is at most `ttl` old
         async with self._lock:
-            if self._snapshot is not None and time.monotonic() - self._checked_at < self._ttl:
+            if self._snapshot is not None and self._monotonic() - self._checked_at < self._ttl:
                 return self._snapshot
             self._snapshot = await read_again_if_disconnected(self._refresh)
-            self._checked_at = time.monotonic()
+            self._checked_at = self._monotonic()
             return self._snapshot
 
     async def _refresh(self) -> Catalog:
