@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from nebula.checkin import facts_key, steady
 from nebula.metrics import Metrics
@@ -36,15 +36,24 @@ from nebula.omaha.model import (
     arch_of,
 )
 from nebula.policy import Decision
-from nebula.service.transition import NeedsExclusiveLock, Transition, apply_app, host_facts
+from nebula.service.transition import (
+    NeedsExclusiveLock,
+    Transition,
+    apply_app,
+    first_check_done,
+    host_facts,
+    plan_first_check,
+)
 from nebula.store.catalog import Catalog, CatalogCache, GroupEntry
 from nebula.store.changes import HostChanges
 from nebula.store.db import (
     is_disconnect,
     point_read,
     read_again_if_disconnected,
+    single_statement,
     transaction,
 )
+from nebula.store.firstcheck import write_first_check
 from nebula.store.hostcache import HostCache, snapshot
 from nebula.store.hosts import (
     INSTANCE_LIMITS,
@@ -76,6 +85,13 @@ class _AppOutcome:
     decision: Decision | None = None
     group: GroupEntry | None = None
     machine_id: str | None = None
+
+
+class _NewHost:
+    """What _steady answers for a host with no stored state."""
+
+
+_NEW_HOST = _NewHost()
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +132,8 @@ class OmahaService:
         self._hosts = HostCache(0) if hosts is None else hosts
         self._changes = HostChanges(self._hosts, "sqlite") if changes is None else changes
         self._seen = seen
+        bind = sessions.kw.get("bind")
+        self._one_statement = isinstance(bind, AsyncEngine) and bind.dialect.name == "postgresql"
 
     async def handle(self, request: Request, ip: str | None, now: datetime) -> Response:
         catalog = await self._catalog.get()
@@ -126,15 +144,24 @@ class OmahaService:
             outcomes.append(early)
             if early is None and group is not None and app.machine_id:
                 pending.append(_Pending(index, app, group, app.machine_id))
+        new_hosts: set[int] = set()
         if self._seen is not None:
             still: list[_Pending] = []
             for item in pending:
                 outcome = await self._steady(self._seen, item, ip, now)
-                if outcome is None:
-                    still.append(item)
-                else:
+                if outcome is _NEW_HOST:
+                    new_hosts.add(item.index)
+                if isinstance(outcome, _AppOutcome):
                     outcomes[item.index] = outcome
+                else:
+                    still.append(item)
             pending = still
+        if len(pending) == 1 and pending[0].index in new_hosts and self._one_statement:
+            # A new host, the only app of its request: one statement on PostgreSQL.
+            outcome = await self._first_check(pending[0], ip, now, catalog.stamp)
+            if outcome is not None:
+                outcomes[pending[0].index] = outcome
+                pending = []
         if pending:
             for item, result in zip(pending, await self._transact(pending, ip, now), strict=True):
                 outcomes[item.index] = _AppOutcome(
@@ -182,16 +209,16 @@ class OmahaService:
 
     async def _steady(
         self, seen: SeenWriter, item: _Pending, ip: str | None, now: datetime
-    ) -> _AppOutcome | None:
-        """The answer to a check-in that changes nothing, or None. Only its last-seen time is
-        queued; nothing is written now."""
+    ) -> _AppOutcome | _NewHost | None:
+        """The answer to a check-in that changes nothing, or None (_NEW_HOST: and the host has
+        no state stored). Only its last-seen time is queued; nothing is written now."""
         app, group, machine_id = item.app, item.group, item.machine_id
         known = self._hosts.get(machine_id, app.app_id)
         if known is None:
             since = self._hosts.stamp()
             stored = await self._read_host(machine_id, app.app_id)
             if stored is None:
-                return None  # a new host (or app): the transaction records it
+                return _NEW_HOST  # a new host (or app): the transaction records it
             facts = host_facts(app, machine_id, ip)
             known = snapshot(
                 app.app_id,
@@ -224,6 +251,30 @@ class OmahaService:
             ),
         )
         return _AppOutcome(self._answer(app, None), decision if app.update_check else None, group)
+
+    async def _first_check(
+        self, item: _Pending, ip: str | None, now: datetime, stamp: int
+    ) -> _AppOutcome | None:
+        """A new host's check-in written in one statement in autocommit (nebula.store.firstcheck),
+        or None when it needs the transaction: its plan says so, the catalog it was decided on
+        is stale, or another request of the host wrote its state first. A connection lost
+        during the statement is not retried (it may have committed): the host gets a 503."""
+        planned = plan_first_check(item.group, item.app, item.machine_id, ip, now, stamp)
+        if planned is None:
+            return None
+        plan, decision, manifest = planned
+        since = self._hosts.stamp()
+        async with single_statement(self._sessions) as conn:
+            written = await write_first_check(conn, plan)
+        if not written.written:
+            return None
+        result = first_check_done(
+            self._metrics, item.group, item.app, plan, decision, manifest, written
+        )
+        self._changes.applied([item.machine_id], {item.machine_id: result.after}, since)
+        return _AppOutcome(
+            self._answer(item.app, result.manifest), result.decision, item.group, item.machine_id
+        )
 
     async def _read_host(self, machine_id: str, app_id: str) -> StoredHost | None:
         """The stored state of a host this process has no snapshot of."""
