@@ -55,8 +55,12 @@ BEGIN
         RETURN;
     ELSIF p_lock = 'share' THEN
         PERFORM 1 FROM groups WHERE id = p_group FOR SHARE;
-    ELSE
+    ELSIF p_lock = 'exclusive' THEN
         PERFORM 1 FROM groups WHERE id = p_group FOR NO KEY UPDATE;
+    ELSE
+        -- 'skip': the host has state already; the caller writes nothing and locks nothing.
+        fresh := false;
+        RETURN;
     END IF;
     -- Every change of a group's policy bumps the stamp in its transaction: the caller decided
     -- on the catalog of this stamp, so an equal stamp read under the lock means the same policy.

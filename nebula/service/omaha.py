@@ -53,7 +53,7 @@ from nebula.store.db import (
     single_statement,
     transaction,
 )
-from nebula.store.firstcheck import write_first_check
+from nebula.store.firstcheck import FirstCheck, Written, write_first_check
 from nebula.store.hostcache import HostCache, snapshot
 from nebula.store.hosts import (
     INSTANCE_LIMITS,
@@ -85,13 +85,6 @@ class _AppOutcome:
     decision: Decision | None = None
     group: GroupEntry | None = None
     machine_id: str | None = None
-
-
-class _NewHost:
-    """What _steady answers for a host with no stored state."""
-
-
-_NEW_HOST = _NewHost()
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,24 +137,18 @@ class OmahaService:
             outcomes.append(early)
             if early is None and group is not None and app.machine_id:
                 pending.append(_Pending(index, app, group, app.machine_id))
-        new_hosts: set[int] = set()
         if self._seen is not None:
+            # A host's first check-in may be written in a statement of its own only when it is
+            # the request's one app: a request is one transaction.
+            first = catalog.stamp if len(pending) == 1 and self._one_statement else None
             still: list[_Pending] = []
             for item in pending:
-                outcome = await self._steady(self._seen, item, ip, now)
-                if outcome is _NEW_HOST:
-                    new_hosts.add(item.index)
-                if isinstance(outcome, _AppOutcome):
-                    outcomes[item.index] = outcome
-                else:
+                outcome = await self._steady(self._seen, item, ip, now, first)
+                if outcome is None:
                     still.append(item)
+                else:
+                    outcomes[item.index] = outcome
             pending = still
-        if len(pending) == 1 and pending[0].index in new_hosts and self._one_statement:
-            # A new host, the only app of its request: one statement on PostgreSQL.
-            outcome = await self._first_check(pending[0], ip, now, catalog.stamp)
-            if outcome is not None:
-                outcomes[pending[0].index] = outcome
-                pending = []
         if pending:
             for item, result in zip(pending, await self._transact(pending, ip, now), strict=True):
                 outcomes[item.index] = _AppOutcome(
@@ -208,17 +195,45 @@ class OmahaService:
         return None, group
 
     async def _steady(
-        self, seen: SeenWriter, item: _Pending, ip: str | None, now: datetime
-    ) -> _AppOutcome | _NewHost | None:
-        """The answer to a check-in that changes nothing, or None (_NEW_HOST: and the host has
-        no state stored). Only its last-seen time is queued; nothing is written now."""
+        self,
+        seen: SeenWriter,
+        item: _Pending,
+        ip: str | None,
+        now: datetime,
+        first_stamp: int | None,
+    ) -> _AppOutcome | None:
+        """The answer to a check-in that changes nothing, or None. Only its last-seen time is
+        queued; nothing is written now. With `first_stamp` (the catalog's stamp; PostgreSQL),
+        the state of a host this process has no snapshot of is read by the statement that
+        writes a new host's first check-in (nebula.store.firstcheck), whose answer this then
+        is."""
         app, group, machine_id = item.app, item.group, item.machine_id
         known = self._hosts.get(machine_id, app.app_id)
         if known is None:
             since = self._hosts.stamp()
-            stored = await self._read_host(machine_id, app.app_id)
+            planned = (
+                plan_first_check(group, app, machine_id, ip, now, first_stamp)
+                if first_stamp is not None
+                else None
+            )
+            if planned is not None:
+                plan, decision, manifest = planned
+                written = await self._write_first_check(plan)
+                if written.written:
+                    result = first_check_done(
+                        self._metrics, group, app, plan, decision, manifest, written
+                    )
+                    self._changes.applied([machine_id], {machine_id: result.after}, since)
+                    return _AppOutcome(
+                        self._answer(app, result.manifest), result.decision, group, machine_id
+                    )
+                stored = written.stored
+            else:
+                stored = await self._read_host(machine_id, app.app_id)
             if stored is None:
-                return _NEW_HOST  # a new host (or app): the transaction records it
+                # A new host (or app) the statement did not write (its plan needs the
+                # transaction, the catalog was stale, or it raced): the transaction records it.
+                return None
             facts = host_facts(app, machine_id, ip)
             known = snapshot(
                 app.app_id,
@@ -252,29 +267,16 @@ class OmahaService:
         )
         return _AppOutcome(self._answer(app, None), decision if app.update_check else None, group)
 
-    async def _first_check(
-        self, item: _Pending, ip: str | None, now: datetime, stamp: int
-    ) -> _AppOutcome | None:
-        """A new host's check-in written in one statement in autocommit (nebula.store.firstcheck),
-        or None when it needs the transaction: its plan says so, the catalog it was decided on
-        is stale, or another request of the host wrote its state first. A connection lost
-        during the statement is not retried (it may have committed): the host gets a 503."""
-        planned = plan_first_check(item.group, item.app, item.machine_id, ip, now, stamp)
-        if planned is None:
-            return None
-        plan, decision, manifest = planned
-        since = self._hosts.stamp()
-        async with single_statement(self._sessions) as conn:
-            written = await write_first_check(conn, plan)
-        if not written.written:
-            return None
-        result = first_check_done(
-            self._metrics, item.group, item.app, plan, decision, manifest, written
-        )
-        self._changes.applied([item.machine_id], {item.machine_id: result.after}, since)
-        return _AppOutcome(
-            self._answer(item.app, result.manifest), result.decision, item.group, item.machine_id
-        )
+    async def _write_first_check(self, plan: FirstCheck) -> Written:
+        """The first-check statement in autocommit, run once more on a fresh connection when
+        the one it used turned out to be gone: safe, since a statement that did commit finds
+        the host stored the second time, and writes nothing."""
+
+        async def write() -> Written:
+            async with single_statement(self._sessions) as conn:
+                return await write_first_check(conn, plan)
+
+        return await read_again_if_disconnected(write)
 
     async def _read_host(self, machine_id: str, app_id: str) -> StoredHost | None:
         """The stored state of a host this process has no snapshot of."""

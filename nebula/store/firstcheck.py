@@ -10,9 +10,12 @@ The caller decides everything the counts do not decide, in Python, before the st
 state of a new host, the package, the policy's screen); the statement only chooses between the
 granted and the held variant, on counts read under the lock with the same comparisons as
 nebula.policy.decide, which the caller then runs on the counts returned to name the decision.
-Nothing is written when the catalog the caller decided on is stale (the stamp read under the
-lock differs) or the host turns out to exist already: the caller then takes the general path.
-Query functions never commit. Imports nebula.store.models and nebula.store.counts.
+The same statement first reads the host's stored state (what nebula.store.hosts.read_host
+reads): for a host that has one it writes nothing, locks nothing and hands that state back, so
+a host this process has no snapshot of costs one round trip whether it is new or not. Nothing is
+written either when the catalog the caller decided on is stale (the stamp read under the lock
+differs) or another request wrote the host's state first: the caller then takes the general
+path. Query functions never commit. Imports nebula.store.models, counts and hosts.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from sqlalchemy import ARRAY, BigInteger, Boolean, Integer, String, bindparam, t
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from nebula.store.counts import shard_of
+from nebula.store.hosts import StoredHost
 from nebula.store.models import UTCDateTime
 
 LOCK_NONE, LOCK_SHARE, LOCK_EXCLUSIVE = "none", "share", "exclusive"
@@ -69,8 +73,10 @@ class FirstCheck:
 
 @dataclass(frozen=True, slots=True)
 class Written:
-    """What the statement did. `written` is False when nothing was (stale or known host)."""
+    """What the statement did. `written` is False when nothing was (stale or known host);
+    `stored` is the known host's state, read as nebula.store.hosts.read_host reads it."""
 
+    stored: StoredHost | None
     written: bool
     granted: bool
     hold_reason: str | None  # the limit that held the host, if one did
@@ -81,9 +87,19 @@ class Written:
 
 
 _SQL = """
-WITH gate AS MATERIALIZED (
+WITH stored AS MATERIALIZED (
+    SELECT instance_apps.group_id, instance_apps.track, instance_apps.version,
+           instance_apps.status, instance_apps.granted_version, instance_apps.held,
+           instances.alias, instances.oem, instances.oem_version, instances.aleph_version,
+           instances.board, instance_apps.retired_at IS NOT NULL AS retired
+    FROM instance_apps JOIN instances ON instances.id = instance_apps.instance_id
+    WHERE instance_apps.instance_id = :machine_id AND instance_apps.app_id = :app_id
+),
+gate AS MATERIALIZED (
     SELECT * FROM nebula_grant_gate(
-        :group_id, :stamp, :lock, :since, :max_grants, :max_concurrent, :working, :cutoff,
+        :group_id, :stamp,
+        CASE WHEN EXISTS (SELECT 1 FROM stored) THEN 'skip' ELSE :lock END,
+        :since, :max_grants, :max_concurrent, :working, :cutoff,
         :installed_counts, :safe_target, :in_progress, :machine_id)
 ),
 verdict AS MATERIALIZED (
@@ -147,8 +163,8 @@ counted AS (
     RETURNING 1
 )
 SELECT verdict.fresh, state.status, verdict.held_by, verdict.grants, verdict.in_flight,
-       verdict.target_completed, verdict.target_in_flight
-FROM verdict LEFT JOIN state ON true
+       verdict.target_completed, verdict.target_in_flight, stored.*
+FROM verdict LEFT JOIN state ON true LEFT JOIN stored ON true
 """
 
 _TEXT = (
@@ -200,9 +216,11 @@ async def write_first_check(conn: AsyncConnection, plan: FirstCheck) -> Written:
         "shard": shard_of(plan.machine_id),
     }
     row = (await conn.execute(_STATEMENT, params)).one()
-    fresh, status, held_by, grants, in_flight, completed, target_in_flight = row
+    fresh, status, held_by, grants, in_flight, completed, target_in_flight = row[:7]
     written = bool(fresh) and status is not None
+    stored = None if row[10] is None else StoredHost(*row[7:])  # status is never NULL
     return Written(
+        stored=stored,
         written=written,
         granted=written and status == "granted",
         hold_reason=held_by if written else None,
