@@ -42,7 +42,9 @@ from nebula.service.transition import (
     apply_app,
     first_check_done,
     host_facts,
+    known_grant_done,
     plan_first_check,
+    plan_known_grant,
 )
 from nebula.store.catalog import Catalog, CatalogCache, GroupEntry
 from nebula.store.changes import HostChanges
@@ -54,7 +56,7 @@ from nebula.store.db import (
     transaction,
 )
 from nebula.store.firstcheck import FirstCheck, Written, write_first_check
-from nebula.store.hostcache import HostCache, snapshot
+from nebula.store.hostcache import HostCache, Snapshot, snapshot
 from nebula.store.hosts import (
     INSTANCE_LIMITS,
     MACHINE_ID_MAX,
@@ -64,6 +66,8 @@ from nebula.store.hosts import (
     clip,
     read_host,
 )
+from nebula.store.knowngrant import KnownGrant, write_known_grant
+from nebula.store.knowngrant import Outcome as GrantOutcome
 from nebula.store.seen import Seen, SeenWriter
 
 log = logging.getLogger(__name__)
@@ -250,7 +254,9 @@ class OmahaService:
         target = group.target_for(app.version)
         decision = steady(known, app, group.id, group.policy, target, group.final, now)
         if decision is None:
-            return None
+            if first_stamp is None:
+                return None
+            return await self._known_grant(known, item, ip, now, first_stamp)
         for event in app.events:
             self._metrics.count_event(
                 event.type, event.result, event.error_code, group.name, group.arch
@@ -266,6 +272,40 @@ class OmahaService:
             ),
         )
         return _AppOutcome(self._answer(app, None), decision if app.update_check else None, group)
+
+    async def _known_grant(
+        self, known: Snapshot, item: _Pending, ip: str | None, now: datetime, stamp: int
+    ) -> _AppOutcome | None:
+        """A known host's update check that may be granted, in one statement
+        (nebula.store.knowngrant), or None for the transaction: a check the statement does not
+        cover, or one it wrote nothing for (a stale catalog, or another process changed the
+        host since `known` was read)."""
+        app, group, machine_id = item.app, item.group, item.machine_id
+        planned = plan_known_grant(
+            known, group, app, machine_id, ip, now, stamp, self._changes.origin
+        )
+        if planned is None:
+            return None
+        plan, manifest = planned
+        since = self._hosts.stamp()
+        outcome = await self._write_known_grant(plan)
+        if not outcome.written:
+            return None
+        result = known_grant_done(self._metrics, group, app, known, plan, manifest, outcome)
+        self._changes.applied([machine_id], {machine_id: result.after}, since)
+        return _AppOutcome(self._answer(app, result.manifest), result.decision, group, machine_id)
+
+    async def _write_known_grant(self, plan: KnownGrant) -> GrantOutcome:
+        """The known-host statement in autocommit, run once more on a fresh connection when
+        the one it used turned out to be gone: safe, since a statement that did commit left
+        the host in a state other than the one the second run expects, which then writes
+        nothing (the transaction answers with the grant again)."""
+
+        async def write() -> GrantOutcome:
+            async with single_statement(self._sessions) as conn:
+                return await write_known_grant(conn, plan)
+
+        return await read_again_if_disconnected(write)
 
     async def _write_first_check(self, plan: FirstCheck) -> Written:
         """The first-check statement in autocommit, run once more on a fresh connection when

@@ -31,8 +31,9 @@ from nebula.policy import (
     decide,
     screen,
 )
-from nebula.store import counts, firstcheck, rollouts
+from nebula.store import counts, firstcheck, knowngrant, rollouts
 from nebula.store.catalog import GroupEntry, bump_stamp
+from nebula.store.changes import CHANNEL
 from nebula.store.hostcache import Snapshot, snapshot
 from nebula.store.hosts import (
     INSTANCE_LIMITS,
@@ -427,3 +428,106 @@ def first_check_done(
         False,
     )
     return Transition(manifest, decision, after, moved=False)
+
+
+# -- a known host's grant in one statement (PostgreSQL) ------------------------------------------
+
+
+def plan_known_grant(
+    known: Snapshot,
+    group: GroupEntry,
+    app: AppRequest,
+    machine_id: str,
+    ip: str | None,
+    now: datetime,
+    stamp: int,
+    origin: str,
+) -> tuple[knowngrant.KnownGrant, Manifest] | None:
+    """The grant a known host's update check may get, written by one statement
+    (nebula.store.knowngrant) on the state `known` says it has, or None when the check needs
+    apply_app: anything but an update check with routine events from a host whose group,
+    version and facts are as recorded, screened eligible for a new grant (a regrant, a
+    completion, a held host or a new host's first check go through the transaction)."""
+    if not app.update_check or known.status == "new" or known.retired:
+        return None
+    if known.version != app.version or known.group_id != group.id:
+        return None
+    if known.facts != facts_key(app):
+        return None
+    if any(not lifecycle.is_routine(e.type, e.result, e.previous_version) for e in app.events):
+        return None
+    if lifecycle.completes(known.status, known.granted_version, app.version):
+        return None
+    policy = group.policy
+    target = group.target_for(app.version)
+    host = HostState(app.version, known.status, known.granted_version, known.held, machine_id)
+    if target is None or screen(host, policy, target, now, group.final) is not None:
+        return None
+    chosen = group.package_for(target, app.version, app.delta_okay)
+    if chosen is None:
+        return None
+    counted = policy.counts_grants
+    plan = knowngrant.KnownGrant(
+        machine_id=machine_id,
+        app_id=app.app_id,
+        group_id=group.id,
+        stamp=stamp,
+        lock=firstcheck.LOCK_EXCLUSIVE if counted else firstcheck.LOCK_SHARE,
+        limits=_limits(policy, target, now) if counted else firstcheck.Limits(),
+        now=now,
+        ip=clip(ip, INSTANCE_LIMITS["ip"]),
+        track=clip(app.track, STATE_LIMITS["track"]),
+        boot_id=clip(app.boot_id, STATE_LIMITS["boot_id"]) if app.boot_id else None,
+        version=known.version,
+        status=known.status,
+        granted_version=known.granted_version,
+        held=known.held,
+        new_version=chosen.version,
+        package_id=chosen.id,
+        notify_channel=CHANNEL,
+        notify_payload=f"{origin}:{machine_id}",
+    )
+    return plan, chosen.manifest
+
+
+def known_grant_done(
+    metrics: Metrics,
+    group: GroupEntry,
+    app: AppRequest,
+    known: Snapshot,
+    plan: knowngrant.KnownGrant,
+    manifest: Manifest,
+    outcome: knowngrant.Outcome,
+) -> Transition:
+    """The outcome of a known host's check the statement wrote: granted, or held by the limit
+    its counts named (as nebula.policy.decide names it)."""
+    target = group.target_for(app.version)
+    host = HostState(app.version, known.status, known.granted_version, known.held, plan.machine_id)
+    if outcome.granted:
+        decision = Decision(Verdict.GRANT, None, target)
+    else:
+        stats = RolloutStats(
+            outcome.grants, outcome.in_flight, outcome.target_completed, outcome.target_in_flight
+        )
+        decision = decide(host, group.policy, target, plan.now, stats, group.final)
+        named = decision.reason.value if decision.reason is not None else None
+        if decision.grant or named != outcome.hold_reason:
+            log.error(
+                "check of %r: the gate held it for %s, decide() says %s",
+                plan.machine_id,
+                outcome.hold_reason,
+                decision,
+            )
+    for event in app.events:
+        metrics.count_event(event.type, event.result, event.error_code, group.name, group.arch)
+    after = snapshot(
+        app.app_id,
+        group.id,
+        known.version,
+        "granted" if outcome.granted else known.status,
+        plan.new_version if outcome.granted else known.granted_version,
+        known.held,
+        known.facts,
+        False,
+    )
+    return Transition(manifest if outcome.granted else None, decision, after, outcome.granted)
