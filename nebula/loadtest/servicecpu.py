@@ -9,7 +9,8 @@ own): here `--concurrency` tasks of this process hand parsed requests of one ben
 reported is this process's CPU time (user + system) per request. CPU time is what the shared,
 noisy machines here measure well: other jobs slow the wall clock down, not the work a request
 costs. Wall-clock rate is printed too, for what it is worth. Run it under `py-spy record` to see
-where that time goes.
+where that time goes. The `grant-known` phases check their hosts in once, untimed, before the
+release is published, so that the timed run grants hosts the service knows (the rollout path).
 
 A database of its own (`nebula_servicecpu_<id>` on the PostgreSQL server given, or a temporary
 SQLite file), migrated, with the bench's payload published through the admin API of an app
@@ -40,7 +41,10 @@ from nebula.store import db
 from nebula.web.app import create_app
 from nebula.web.keys import SERVICE
 
-PHASES = ("first-seen", "grant", "grant-limited")
+PHASES = ("first-seen", "grant", "grant-limited", "grant-known", "grant-known-limited")
+# Known-host grants: the grant phases' hosts check in once before the release is published
+# (known, idle, cached by this process), then are granted when the channel moves.
+_KNOWN = {"grant-known": "grant", "grant-known-limited": "grant-limited"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,15 +107,21 @@ async def measure(server: str | None, phase: str, requests: int, concurrency: in
             srv = TestServer(app, host="127.0.0.1", port=port)
             await srv.start_server()
             try:
-                await fleet.publish(f"http://127.0.0.1:{port}", token, payload)
-                chosen = workload.phases(run_id, workload.pools(run_id, 1, concurrency))[phase]
-                bodies = iter(
+                service = app[SERVICE]
+                chosen = workload.phases(run_id, workload.pools(run_id, 1, concurrency))[
+                    _KNOWN.get(phase, phase)
+                ]
+                requests_of = [
                     parse_request(
                         workload.fill(chosen.templates[0], workload.machine_id(chosen.prefix, n))
                     )
                     for n in range(requests)
-                )
-                service = app[SERVICE]
+                ]
+                if phase in _KNOWN:
+                    for request in requests_of:  # untimed: the hosts become known
+                        await service.handle(request, "127.0.0.1", datetime.now(UTC))
+                await fleet.publish(f"http://127.0.0.1:{port}", token, payload)
+                bodies = iter(requests_of)
 
                 granted = 0
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from nebula.checkin import facts_key, steady
 from nebula.metrics import Metrics
@@ -36,16 +36,27 @@ from nebula.omaha.model import (
     arch_of,
 )
 from nebula.policy import Decision
-from nebula.service.transition import NeedsExclusiveLock, Transition, apply_app, host_facts
+from nebula.service.transition import (
+    NeedsExclusiveLock,
+    Transition,
+    apply_app,
+    first_check_done,
+    host_facts,
+    known_grant_done,
+    plan_first_check,
+    plan_known_grant,
+)
 from nebula.store.catalog import Catalog, CatalogCache, GroupEntry
 from nebula.store.changes import HostChanges
 from nebula.store.db import (
     is_disconnect,
     point_read,
     read_again_if_disconnected,
+    single_statement,
     transaction,
 )
-from nebula.store.hostcache import HostCache, snapshot
+from nebula.store.firstcheck import FirstCheck, Written, write_first_check
+from nebula.store.hostcache import HostCache, Snapshot, snapshot
 from nebula.store.hosts import (
     INSTANCE_LIMITS,
     MACHINE_ID_MAX,
@@ -55,6 +66,8 @@ from nebula.store.hosts import (
     clip,
     read_host,
 )
+from nebula.store.knowngrant import KnownGrant, write_known_grant
+from nebula.store.knowngrant import Outcome as GrantOutcome
 from nebula.store.seen import Seen, SeenWriter
 
 log = logging.getLogger(__name__)
@@ -116,6 +129,8 @@ class OmahaService:
         self._hosts = HostCache(0) if hosts is None else hosts
         self._changes = HostChanges(self._hosts, "sqlite") if changes is None else changes
         self._seen = seen
+        bind = sessions.kw.get("bind")
+        self._one_statement = isinstance(bind, AsyncEngine) and bind.dialect.name == "postgresql"
 
     async def handle(self, request: Request, ip: str | None, now: datetime) -> Response:
         catalog = await self._catalog.get()
@@ -127,9 +142,12 @@ class OmahaService:
             if early is None and group is not None and app.machine_id:
                 pending.append(_Pending(index, app, group, app.machine_id))
         if self._seen is not None:
+            # A host's first check-in may be written in a statement of its own only when it is
+            # the request's one app: a request is one transaction.
+            first = catalog.stamp if len(pending) == 1 and self._one_statement else None
             still: list[_Pending] = []
             for item in pending:
-                outcome = await self._steady(self._seen, item, ip, now)
+                outcome = await self._steady(self._seen, item, ip, now, first)
                 if outcome is None:
                     still.append(item)
                 else:
@@ -181,17 +199,45 @@ class OmahaService:
         return None, group
 
     async def _steady(
-        self, seen: SeenWriter, item: _Pending, ip: str | None, now: datetime
+        self,
+        seen: SeenWriter,
+        item: _Pending,
+        ip: str | None,
+        now: datetime,
+        first_stamp: int | None,
     ) -> _AppOutcome | None:
         """The answer to a check-in that changes nothing, or None. Only its last-seen time is
-        queued; nothing is written now."""
+        queued; nothing is written now. With `first_stamp` (the catalog's stamp; PostgreSQL),
+        the state of a host this process has no snapshot of is read by the statement that
+        writes a new host's first check-in (nebula.store.firstcheck), whose answer this then
+        is."""
         app, group, machine_id = item.app, item.group, item.machine_id
         known = self._hosts.get(machine_id, app.app_id)
         if known is None:
             since = self._hosts.stamp()
-            stored = await self._read_host(machine_id, app.app_id)
+            planned = (
+                plan_first_check(group, app, machine_id, ip, now, first_stamp)
+                if first_stamp is not None
+                else None
+            )
+            if planned is not None:
+                plan, decision, manifest = planned
+                written = await self._write_first_check(plan)
+                if written.written:
+                    result = first_check_done(
+                        self._metrics, group, app, plan, decision, manifest, written
+                    )
+                    self._changes.applied([machine_id], {machine_id: result.after}, since)
+                    return _AppOutcome(
+                        self._answer(app, result.manifest), result.decision, group, machine_id
+                    )
+                stored = written.stored
+            else:
+                stored = await self._read_host(machine_id, app.app_id)
             if stored is None:
-                return None  # a new host (or app): the transaction records it
+                # A new host (or app) the statement did not write (its plan needs the
+                # transaction, the catalog was stale, or it raced): the transaction records it.
+                return None
             facts = host_facts(app, machine_id, ip)
             known = snapshot(
                 app.app_id,
@@ -208,7 +254,9 @@ class OmahaService:
         target = group.target_for(app.version)
         decision = steady(known, app, group.id, group.policy, target, group.final, now)
         if decision is None:
-            return None
+            if first_stamp is None:
+                return None
+            return await self._known_grant(known, item, ip, now, first_stamp)
         for event in app.events:
             self._metrics.count_event(
                 event.type, event.result, event.error_code, group.name, group.arch
@@ -224,6 +272,51 @@ class OmahaService:
             ),
         )
         return _AppOutcome(self._answer(app, None), decision if app.update_check else None, group)
+
+    async def _known_grant(
+        self, known: Snapshot, item: _Pending, ip: str | None, now: datetime, stamp: int
+    ) -> _AppOutcome | None:
+        """A known host's update check that may be granted, in one statement
+        (nebula.store.knowngrant), or None for the transaction: a check the statement does not
+        cover, or one it wrote nothing for (a stale catalog, or another process changed the
+        host since `known` was read)."""
+        app, group, machine_id = item.app, item.group, item.machine_id
+        planned = plan_known_grant(
+            known, group, app, machine_id, ip, now, stamp, self._changes.origin
+        )
+        if planned is None:
+            return None
+        plan, manifest = planned
+        since = self._hosts.stamp()
+        outcome = await self._write_known_grant(plan)
+        if not outcome.written:
+            return None
+        result = known_grant_done(self._metrics, group, app, known, plan, manifest, outcome)
+        self._changes.applied([machine_id], {machine_id: result.after}, since)
+        return _AppOutcome(self._answer(app, result.manifest), result.decision, group, machine_id)
+
+    async def _write_known_grant(self, plan: KnownGrant) -> GrantOutcome:
+        """The known-host statement in autocommit, run once more on a fresh connection when
+        the one it used turned out to be gone: safe, since a statement that did commit left
+        the host in a state other than the one the second run expects, which then writes
+        nothing (the transaction answers with the grant again)."""
+
+        async def write() -> GrantOutcome:
+            async with single_statement(self._sessions) as conn:
+                return await write_known_grant(conn, plan)
+
+        return await read_again_if_disconnected(write)
+
+    async def _write_first_check(self, plan: FirstCheck) -> Written:
+        """The first-check statement in autocommit, run once more on a fresh connection when
+        the one it used turned out to be gone: safe, since a statement that did commit finds
+        the host stored the second time, and writes nothing."""
+
+        async def write() -> Written:
+            async with single_statement(self._sessions) as conn:
+                return await write_first_check(conn, plan)
+
+        return await read_again_if_disconnected(write)
 
     async def _read_host(self, machine_id: str, app_id: str) -> StoredHost | None:
         """The stored state of a host this process has no snapshot of."""

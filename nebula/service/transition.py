@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -26,14 +26,17 @@ from nebula.policy import (
     GroupPolicy,
     HoldReason,
     HostState,
+    RolloutStats,
     Verdict,
     decide,
     screen,
 )
-from nebula.store import counts, rollouts
+from nebula.store import counts, firstcheck, knowngrant, rollouts
 from nebula.store.catalog import GroupEntry, bump_stamp
+from nebula.store.changes import CHANNEL
 from nebula.store.hostcache import Snapshot, snapshot
 from nebula.store.hosts import (
+    INSTANCE_LIMITS,
     STATE_LIMITS,
     HostFacts,
     clip,
@@ -288,3 +291,243 @@ async def _count_move(session: AsyncSession, before: counts.Key | None, state: I
         deltas: Counter[counts.ShardKey] = Counter()
         counts.move(deltas, state.instance_id, before, after)
         await counts.apply(session, deltas)
+
+
+# -- a host's first check-in in one statement (PostgreSQL) ---------------------------------------
+
+
+def plan_first_check(
+    group: GroupEntry,
+    app: AppRequest,
+    machine_id: str,
+    ip: str | None,
+    now: datetime,
+    stamp: int,
+) -> tuple[firstcheck.FirstCheck, Decision | None, Manifest | None] | None:
+    """What a host that has no state yet writes at its first check-in, decided as apply_app
+    would (without counts: those only the statement reads), or None when it needs apply_app:
+    events to log, or a grant that is not a plain one. Returns the plan, and the decision and
+    manifest that hold unless the gate's counts hold the host."""
+    if any(not lifecycle.is_routine(e.type, e.result, e.previous_version) for e in app.events):
+        return None  # events to log (a new host's events never move its status)
+    status, hold_reason, lock = "new", None, firstcheck.LOCK_NONE
+    last_check = None
+    decision: Decision | None = None
+    chosen = None
+    policy = group.policy
+    target = group.target_for(app.version)
+    limits = firstcheck.Limits()
+    if app.update_check:
+        last_check, status = now, "idle"
+        host = HostState(app.version, "new", None, False, machine_id)
+        decision = screen(host, policy, target, now, group.final)
+        if decision is None:
+            if target is None:
+                return None
+            chosen = group.package_for(target, app.version, app.delta_okay)
+            if chosen is None:
+                return None
+            decision = Decision(Verdict.GRANT, None, target)
+            lock = firstcheck.LOCK_EXCLUSIVE if policy.counts_grants else firstcheck.LOCK_SHARE
+            limits = _limits(policy, target, now) if policy.counts_grants else limits
+        elif decision.grant:
+            return None  # a new host has nothing to be granted again
+        elif decision.verdict is Verdict.HOLD and decision.reason is not None:
+            hold_reason = decision.reason.value
+    facts = host_facts(app, machine_id, ip)
+    plan = firstcheck.FirstCheck(
+        machine_id=machine_id,
+        app_id=app.app_id,
+        group_id=group.id,
+        stamp=stamp,
+        lock=lock,
+        limits=limits,
+        now=now,
+        ip=clip(ip, INSTANCE_LIMITS["ip"]),
+        facts={
+            name: clip(getattr(facts, name), INSTANCE_LIMITS[column])
+            for name, column in _FACT_COLUMNS
+        },
+        track=clip(app.track, STATE_LIMITS["track"]),
+        version=app.version or None,
+        boot_id=clip(app.boot_id, STATE_LIMITS["boot_id"]) if app.boot_id else None,
+        status=status,
+        hold_reason=hold_reason,
+        last_check_at=last_check,
+        granted_version=chosen.version if chosen is not None else None,
+        granted_package_id=chosen.id if chosen is not None else None,
+    )
+    return plan, decision, chosen.manifest if chosen is not None else None
+
+
+_FACT_COLUMNS = (
+    ("alias", "alias"),
+    ("oem", "oem"),
+    ("oem_version", "oem_version"),
+    ("aleph_version", "aleph_version"),
+    ("board", "board"),
+)
+
+
+def _limits(policy: GroupPolicy, target: str, now: datetime) -> firstcheck.Limits:
+    """What rollout_stats counts for `policy`, for the gate to count under its lock."""
+    rate = policy.max_updates_per_period is not None and bool(policy.period_seconds)
+    return firstcheck.Limits(
+        since=now - timedelta(seconds=policy.period_seconds or 0) if rate else None,
+        max_grants=policy.max_updates_per_period if rate else None,
+        max_concurrent=policy.max_concurrent,
+        working=tuple(sorted(lifecycle.WORKING)),
+        cutoff=(
+            now - timedelta(seconds=policy.update_timeout_seconds)
+            if policy.update_timeout_seconds
+            else None
+        ),
+        installed_counts=policy.installed_counts_as_updating,
+        safe_target=target if policy.safe_mode else None,
+        in_progress=tuple(sorted(lifecycle.IN_PROGRESS)),
+    )
+
+
+def first_check_done(
+    metrics: Metrics,
+    group: GroupEntry,
+    app: AppRequest,
+    plan: firstcheck.FirstCheck,
+    decision: Decision | None,
+    manifest: Manifest | None,
+    written: firstcheck.Written,
+) -> Transition:
+    """The outcome of a first check-in the statement wrote: the decision named from the counts
+    it read (as nebula.policy.decide names it), and the host's snapshot."""
+    if plan.lock != firstcheck.LOCK_NONE and not written.granted:
+        stats = RolloutStats(
+            written.grants, written.in_flight, written.target_completed, written.target_in_flight
+        )
+        host = HostState(app.version, "new", None, False, plan.machine_id)
+        target = group.target_for(app.version)
+        decision = decide(host, group.policy, target, plan.now, stats, group.final)
+        named = decision.reason.value if decision.reason is not None else None
+        if decision.grant or named != written.hold_reason:
+            log.error(
+                "first check of %r: the gate held it for %s, decide() says %s",
+                plan.machine_id,
+                written.hold_reason,
+                decision,
+            )
+        manifest = None
+    for event in app.events:
+        metrics.count_event(event.type, event.result, event.error_code, group.name, group.arch)
+    after = snapshot(
+        app.app_id,
+        group.id,
+        plan.version,
+        "granted" if written.granted else plan.status,
+        plan.granted_version if written.granted else None,
+        False,
+        facts_key(app),
+        False,
+    )
+    return Transition(manifest, decision, after, moved=False)
+
+
+# -- a known host's grant in one statement (PostgreSQL) ------------------------------------------
+
+
+def plan_known_grant(
+    known: Snapshot,
+    group: GroupEntry,
+    app: AppRequest,
+    machine_id: str,
+    ip: str | None,
+    now: datetime,
+    stamp: int,
+    origin: str,
+) -> tuple[knowngrant.KnownGrant, Manifest] | None:
+    """The grant a known host's update check may get, written by one statement
+    (nebula.store.knowngrant) on the state `known` says it has, or None when the check needs
+    apply_app: anything but an update check with routine events from a host whose group,
+    version and facts are as recorded, screened eligible for a new grant (a regrant, a
+    completion, a held host or a new host's first check go through the transaction)."""
+    if not app.update_check or known.status == "new" or known.retired:
+        return None
+    if known.version != app.version or known.group_id != group.id:
+        return None
+    if known.facts != facts_key(app):
+        return None
+    if any(not lifecycle.is_routine(e.type, e.result, e.previous_version) for e in app.events):
+        return None
+    if lifecycle.completes(known.status, known.granted_version, app.version):
+        return None
+    policy = group.policy
+    target = group.target_for(app.version)
+    host = HostState(app.version, known.status, known.granted_version, known.held, machine_id)
+    if target is None or screen(host, policy, target, now, group.final) is not None:
+        return None
+    chosen = group.package_for(target, app.version, app.delta_okay)
+    if chosen is None:
+        return None
+    counted = policy.counts_grants
+    plan = knowngrant.KnownGrant(
+        machine_id=machine_id,
+        app_id=app.app_id,
+        group_id=group.id,
+        stamp=stamp,
+        lock=firstcheck.LOCK_EXCLUSIVE if counted else firstcheck.LOCK_SHARE,
+        limits=_limits(policy, target, now) if counted else firstcheck.Limits(),
+        now=now,
+        ip=clip(ip, INSTANCE_LIMITS["ip"]),
+        track=clip(app.track, STATE_LIMITS["track"]),
+        boot_id=clip(app.boot_id, STATE_LIMITS["boot_id"]) if app.boot_id else None,
+        version=known.version,
+        status=known.status,
+        granted_version=known.granted_version,
+        held=known.held,
+        new_version=chosen.version,
+        package_id=chosen.id,
+        notify_channel=CHANNEL,
+        notify_payload=f"{origin}:{machine_id}",
+    )
+    return plan, chosen.manifest
+
+
+def known_grant_done(
+    metrics: Metrics,
+    group: GroupEntry,
+    app: AppRequest,
+    known: Snapshot,
+    plan: knowngrant.KnownGrant,
+    manifest: Manifest,
+    outcome: knowngrant.Outcome,
+) -> Transition:
+    """The outcome of a known host's check the statement wrote: granted, or held by the limit
+    its counts named (as nebula.policy.decide names it)."""
+    target = group.target_for(app.version)
+    host = HostState(app.version, known.status, known.granted_version, known.held, plan.machine_id)
+    if outcome.granted:
+        decision = Decision(Verdict.GRANT, None, target)
+    else:
+        stats = RolloutStats(
+            outcome.grants, outcome.in_flight, outcome.target_completed, outcome.target_in_flight
+        )
+        decision = decide(host, group.policy, target, plan.now, stats, group.final)
+        named = decision.reason.value if decision.reason is not None else None
+        if decision.grant or named != outcome.hold_reason:
+            log.error(
+                "check of %r: the gate held it for %s, decide() says %s",
+                plan.machine_id,
+                outcome.hold_reason,
+                decision,
+            )
+    for event in app.events:
+        metrics.count_event(event.type, event.result, event.error_code, group.name, group.arch)
+    after = snapshot(
+        app.app_id,
+        group.id,
+        known.version,
+        "granted" if outcome.granted else known.status,
+        plan.new_version if outcome.granted else known.granted_version,
+        known.held,
+        known.facts,
+        False,
+    )
+    return Transition(manifest if outcome.granted else None, decision, after, outcome.granted)

@@ -316,6 +316,24 @@ async def point_read(
         await conn.close()
 
 
+@asynccontextmanager
+async def single_statement(
+    sessions: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[AsyncConnection]:
+    """A PostgreSQL connection in autocommit for one writing statement that is its own
+    transaction: no BEGIN and COMMIT round trips, and the row locks it takes are held for the
+    statement alone, not until the client's next round trip."""
+    bind = sessions.kw.get("bind")
+    if not isinstance(bind, AsyncEngine) or bind.dialect.name != "postgresql":
+        raise TypeError("single_statement needs sessions bound to a PostgreSQL engine")
+    async with _checkout(bind):
+        conn = await bind.execution_options(isolation_level="AUTOCOMMIT").connect()
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
 def _alembic_config() -> Config:
     # The migrations ship inside the package as nebula._migrations (see pyproject.toml).
     spec = importlib.util.find_spec("nebula._migrations")

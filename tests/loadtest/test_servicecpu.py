@@ -20,3 +20,10 @@ def test_servicecpu_grants_and_reports_cpu_per_request(capsys: pytest.CaptureFix
         r"in-process\)\n",
         out,
     ), out
+
+
+def test_servicecpu_grants_known_hosts() -> None:
+    """The known-host phase: hosts that checked in before the release are granted after it.
+    Catches a warm-up that leaves them unknown or already granted (then nothing is measured)."""
+    result = servicecpu.measure_sync(None, "grant-known", 20, 2)
+    assert result.requests == 20 and result.granted == 20

@@ -6,6 +6,7 @@ connection). PostgreSQL only: it is the server that drops connections."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -96,11 +97,57 @@ async def test_a_grant_whose_connection_dies_before_commit_is_made_once(
     recount. Catches no retry (503) and a retry that writes twice."""
     client = await _app(aiohttp_client, db_url, tmp_path, key_file)
     token = await make_token(db_url)
+    host = Host(machine_id="c" * 32, version=OLD)
+    # Known before the release, with new facts at the grant: its grant goes through the
+    # transaction (a known host's grant with the facts it had is one statement, below).
+    assert (await client.post("/v1/update/", data=host.check())).status == 200
     await add_version(client, token, NEW)
     died = _die_once_at(client.engine, "FOR SHARE")  # a grant in a group without limits
-    resp = await client.post("/v1/update/", data=Host(machine_id="c" * 32, version=OLD).check())
+    resp = await client.post("/v1/update/", data=replace(host, oem="ami").check())
     assert resp.status == 200, await resp.text()
     assert died, "the injected fault never fired"
+    manifest = etree.fromstring(await resp.read()).find("app/updatecheck/manifest")
+    assert manifest is not None and manifest.get("version") == NEW
+    async with client.engine.connect() as conn:
+        assert (await conn.execute(select(func.count()).select_from(Grant))).scalar() == 1
+    await assert_status_counts_match(db_url, by_version=True)
+
+
+async def test_a_first_check_whose_connection_dies_is_granted_once(
+    aiohttp_client: Any, db_url: str, tmp_path: Path, key_file: Path
+) -> None:
+    """A new host's first check-in is one statement; its connection dies just before it is
+    sent: run again on a fresh connection, answered with the grant, one grant row, counts
+    equal a recount. Catches no retry (503) and a retry that writes twice."""
+    client = await _app(aiohttp_client, db_url, tmp_path, key_file)
+    token = await make_token(db_url)
+    await add_version(client, token, NEW)
+    died = _die_once_at(client.engine, "nebula_grant_gate")
+    resp = await client.post("/v1/update/", data=Host(machine_id="e" * 32, version=OLD).check())
+    assert resp.status == 200, await resp.text()
+    assert died, "the injected fault never fired"
+    manifest = etree.fromstring(await resp.read()).find("app/updatecheck/manifest")
+    assert manifest is not None and manifest.get("version") == NEW
+    async with client.engine.connect() as conn:
+        assert (await conn.execute(select(func.count()).select_from(Grant))).scalar() == 1
+    await assert_status_counts_match(db_url, by_version=True)
+
+
+async def test_a_known_hosts_grant_whose_connection_dies_is_granted_once(
+    aiohttp_client: Any, db_url: str, tmp_path: Path, key_file: Path
+) -> None:
+    """A known host's grant is one statement; its connection dies just before it is sent: run
+    again on a fresh connection, answered with the grant, one grant row, counts equal a
+    recount. Catches no retry (503) and a retry that writes twice."""
+    client = await _app(aiohttp_client, db_url, tmp_path, key_file)
+    token = await make_token(db_url)
+    host = Host(machine_id="f" * 32, version=OLD)
+    assert (await client.post("/v1/update/", data=host.check())).status == 200
+    await add_version(client, token, NEW)
+    died = _die_once_at(client.engine, "UPDATE instance_apps SET")
+    resp = await client.post("/v1/update/", data=host.check())
+    assert resp.status == 200, await resp.text()
+    assert died and "nebula_grant_gate" in died[0], died
     manifest = etree.fromstring(await resp.read()).find("app/updatecheck/manifest")
     assert manifest is not None and manifest.get("version") == NEW
     async with client.engine.connect() as conn:
