@@ -12,7 +12,7 @@ only locks, checks the catalog stamp, and counts up to each limit. Nothing on SQ
 every writing transaction holds the database lock.
 
 Revision ID: 0015
-Revises: 0011
+Revises: 0014
 Create Date: 2026-12-03
 """
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0015"
-down_revision = "0011"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
