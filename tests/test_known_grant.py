@@ -55,7 +55,7 @@ async def test_a_known_hosts_grant_is_one_statement(
     with statements(app_engine, lambda s: any(t in s for t in _WRITES)) as sent:
         assert await check(client, h) == NEW
     assert len(sent) == 1, sent
-    assert sent[0].lstrip().startswith("WITH gate")
+    assert sent[0].lstrip().startswith("WITH host")
     got = await rows(engine, h.machine_id)
     assert got["state"] == {
         "group_id": STABLE_ID,
@@ -188,3 +188,36 @@ async def test_the_gate_counts_what_the_previous_lock_holder_committed(
     assert (got["state"]["status"], got["state"]["hold_reason"]) == ("idle", "concurrency")
     assert got["grants"] == []
     assert got["counts"] == [("granted", OLD, 1), ("idle", OLD, 1)]
+
+
+async def test_the_hosts_row_is_locked_before_its_state(
+    client: Any, admin_token: str, engine: AsyncEngine
+) -> None:
+    """The check-in batch (nebula.store.seen) locks a host's instances row, then writes its
+    instance_apps row. A transaction of the test's own does the same while the known host's
+    grant runs: the grant must wait at the host's row without holding the state row, so the
+    batch's write goes through. Catches the statement updating instance_apps before instances
+    (PostgreSQL found a deadlock: a 500 to the host in a fleet rollout)."""
+    (h,) = hosts(1)
+    assert await check(client, h) is None
+    await release(client, admin_token)
+    async with engine.connect() as conn:
+        tx = await conn.begin()
+        await conn.execute(
+            text("SELECT id FROM instances WHERE id = :m FOR UPDATE"), {"m": h.machine_id}
+        )
+        task = asyncio.ensure_future(check(client, h))
+        async with asyncio.timeout(BOUND):
+            while await lock_waiters(engine) == 0:
+                assert not task.done(), "the grant did not wait for the host's row"
+                await asyncio.sleep(0.05)
+        # The batch's second write: it would wait for a state row the grant held.
+        await conn.execute(text("SET LOCAL lock_timeout = '5s'"))
+        await conn.execute(
+            text("UPDATE instance_apps SET boot_id = boot_id WHERE instance_id = :m"),
+            {"m": h.machine_id},
+        )
+        await tx.commit()
+    assert await asyncio.wait_for(task, BOUND) == NEW
+    got = await rows(engine, h.machine_id)
+    assert (got["state"]["status"], got["grants"]) == ("granted", [(STABLE_ID, NEW)])

@@ -65,11 +65,20 @@ class Outcome:
     target_in_flight: int
 
 
+# The host's row is locked first, before the group's lock and its state, in the order every
+# other writer of a host takes them (the check-in batch locks instances, then writes
+# instance_apps; the general path upserts the host first). Updating instance_apps before
+# instances deadlocked with a check-in batch that held the host's row (a fleet rollout on
+# PostgreSQL, tests/e2e/test_rollout_fleet.py). The gate takes host.id laterally so that it
+# runs after the lock.
 _SQL = """
-WITH gate AS MATERIALIZED (
-    SELECT * FROM nebula_grant_gate(
+WITH host AS MATERIALIZED (
+    SELECT id FROM instances WHERE id = :machine_id FOR NO KEY UPDATE
+),
+gate AS MATERIALIZED (
+    SELECT g.* FROM host, LATERAL nebula_grant_gate(
         :group_id, :stamp, :lock, :since, :max_grants, :max_concurrent, :working, :cutoff,
-        :installed_counts, :safe_target, :in_progress, :machine_id)
+        :installed_counts, :safe_target, :in_progress, host.id) AS g
 ),
 verdict AS MATERIALIZED (
     SELECT gate.*, CASE
@@ -184,7 +193,9 @@ async def write_known_grant(conn: AsyncConnection, plan: KnownGrant) -> Outcome:
         "channel": plan.notify_channel,
         "payload": plan.notify_payload,
     }
-    row = (await conn.execute(_STATEMENT, params)).one()
+    row = (await conn.execute(_STATEMENT, params)).first()
+    if row is None:  # the host is gone (deleted meanwhile): the general path decides
+        return Outcome(False, False, None, 0, 0, 0, 0)
     fresh, ok, held_by, grants, in_flight, completed, target_in_flight = row[:7]
     written = bool(fresh) and ok is not None
     return Outcome(
