@@ -50,6 +50,7 @@ from nebula.store.catalog import Catalog, CatalogCache, GroupEntry
 from nebula.store.changes import HostChanges
 from nebula.store.db import (
     is_disconnect,
+    is_rolled_back_conflict,
     point_read,
     read_again_if_disconnected,
     single_statement,
@@ -347,9 +348,9 @@ class OmahaService:
         self, pending: list[_Pending], ip: str | None, now: datetime, *, exclusive: bool
     ) -> list[Transition]:
         """The transaction, run again once on a fresh connection when the database connection
-        turns out to be gone before the commit was sent: nothing of it was written then. A
-        connection lost during the commit is not retried (it may have committed): the host
-        gets a 503 and asks again."""
+        turns out to be gone before the commit was sent, or PostgreSQL rolled it back as a
+        deadlock's victim: nothing of it was written then. A connection lost during the commit
+        is not retried (it may have committed): the host gets a 503 and asks again."""
         for attempt in (1, 2):
             committing = False
             try:
@@ -372,7 +373,16 @@ class OmahaService:
                     committing = True
                 return results
             except DBAPIError as exc:
-                if attempt == 2 or committing or not is_disconnect(exc):
+                if attempt == 2:
+                    raise
+                if is_rolled_back_conflict(exc):
+                    # PostgreSQL rolled the whole transaction back (a deadlock's victim): a
+                    # second run is safe, and the host need not see a 500.
+                    log.warning(
+                        "transaction rolled back by the database (%s); running it again", exc.orig
+                    )
+                    continue
+                if committing or not is_disconnect(exc):
                     raise
                 log.info("database connection lost before the commit; running it again")
         raise AssertionError("unreachable")  # the loop returns or raises

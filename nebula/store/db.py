@@ -152,13 +152,29 @@ def is_disconnect(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
+# What PostgreSQL rolls back whole and a second run may well pass: a deadlock's victim and a
+# serialization failure. Nothing of the failed transaction was written.
+_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+def is_rolled_back_conflict(exc: BaseException) -> bool:
+    """Whether `exc` is a deadlock or serialization failure (the transaction was rolled back)."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    orig = exc.orig
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return code in _RETRYABLE_SQLSTATES
+
+
 async def read_again_if_disconnected(read: Callable[[], Awaitable[T]]) -> T:
     """Run `read`, and once more (on a fresh connection) if the connection it used turned out
-    to be gone. Only for work that writes nothing."""
+    to be gone, or PostgreSQL rolled it back as a deadlock's victim. For work that writes
+    nothing, or a single guarded statement whose second run writes nothing if the first
+    committed."""
     try:
         return await read()
     except DBAPIError as exc:
-        if not is_disconnect(exc):
+        if not (is_disconnect(exc) or is_rolled_back_conflict(exc)):
             raise
         return await read()
 

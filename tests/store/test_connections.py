@@ -168,3 +168,48 @@ async def test_a_host_read_whose_connection_dies_is_read_again(
     resp = await client.post("/v1/update/", data=host.check())
     assert resp.status == 200, await resp.text()
     assert died, "the injected fault never fired"
+
+
+def _deadlock_once_at(engine: AsyncEngine, marker: str) -> list[str]:
+    """The first statement containing `marker` fails as a deadlock's victim would: PostgreSQL
+    raises SQLSTATE 40P01 (from a DO block sent just before it) and rolls the transaction back.
+    Returns the log of failures."""
+    failed: list[str] = []
+
+    def before(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if marker in statement and not failed:
+            failed.append(statement)
+            conn.exec_driver_sql(
+                "DO $$ BEGIN RAISE EXCEPTION 'injected deadlock' "
+                "USING ERRCODE = 'deadlock_detected'; END $$"
+            )
+
+    event.listen(engine.sync_engine, "before_cursor_execute", before)
+    return failed
+
+
+@pytest.mark.parametrize("known", [False, True], ids=["transaction", "one-statement"])
+async def test_a_grant_rolled_back_as_a_deadlocks_victim_is_run_again(
+    aiohttp_client: Any, db_url: str, tmp_path: Path, key_file: Path, known: bool
+) -> None:
+    """PostgreSQL picks the grant as a deadlock's victim and rolls it back. Catches a 500 to
+    the host (a lock-order slip elsewhere would show as failed update checks) and a retry that
+    writes twice: one grant row, counts equal a recount. Both ways a grant is written: the
+    general transaction (the host reports a new OEM, which the one statement leaves to it) and
+    the known host's one statement."""
+    client = await _app(aiohttp_client, db_url, tmp_path, key_file)
+    token = await make_token(db_url)
+    host = Host(machine_id="9" * 32, version=OLD)
+    assert (await client.post("/v1/update/", data=host.check())).status == 200
+    await add_version(client, token, NEW)
+    if not known:
+        host = replace(host, oem="ami")
+    failed = _deadlock_once_at(client.engine, "FOR SHARE" if not known else "nebula_grant_gate")
+    resp = await client.post("/v1/update/", data=host.check())
+    assert resp.status == 200, await resp.text()
+    assert failed, "the injected fault never fired"
+    manifest = etree.fromstring(await resp.read()).find("app/updatecheck/manifest")
+    assert manifest is not None and manifest.get("version") == NEW
+    async with client.engine.connect() as conn:
+        assert (await conn.execute(select(func.count()).select_from(Grant))).scalar() == 1
+    await assert_status_counts_match(db_url, by_version=True)
