@@ -47,6 +47,20 @@ class Limits:
     safe_target: str | None = None  # safe mode's version
     in_progress: tuple[str, ...] = ()
 
+    def params(self) -> dict[str, Any]:
+        """The gate's bind parameters (nebula_grant_gate's limit arguments), for both
+        one-statement writes."""
+        return {
+            "since": self.since,
+            "max_grants": self.max_grants,
+            "max_concurrent": self.max_concurrent,
+            "working": list(self.working),
+            "cutoff": self.cutoff,
+            "installed_counts": self.installed_counts,
+            "safe_target": self.safe_target,
+            "in_progress": list(self.in_progress),
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class FirstCheck:
@@ -187,21 +201,13 @@ _STATEMENT = text(_SQL).bindparams(
 async def write_first_check(conn: AsyncConnection, plan: FirstCheck) -> Written:
     """Run the statement for `plan` on `conn` (in autocommit: the statement is the
     transaction)."""
-    limits = plan.limits
     params: dict[str, Any] = {
         "machine_id": plan.machine_id,
         "app_id": plan.app_id,
         "group_id": plan.group_id,
         "stamp": plan.stamp,
         "lock": plan.lock,
-        "since": limits.since,
-        "max_grants": limits.max_grants,
-        "max_concurrent": limits.max_concurrent,
-        "working": list(limits.working),
-        "cutoff": limits.cutoff,
-        "installed_counts": limits.installed_counts,
-        "safe_target": limits.safe_target,
-        "in_progress": list(limits.in_progress),
+        **plan.limits.params(),
         "now": plan.now,
         "ip": plan.ip,
         **plan.facts,

@@ -164,21 +164,13 @@ _STATEMENT = text(_SQL).bindparams(
 async def write_known_grant(conn: AsyncConnection, plan: KnownGrant) -> Outcome:
     """Run the statement for `plan` on `conn` (in autocommit: the statement is the
     transaction)."""
-    limits = plan.limits
     params: dict[str, Any] = {
         "machine_id": plan.machine_id,
         "app_id": plan.app_id,
         "group_id": plan.group_id,
         "stamp": plan.stamp,
         "lock": plan.lock,
-        "since": limits.since,
-        "max_grants": limits.max_grants,
-        "max_concurrent": limits.max_concurrent,
-        "working": list(limits.working),
-        "cutoff": limits.cutoff,
-        "installed_counts": limits.installed_counts,
-        "safe_target": limits.safe_target,
-        "in_progress": list(limits.in_progress),
+        **plan.limits.params(),
         "now": plan.now,
         "ip": plan.ip,
         "track": plan.track,
