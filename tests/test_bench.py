@@ -61,6 +61,16 @@ def _check_report(output: str, names: tuple[str, ...] = PHASE_NAMES) -> None:
             assert row.group(4) == "0", f"{phase} on {server} had errors:\n{output}"
         ratio = rf"^ratio {phase}: throughput ({_NUMBER})x, p50 ({_NUMBER})x, p99 ({_NUMBER})x$"
         assert re.search(ratio, output, re.M), f"no ratio line for {phase}:\n{output}"
+        cpu = re.search(
+            rf"^cpu {phase}: nebula (\d+) us/request, ceiling (\d+) us/request, "
+            rf"ratio ({_NUMBER})x$",
+            output,
+            re.M,
+        )
+        assert cpu is not None, f"no cpu line for {phase}:\n{output}"
+        # Both servers did work for their answers: a CPU reading of the wrong processes (the
+        # bench's own, or none) gives 0.
+        assert int(cpu.group(1)) > 0 and int(cpu.group(2)) > 0, output
     for phase in set(PHASE_NAMES) - set(names):
         assert not re.search(rf"^(ratio )?{phase}[ :]", output, re.M), f"{phase} ran:\n{output}"
     assert re.search(r"^nebula bench: \d+ CPUs \(.+\), generator ", output, re.M), output

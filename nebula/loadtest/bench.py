@@ -15,8 +15,10 @@ One run, everything on 127.0.0.1:
    ceiling and then on Nebula, from a generator in processes of its own: wrk
    (nebula.loadtest.wrk) or the Python one (nebula.loadtest.pygen);
 5. a report: req/s, p50, p99 and errors (non-200, unexpected answer, timeout, socket error)
-   per phase and server, and the ratios of Nebula to the ceiling. Absolute numbers drift with
-   the machine and its neighbours; ratios taken minutes apart on one machine much less.
+   per phase and server, the ratios of Nebula to the ceiling, and on Linux each server's CPU
+   time per request (its processes' user and system time over the phase, from /proc).
+   Absolute numbers drift with the machine and its neighbours; ratios taken minutes apart on
+   one machine much less.
 
 Every step has a time limit: servers must come up within a minute, each generator run is
 killed well after its duration, servers get SIGTERM and then SIGKILL. Imports the rest of
@@ -73,6 +75,9 @@ class Row:
     ceiling: Measurement
     nebula: Measurement
     note: str = ""  # what else the report says of this phase
+    # CPU seconds per answered request of each server's processes (None: not measured).
+    ceiling_cpu: float | None = None
+    nebula_cpu: float | None = None
 
 
 def cpu_model() -> str:
@@ -253,13 +258,25 @@ def _measure(
             echo(asyncio.run(warm.warm(nebula.url, phase, options.workers)).describe())
             before = asyncio.run(warm.lookups(nebula.url))
         # Side by side, ceiling first: whatever else the machine does then touches both.
-        top = load(ceiling.url, as_ceiling(phase), options.duration)
-        got = load(nebula.url, phase, options.duration)
+        top, top_cpu = _loaded(load, ceiling, as_ceiling(phase), options.duration)
+        got, got_cpu = _loaded(load, nebula, phase, options.duration)
         if phase.name == "steady":
             share = asyncio.run(warm.lookups(nebula.url)).since(before).hit_share
             note = f"{100 * share:.1f}% of nebula's checks answered from its host cache"
-        rows.append(Row(phase, top, got, note))
+        rows.append(Row(phase, top, got, note, top_cpu, got_cpu))
     return rows
+
+
+def _loaded(
+    load: _Load, server: servers.Server, phase: Phase, duration: int
+) -> tuple[Measurement, float | None]:
+    """One phase's load on one server, and the server's CPU seconds per answered request."""
+    before = servers.cpu_seconds(server)
+    measured = load(server.url, phase, duration)
+    after = servers.cpu_seconds(server)
+    if before is None or after is None or measured.requests == 0:
+        return measured, None
+    return measured, (after - before) / measured.requests
 
 
 def _header(options: Options, load: _Load, run_id: str) -> str:
@@ -298,6 +315,15 @@ def report(rows: Sequence[Row]) -> list[str]:
             f"p50 {_ratio(row.nebula.p50_ms, row.ceiling.p50_ms):.2f}x, "
             f"p99 {_ratio(row.nebula.p99_ms, row.ceiling.p99_ms):.2f}x"
         )
+    for row in rows:
+        if row.ceiling_cpu is not None and row.nebula_cpu is not None:
+            # The work per request, which other jobs on the machine disturb far less than
+            # the rates: the steadier figure to compare between runs and commits.
+            lines.append(
+                f"cpu {row.phase.name}: nebula {row.nebula_cpu * 1e6:.0f} us/request, "
+                f"ceiling {row.ceiling_cpu * 1e6:.0f} us/request, "
+                f"ratio {_ratio(row.ceiling_cpu, row.nebula_cpu):.3f}x"
+            )
     lines.extend(f"{row.phase.name}: {row.note}" for row in rows if row.note)
     return lines
 

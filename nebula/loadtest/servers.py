@@ -138,6 +138,33 @@ def post(server: Server, path: str, body: bytes, timeout: float = 10.0) -> tuple
         return exc.code, exc.read()
 
 
+def cpu_seconds(server: Server) -> float | None:
+    """CPU time (user and system) used so far by the server's processes: its whole session,
+    workers included, as /proc tells on Linux; None elsewhere. Work done per request is what a
+    shared machine measures best: other jobs stretch wall time, not work."""
+    session = server.process.pid
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = 0
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        # The fields after the command (which may hold spaces) in parentheses: state is
+        # field 3, the session field 6, utime and stime fields 14 and 15.
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        if int(fields[3]) == session:
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
 def stop(server: Server) -> None:
     """SIGTERM to the server's process group, then SIGKILL if it has not gone in time."""
     if server.process.poll() is None:
