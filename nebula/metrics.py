@@ -16,6 +16,8 @@ process, so they are left out there; gauges read from the database are the same 
 
 from __future__ import annotations
 
+from functools import cache
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -165,6 +167,15 @@ class Metrics:
         self.sweeps = Counter(
             "nebula_timeout_sweeps_total", "Passes of the timeout sweeper", registry=r
         )
+        # The children a check-in counts into, by label values (positional, in the labels'
+        # order): labels() validates its arguments and takes a lock on every call, 3% of a
+        # steady check-in's CPU. Every label set is bounded, so what is kept is too.
+        self._request_child = cache(self.omaha_requests.labels)
+        self._check_child = cache(self.update_checks.labels)
+        self._grant_child = cache(self.grants.labels)
+        self._event_child = cache(self.events.labels)
+        self._failure_child = cache(self.failures.labels)
+        self._http_child = cache(self.http_duration.labels)
 
     def register(self, collector: Collector) -> None:
         """A collector whose values are the same in every process (read from the database)."""
@@ -198,20 +209,37 @@ class Metrics:
         self.db_pool_in_use.set(in_use)
         self.db_pool_waiting.set(waiting)
 
+    def count_omaha_request(self, outcome: str, seconds: float) -> None:
+        """One Omaha request answered with `outcome` after `seconds`."""
+        self._request_child(outcome).inc()
+        self.omaha_duration.observe(seconds)
+
+    def count_check(self, decision: str, reason: str) -> None:
+        """One app's update check and what was decided."""
+        self._check_child(decision, reason).inc()
+
+    def count_grant(self, group: str, arch: str) -> None:
+        """One new grant in `group` (its name) and `arch`."""
+        self._grant_child(group, arch).inc()
+
+    def observe_http(self, route: str, method: str, seconds: float) -> None:
+        """One HTTP request of `route` (its pattern) answered in `seconds`."""
+        self._http_child(route, method).observe(seconds)
+
     def count_event(
         self, event_type: int, result: int, error_code: int | None, group: str, arch: str
     ) -> None:
         """One event a host reported in `group` (its name) and `arch`."""
         t = str(event_type)
         res = str(result)
-        self.events.labels(
-            type=t if t in KNOWN_EVENT_TYPES else "other",
-            result=res if res in KNOWN_RESULTS else "other",
+        self._event_child(
+            t if t in KNOWN_EVENT_TYPES else "other",
+            res if res in KNOWN_RESULTS else "other",
         ).inc()
         if result == 0:
             code = "none" if error_code is None else str(error_code & 0x0FFFFFFF)
-            self.failures.labels(
-                group=group,
-                arch=arch,
-                code=code if code in KNOWN_ERROR_CODES | {"none"} else "other",
+            self._failure_child(
+                group,
+                arch,
+                code if code in KNOWN_ERROR_CODES or code == "none" else "other",
             ).inc()

@@ -402,26 +402,26 @@ class OmahaService:
                 if outcome.response.status is AppStatus.UNKNOWN_APP
                 else "invalid_request"
             )
-            self._metrics.update_checks.labels(decision="error", reason=reason).inc()
+            self._metrics.count_check("error", reason)
             return
         if check is None:
             return
         if check.status is UpdateStatus.UNKNOWN_TRACK:
-            self._metrics.update_checks.labels(decision="error", reason="unknown_track").inc()
+            self._metrics.count_check("error", "unknown_track")
             return
         decision = outcome.decision
         if decision is None:
-            self._metrics.update_checks.labels(decision="noupdate", reason="no_machine_id").inc()
+            self._metrics.count_check("noupdate", "no_machine_id")
             return
         reason = (
             decision.reason.value
             if decision.reason is not None
             else ("regrant" if decision.regrant else "new")
         )
-        self._metrics.update_checks.labels(decision=decision.verdict.value, reason=reason).inc()
+        self._metrics.count_check(decision.verdict.value, reason)
         if decision.grant and not decision.regrant and outcome.group is not None:
             group = outcome.group
-            self._metrics.grants.labels(group=group.name, arch=group.arch).inc()
+            self._metrics.count_grant(group.name, group.arch)
             manifest = check.manifest
             # One line per new grant, after its commit (a retry's regrant is no news).
             log.info(

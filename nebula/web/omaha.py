@@ -45,8 +45,7 @@ async def handle_update(request: web.Request) -> web.Response:
         outcome = "timeout"
         raise
     finally:
-        metrics.omaha_requests.labels(outcome=outcome).inc()
-        metrics.omaha_duration.observe(time.perf_counter() - started)
+        metrics.count_omaha_request(outcome, time.perf_counter() - started)
 
 
 def add_routes(app: web.Application) -> None:

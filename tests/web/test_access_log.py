@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Any
 
 import pytest
 
 from nebula.config import load_settings
 from nebula.errors import ConfigError
+from nebula.web.access import _FRESH
 from nebula.web.logs import JsonFormatter, formatter
 from tests.factories import Host
 from tests.test_rollout import (
@@ -31,6 +33,26 @@ from tests.test_rollout import (
     release,  # noqa: F401 (fixture)
     set_policy,
 )
+
+
+def test_fresh_ids_differ_across_forked_workers() -> None:
+    """The ids made when a request brings none are unique within a process and in a worker
+    forked from it (nebula serve --workers). Catches a counter without a per-process prefix,
+    or a prefix drawn once at import that every forked worker would share, counter and all."""
+    ours = [_FRESH.next() for _ in range(3)]
+    assert len(set(ours)) == 3 and all(len(i) == 32 and i.isalnum() for i in ours)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: send one fresh id and leave at once
+        os.write(write, _FRESH.next().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    mine = _FRESH.next()
+    assert len(child) == 32 and child != mine
+    assert child[:16] != mine[:16]  # its own prefix, not ours with a copied counter
 
 
 def access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
