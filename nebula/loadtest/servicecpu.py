@@ -11,6 +11,8 @@ noisy machines here measure well: other jobs slow the wall clock down, not the w
 costs. Wall-clock rate is printed too, for what it is worth. Run it under `py-spy record` to see
 where that time goes. The `grant-known` phases check their hosts in once, untimed, before the
 release is published, so that the timed run grants hosts the service knows (the rollout path).
+The `steady` phase checks its hosts in once, untimed, after it (they are then known, current and
+in the host cache), and times their next checks: the path almost every request of a fleet takes.
 
 A database of its own (`nebula_servicecpu_<id>` on the PostgreSQL server given, or a temporary
 SQLite file), migrated, with the bench's payload published through the admin API of an app
@@ -39,9 +41,9 @@ from nebula.loadtest import fleet, servers, workload
 from nebula.omaha.parse import parse_request
 from nebula.store import db
 from nebula.web.app import create_app
-from nebula.web.keys import SERVICE
+from nebula.web.keys import HOST_CACHE, SERVICE
 
-PHASES = ("first-seen", "grant", "grant-limited", "grant-known", "grant-known-limited")
+PHASES = ("steady", "first-seen", "grant", "grant-limited", "grant-known", "grant-known-limited")
 # Known-host grants: the grant phases' hosts check in once before the release is published
 # (known, idle, cached by this process), then are granted when the channel moves.
 _KNOWN = {"grant-known": "grant", "grant-known-limited": "grant-limited"}
@@ -54,11 +56,12 @@ class Result:
     cpu_seconds: float
     wall_seconds: float
     granted: int  # answers that offered an update
+    cached: int = 0  # host cache hits during the timed run (the steady path)
 
     def describe(self) -> str:
         return (
             f"{self.phase}: {self.requests} requests, "
-            f"{1000 * self.cpu_seconds / self.requests:.2f} ms CPU per request "
+            f"{1000 * self.cpu_seconds / self.requests:.3f} ms CPU per request "
             f"({self.requests / self.wall_seconds:.0f} req/s wall clock, in-process)"
         )
 
@@ -121,6 +124,9 @@ async def measure(server: str | None, phase: str, requests: int, concurrency: in
                     for request in requests_of:  # untimed: the hosts become known
                         await service.handle(request, "127.0.0.1", datetime.now(UTC))
                 await fleet.publish(f"http://127.0.0.1:{port}", token, payload)
+                if phase == "steady":
+                    for request in requests_of:  # untimed: known, current and cached
+                        await service.handle(request, "127.0.0.1", datetime.now(UTC))
                 bodies = iter(requests_of)
 
                 granted = 0
@@ -132,6 +138,7 @@ async def measure(server: str | None, phase: str, requests: int, concurrency: in
                         check = answer.apps[0].update_check
                         granted += check is not None and check.manifest is not None
 
+                hits = app[HOST_CACHE].hits
                 wall, cpu = time.perf_counter(), time.process_time()
                 await asyncio.gather(*(worker() for _ in range(concurrency)))
                 return Result(
@@ -140,6 +147,7 @@ async def measure(server: str | None, phase: str, requests: int, concurrency: in
                     time.process_time() - cpu,
                     time.perf_counter() - wall,
                     granted,
+                    app[HOST_CACHE].hits - hits,
                 )
             finally:
                 await srv.close()

@@ -27,3 +27,12 @@ def test_servicecpu_grants_known_hosts() -> None:
     Catches a warm-up that leaves them unknown or already granted (then nothing is measured)."""
     result = servicecpu.measure_sync(None, "grant-known", 20, 2)
     assert result.requests == 20 and result.granted == 20
+
+
+def test_servicecpu_steady_checks_come_from_the_host_cache() -> None:
+    """The steady phase times checks of known current hosts, each answered from memory.
+    Catches a warm-up that leaves the hosts unknown (then first checks are timed) or a phase
+    that grants (then it measures the grant path)."""
+    result = servicecpu.measure_sync(None, "steady", 20, 2)
+    assert result.requests == 20 and result.granted == 0
+    assert result.cached == 20

@@ -47,3 +47,22 @@ async def test_sqlite_readers_begin_deferred_writers_immediate(engine: AsyncEngi
     async with db.transaction(db.session_factory(engine, read_only=True)) as session:
         await session.execute(text("SELECT 1"))
     assert begins == ["BEGIN IMMEDIATE", "BEGIN"]
+
+
+async def test_engine_views_are_made_once_per_engine_and_options(engine: AsyncEngine) -> None:
+    """A point read's view of the engine (autocommit on PostgreSQL, read-only on SQLite) is the
+    same object every time, and shares the engine's pool. Catches a view made per statement
+    (an engine object and its event listeners built on the hot path) and views of different
+    options, or of different engines, mixed up."""
+    first = db.engine_view(engine, nebula_test_option=1)
+    assert db.engine_view(engine, nebula_test_option=1) is first
+    assert first.get_execution_options()["nebula_test_option"] == 1
+    assert first.sync_engine.pool is engine.sync_engine.pool
+    other = db.engine_view(engine, nebula_test_option=2)
+    assert other is not first and other.get_execution_options()["nebula_test_option"] == 2
+    reads: list[AsyncEngine] = []
+    for _ in range(2):
+        async with db.point_read(db.session_factory(engine)) as conn:
+            assert (await conn.execute(text("SELECT 1"))).scalar_one() == 1
+            reads.append(conn.engine)
+    assert reads[0] is reads[1]
