@@ -13,6 +13,7 @@ No database, no web framework, no clock.
 from __future__ import annotations
 
 import re
+from typing import cast
 
 from lxml import etree
 
@@ -130,7 +131,8 @@ def _parse_app(el: etree._Element) -> AppRequest:
 
     # The app's attributes read in one call, then looked up in a dict: a dozen element
     # lookups through lxml cost twice as much (this is every check-in's work).
-    attrs = dict(el.items())
+    # (lxml's stubs allow bytes; a parsed document's attributes are always str.)
+    attrs = cast("dict[str, str]", dict(el.items()))
     boot_id = attrs.get("bootid")
     machine_id = attrs.get("machineid")
     delta_okay = _stripped(attrs.get("delta_okay"))
