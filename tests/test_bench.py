@@ -30,6 +30,7 @@ from nebula.loadtest import ceiling, fleet, pygen, servers, wrk
 from nebula.loadtest.bench import Options, report, serve_has_workers, serve_workers
 from nebula.loadtest.bench import run as run_bench
 from nebula.loadtest.workload import (
+    OLD,
     PHASE_NAMES,
     TARGET,
     Phase,
@@ -165,6 +166,69 @@ def test_bench_on_postgresql_makes_and_drops_its_own_database(
     assert make_url(PG_ADMIN_URL).database in after  # the one in --db is only connected to
 
 
+# Idle hosts on the old version per grant-known phase: more than a second of grants takes.
+_KNOWN_HOSTS = 3000
+_KNOWN_NOTE = re.compile(
+    r"^(grant-known(?:-limited)?): (\d+) grants written to (\d+) of (\d+) known hosts on "
+    r"3815\.2\.0; (\d+) checks from hosts past the pool",
+    re.M,
+)
+
+
+def _nebula_requests(output: str, phase: str) -> int:
+    row = re.search(rf"^{phase} .*? nebula +(\S+) ", output, re.M)
+    assert row is not None, output
+    return round(float(row.group(1)))  # a second of load: req/s is the count
+
+
+@pytest.mark.parametrize(
+    ("generator", "database"),
+    [
+        # wrk on PostgreSQL: each grant is the known host's one statement (knowngrant.py)
+        pytest.param("wrk", "postgres", marks=pytest.mark.postgres),
+        ("python", "sqlite"),  # the transaction
+    ],
+)
+def test_known_hosts_are_granted_once_each(
+    generator: str, database: str, pg_server: PgServer | None
+) -> None:
+    if generator == "wrk":
+        require_tools("wrk")
+    if database == "postgres" and pg_server is None:
+        pytest.skip("PostgreSQL unavailable (set NEBULA_TEST_PG); CI never skips this")
+    names = ("grant-known", "grant-known-limited")
+    args = [*_TINY, "--hosts", str(_KNOWN_HOSTS), "--generator", generator]
+    args += ["--phases", ",".join(names)]
+    if database == "postgres":
+        args += ["--db", PG_ADMIN_URL]
+    result = CliRunner().invoke(bench, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    # No errors: every answer was an update offered (a noupdate is an unexpected answer).
+    _check_report(result.output, names)
+    notes = {m.group(1): m.groups()[1:] for m in _KNOWN_NOTE.finditer(result.output)}
+    assert set(notes) == set(names), result.output
+    for phase, (grants, hosts, size, strangers) in notes.items():
+        # What the database says: a grant row per answer (more for requests still in flight
+        # when the generator stopped), each to another host of the pool, and no new host.
+        assert int(grants) == int(hosts) >= _nebula_requests(result.output, phase) > 0, phase
+        assert (int(size), int(strangers)) == (_KNOWN_HOSTS, 0), phase
+
+
+def test_a_known_pool_used_up_is_an_error() -> None:
+    # Three hosts and a second of load: the checks past them come from new hosts, whose first
+    # check is not what the phase measures. A phase that cycled through its pool instead
+    # would check a granted host again, which is granted again: only the count tells.
+    args = [*_TINY, "--hosts", "3", "--generator", "python", "--phases", "grant-known"]
+    result = CliRunner().invoke(bench, args)
+    assert result.exit_code == 1, result.output
+    note = _KNOWN_NOTE.search(result.output)
+    assert note is not None, result.output
+    assert note.group(2, 3, 4) == ("3", "3", "3")
+    assert int(note.group(5)) > 0
+    assert "(give more --hosts than 3)" in result.output
+    assert "requests failed or got an unexpected answer" in result.output
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("generator", ["wrk", "python"])
 @pytest.mark.parametrize(
@@ -175,7 +239,8 @@ def test_bench_runs_every_phase(generator: str, database: str, pg_server: PgServ
         require_tools("wrk")
     if database == "postgres" and pg_server is None:
         pytest.skip("PostgreSQL unavailable (set NEBULA_TEST_PG); CI never skips this")
-    args = [*_TINY, "--generator", generator]
+    # The grant-known phases grant each host of their pools once: more than a second takes.
+    args = [*_TINY, "--hosts", str(_KNOWN_HOSTS), "--generator", generator]
     if database == "postgres":
         args += ["--db", PG_ADMIN_URL]
     result = CliRunner().invoke(bench, args)
@@ -443,7 +508,8 @@ async def test_pool_hosts_are_the_hosts_the_phases_address(db_url: str) -> None:
                     created_by="test",
                 )
             )
-        host_pools = pools("abcdef", 30, 4)  # 30 known, 30 granted (4*4 < 30)
+        # 30 known, 30 granted (4*4 < 30), 20 on the old version in each of stable and beta
+        host_pools = pools("abcdef", 30, 4, 20)
         await fleet.insert_pools(engine, host_pools)
         async with engine.connect() as conn:
             rows = (
@@ -452,31 +518,43 @@ async def test_pool_hosts_are_the_hosts_the_phases_address(db_url: str) -> None:
                         InstanceApp.instance_id,
                         InstanceApp.boot_id,
                         InstanceApp.status,
+                        InstanceApp.version,
+                        InstanceApp.track,
                         InstanceApp.granted_package_id,
                     )
                 )
             ).all()
-            group_id = (
-                await conn.execute(
-                    select(Group.id).where(Group.track == "stable", Group.arch == "amd64")
-                )
-            ).scalar_one()
+            group_ids = dict(
+                (
+                    await conn.execute(select(Group.track, Group.id).where(Group.arch == "amd64"))
+                ).all()
+            )
         async with db.transaction(db.session_factory(engine)) as session:
-            counted = await counts_of_group(session, group_id)
+            counted = await counts_of_group(session, group_ids["stable"])
+            counted_beta = await counts_of_group(session, group_ids["beta"])
             grants = (await session.execute(select(func.count()).select_from(Grant))).scalar_one()
+        tally = await fleet.tally(engine, host_pools.old, 20)
     finally:
         await engine.dispose()
     known = {machine_id(host_pools.known, n) for n in range(30)}
     granted = {machine_id(host_pools.granted, n) for n in range(30)}
+    old = {machine_id(host_pools.old, n) for n in range(20)}
+    old_beta = {machine_id(host_pools.old_limited, n) for n in range(20)}
     by_id = {r.instance_id: r for r in rows}
-    assert set(by_id) == known | granted
+    assert set(by_id) == known | granted | old | old_beta
     for mid, row in by_id.items():
         assert row.boot_id == boot_id(mid)
-        assert (row.status, row.granted_package_id) == (
-            ("idle", None) if mid in known else ("granted", "bench-package")
+        assert (row.status, row.version, row.track, row.granted_package_id) == (
+            ("idle", TARGET, "stable", None)
+            if mid in known
+            else ("granted", OLD, "stable", "bench-package")
+            if mid in granted
+            else ("idle", OLD, "stable" if mid in old else "beta", None)
         )
-    assert counted == {"idle": 30, "granted": 30}
+    assert counted == {"idle": 30 + 20, "granted": 30}
+    assert counted_beta == {"idle": 20}
     assert grants == 30
+    assert tally == fleet.Tally(0, 0, 0)  # nothing granted yet, no host past the pool
     await assert_status_counts_match(db_url, by_version=True)
     # What the phases send addresses exactly these hosts.
     all_phases = phases("abcdef", host_pools)
@@ -487,6 +565,18 @@ async def test_pool_hosts_are_the_hosts_the_phases_address(db_url: str) -> None:
         for k in range(200)
     }
     assert sent == known | granted
+    # A grant-known phase addresses its pool in order, and never a host twice.
+    for name, pool in (("grant-known", old), ("grant-known-limited", old_beta)):
+        first = [
+            _machine_id_in(body_of(all_phases[name], t, 2, 4, k)) for k in range(10) for t in (0, 1)
+        ]
+        assert set(first) == pool
+        many = [
+            _machine_id_in(body_of(all_phases[name], t, 2, 4, k))
+            for k in range(500)
+            for t in (0, 1)
+        ]
+        assert len(set(many)) == len(many)
 
 
 def _machine_id_in(body: bytes) -> str:

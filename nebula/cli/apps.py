@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from nebula.cli import named
 from nebula.cli.client import ApiClient
 from nebula.cli.output import api_options, emit_json, json_option, table, wide
 
@@ -53,9 +54,7 @@ def app_list(url: str | None, token: str | None, as_json: bool) -> None:
 
 
 @app_group.command("show")
-@api_options
-@json_option
-@click.argument("app")
+@named.one("app")
 def app_show(url: str | None, token: str | None, as_json: bool, app: str) -> None:
     """Show an application (by id or name) and its channels, groups and packages.
 
@@ -63,8 +62,7 @@ def app_show(url: str | None, token: str | None, as_json: bool, app: str) -> Non
     Example:
       nebula app show flatcar
     """
-    result = ApiClient(url, token).get(f"/api/v1/apps/{app}")
-    emit_json(result) if as_json else _print_app(result)
+    named.show(url, token, as_json, f"/api/v1/apps/{app}", _print_app)
 
 
 @app_group.command("create")
@@ -124,9 +122,7 @@ def app_set(
 
 
 @app_group.command("delete")
-@api_options
-@json_option
-@click.argument("app")
+@named.one("app")
 def app_delete(url: str | None, token: str | None, as_json: bool, app: str) -> None:
     """Delete an application that has no channels, groups, packages or hosts.
 
@@ -134,7 +130,4 @@ def app_delete(url: str | None, token: str | None, as_json: bool, app: str) -> N
     Example:
       nebula app delete agent
     """
-    ApiClient(url, token).call("DELETE", f"/api/v1/apps/{app}")
-    if as_json:
-        return emit_json({"app": app, "deleted": True})
-    click.echo(f"deleted {app}")
+    named.delete(url, token, as_json, f"/api/v1/apps/{app}", {"app": app}, f"deleted {app}")

@@ -12,7 +12,16 @@ import click
 
 # Kept here (not imported from nebula.loadtest.workload) so that `nebula --help` stays light;
 # tests/test_bench.py checks the two agree.
-PHASES = ("steady", "first-seen", "grant", "grant-limited", "events", "ping")
+PHASES = (
+    "steady",
+    "first-seen",
+    "grant",
+    "grant-limited",
+    "grant-known",
+    "grant-known-limited",
+    "events",
+    "ping",
+)
 
 
 def _phases(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
@@ -67,7 +76,8 @@ def _db(ctx: click.Context, param: click.Parameter, value: str | None) -> str | 
     type=click.IntRange(1, 1_000_000),
     default=100_000,
     show_default=True,
-    help="Known current hosts written into the database before the run.",
+    help="Known current hosts written into the database before the run; as many idle hosts "
+    "on an old version for each grant-known phase, which grants each at most once.",
 )
 @click.option(
     "--phases",

@@ -8,11 +8,10 @@ from typing import Any
 
 import click
 
+from nebula.cli import named
 from nebula.cli.client import ApiClient
+from nebula.cli.named import ARCH
 from nebula.cli.output import api_options, emit_json, human_size, json_option, table, wide
-
-ARCH = click.Choice(["amd64", "arm64"])
-
 
 # -- packages ------------------------------------------------------------------------------------
 
@@ -218,9 +217,7 @@ def package_list(
 
 
 @package_group.command("show")
-@api_options
-@json_option
-@click.argument("package_id")
+@named.one("package_id")
 def package_show(url: str | None, token: str | None, as_json: bool, package_id: str) -> None:
     """Show a package and its files.
 
@@ -228,14 +225,11 @@ def package_show(url: str | None, token: str | None, as_json: bool, package_id: 
     Example:
       nebula package show 9bf8e088-5612-4604-b745-00188134362a
     """
-    result = ApiClient(url, token).get(f"/api/v1/packages/{package_id}")
-    emit_json(result) if as_json else _print_package(result)
+    named.show(url, token, as_json, f"/api/v1/packages/{package_id}", _print_package)
 
 
 @package_group.command("delete")
-@api_options
-@json_option
-@click.argument("package_id")
+@named.one("package_id")
 def package_delete(url: str | None, token: str | None, as_json: bool, package_id: str) -> None:
     """Delete a package no channel or pin uses.
 
@@ -243,10 +237,8 @@ def package_delete(url: str | None, token: str | None, as_json: bool, package_id
     Example:
       nebula package delete 9bf8e088-5612-4604-b745-00188134362a
     """
-    ApiClient(url, token).call("DELETE", f"/api/v1/packages/{package_id}")
-    if as_json:
-        return emit_json({"id": package_id, "deleted": True})
-    click.echo(f"deleted {package_id}")
+    path, said = f"/api/v1/packages/{package_id}", {"id": package_id}
+    named.delete(url, token, as_json, path, said, f"deleted {package_id}")
 
 
 @package_group.command("verify")
@@ -430,14 +422,19 @@ def group_create(
     )
 
 
+def _print_group(g: dict[str, Any]) -> None:
+    click.echo(f"group {g['name']} ({g['arch']}), track {g['track']}, channel {g['channel']}")
+    click.echo(f"  id {g['id']}")
+    for key, value in g["policy"].items():
+        click.echo(f"  {key}: {value}")
+    counts = g.get("instances", {})
+    click.echo("  hosts: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
+
+
 @group_group.command("show")
-@api_options
-@json_option
-@click.argument("group")
-@click.option("--arch", type=ARCH, help="Needed when the name exists for both arches")
-@click.option("--app", help="The application (id or name; default Flatcar)")
+@named.one("group", scoped=True)
 def group_show(
-    url: str | None, token: str | None, as_json: bool, group: str, arch: str | None, app: str | None
+    url: str | None, token: str | None, as_json: bool, group: str, **where: str | None
 ) -> None:
     """Show a group, its policy and its hosts by status.
 
@@ -445,12 +442,5 @@ def group_show(
     Example:
       nebula group show canary --arch amd64
     """
-    g = ApiClient(url, token).get(f"/api/v1/groups/{group}", {"arch": arch, "app": app})
-    if as_json:
-        return emit_json(g)
-    click.echo(f"group {g['name']} ({g['arch']}), track {g['track']}, channel {g['channel']}")
-    click.echo(f"  id {g['id']}")
-    for key, value in g["policy"].items():
-        click.echo(f"  {key}: {value}")
-    counts = g.get("instances", {})
-    click.echo("  hosts: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
+    path = f"/api/v1/groups/{group}"
+    named.show(url, token, as_json, path, _print_group, named.scope(**where))

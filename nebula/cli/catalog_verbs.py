@@ -11,16 +11,11 @@ from typing import Any
 
 import click
 
-from nebula.cli.catalog import ARCH, channel_group, group_group
+from nebula.cli import named
+from nebula.cli.catalog import channel_group, group_group
 from nebula.cli.client import ApiClient
+from nebula.cli.named import APP_HELP, ARCH
 from nebula.cli.output import api_options, emit_json, json_option
-
-APP_HELP = "The application (id or name; default Flatcar)"
-
-
-def _where(arch: str | None, app: str | None) -> dict[str, Any]:
-    return {"arch": arch, "app": app}
-
 
 # -- channels ------------------------------------------------------------------------------------
 
@@ -55,29 +50,7 @@ def channel_create(
     click.echo(f"channel {result['name']} ({result['arch']}) of {result['app_id']} {offers}")
 
 
-@channel_group.command("show")
-@api_options
-@json_option
-@click.argument("channel")
-@click.option("--arch", type=ARCH, help="Needed when the name exists for both arches")
-@click.option("--app", help=APP_HELP)
-def channel_show(
-    url: str | None,
-    token: str | None,
-    as_json: bool,
-    channel: str,
-    arch: str | None,
-    app: str | None,
-) -> None:
-    """Show a channel: its version, floors and the groups that follow it.
-
-    \b
-    Example:
-      nebula channel show stable --arch amd64
-    """
-    c = ApiClient(url, token).get(f"/api/v1/channels/{channel}", _where(arch, app))
-    if as_json:
-        return emit_json(c)
+def _print_channel(c: dict[str, Any]) -> None:
     click.echo(
         f"channel {c['name']} ({c['arch']}) of {c['app_id']}: {c['version'] or 'no version'}"
     )
@@ -87,19 +60,25 @@ def channel_show(
     click.echo(f"  updated {c['updated_at']} by {c['updated_by'] or '-'}")
 
 
+@channel_group.command("show")
+@named.one("channel", scoped=True)
+def channel_show(
+    url: str | None, token: str | None, as_json: bool, channel: str, **where: str | None
+) -> None:
+    """Show a channel: its version, floors and the groups that follow it.
+
+    \b
+    Example:
+      nebula channel show stable --arch amd64
+    """
+    path = f"/api/v1/channels/{channel}"
+    named.show(url, token, as_json, path, _print_channel, named.scope(**where))
+
+
 @channel_group.command("delete")
-@api_options
-@json_option
-@click.argument("channel")
-@click.option("--arch", type=ARCH, help="Needed when the name exists for both arches")
-@click.option("--app", help=APP_HELP)
+@named.one("channel", scoped=True)
 def channel_delete(
-    url: str | None,
-    token: str | None,
-    as_json: bool,
-    channel: str,
-    arch: str | None,
-    app: str | None,
+    url: str | None, token: str | None, as_json: bool, channel: str, **where: str | None
 ) -> None:
     """Delete a channel no group follows (its floors go with it).
 
@@ -107,22 +86,16 @@ def channel_delete(
     Example:
       nebula channel delete edge --arch arm64
     """
-    params = {k: v for k, v in _where(arch, app).items() if v}
-    ApiClient(url, token).call("DELETE", f"/api/v1/channels/{channel}", params=params)
-    if as_json:
-        return emit_json({"channel": channel, **params, "deleted": True})
-    click.echo(f"deleted channel {channel}")
+    said, done = {"channel": channel}, f"deleted channel {channel}"
+    path = f"/api/v1/channels/{channel}"
+    named.delete(url, token, as_json, path, said, done, named.scope(**where))
 
 
 # -- groups --------------------------------------------------------------------------------------
 
 
 @group_group.command("set")
-@api_options
-@json_option
-@click.argument("group")
-@click.option("--arch", type=ARCH, help="Needed when the name exists for both arches")
-@click.option("--app", help=APP_HELP)
+@named.one("group", scoped=True)
 @click.option("--name", help="A new name")
 @click.option("--track", help="A new track (what hosts send as GROUP in update.conf)")
 @click.option("--channel", help="Follow this channel (of the group's app and arch)")
@@ -146,7 +119,7 @@ def group_set(
     body = {k: v for k, v in changes.items() if v is not None}
     if not body:
         raise click.UsageError("say what to change: --name, --track, --channel or --description")
-    params = {k: v for k, v in _where(arch, app).items() if v}
+    params = {k: v for k, v in named.scope(arch, app).items() if v}
     g = ApiClient(url, token).call("PATCH", f"/api/v1/groups/{group}", params=params, json=body)
     if as_json:
         return emit_json(g)
@@ -156,13 +129,9 @@ def group_set(
 
 
 @group_group.command("delete")
-@api_options
-@json_option
-@click.argument("group")
-@click.option("--arch", type=ARCH, help="Needed when the name exists for both arches")
-@click.option("--app", help=APP_HELP)
+@named.one("group", scoped=True)
 def group_delete(
-    url: str | None, token: str | None, as_json: bool, group: str, arch: str | None, app: str | None
+    url: str | None, token: str | None, as_json: bool, group: str, **where: str | None
 ) -> None:
     """Delete a group no host is in.
 
@@ -170,8 +139,6 @@ def group_delete(
     Example:
       nebula group delete canary --arch amd64
     """
-    params = {k: v for k, v in _where(arch, app).items() if v}
-    ApiClient(url, token).call("DELETE", f"/api/v1/groups/{group}", params=params)
-    if as_json:
-        return emit_json({"group": group, **params, "deleted": True})
-    click.echo(f"deleted group {group}")
+    said, done = {"group": group}, f"deleted group {group}"
+    path = f"/api/v1/groups/{group}"
+    named.delete(url, token, as_json, path, said, done, named.scope(**where))

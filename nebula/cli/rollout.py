@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
-from nebula.cli.catalog import ARCH
 from nebula.cli.client import ApiClient
+from nebula.cli.named import ARCH
 from nebula.cli.output import api_options, emit_json, json_option
 from nebula.durations import format_duration
 

@@ -9,14 +9,18 @@ One run, everything on 127.0.0.1:
    that answers every POST with the `noupdate` document Nebula sends a current host, each with
    the same number of processes;
 3. a payload signed with the throwaway key uploaded through the admin API, stable amd64 pointed
-   at it, and the host pools written into the tables (known current hosts, granted hosts);
-   then one check of a known host sent to both, whose answers must be the same bytes;
+   at it, and the host pools written into the tables (known current hosts, granted hosts, and
+   for the grant-known phases idle hosts on the old version); then one check of a known host
+   sent to both, whose answers must be the same bytes;
 4. a warm-up of both, then for each phase (nebula.loadtest.workload) the same load on the
    ceiling and then on Nebula, from a generator in processes of its own: wrk
    (nebula.loadtest.wrk) or the Python one (nebula.loadtest.pygen);
 5. a report: req/s, p50, p99 and errors (non-200, unexpected answer, timeout, socket error)
    per phase and server, the ratios of Nebula to the ceiling, and on Linux each server's CPU
-   time per request (its processes' user and system time over the phase, from /proc).
+   time per request (its processes' user and system time over the phase, from /proc). A
+   grant-known phase grants each host of its pool at most once (a check past the pool's end
+   would come from a new host: counted as an error), and the report says how many grants it
+   wrote in the database.
    Absolute numbers drift with the machine and its neighbours; ratios taken minutes apart on
    one machine much less.
 
@@ -41,6 +45,7 @@ from pathlib import Path
 from nebula import crau
 from nebula.loadtest import fleet, pygen, servers, warm, wrk
 from nebula.loadtest.workload import (
+    KNOWN_GRANT_PHASES,
     NOUPDATE,
     PATH,
     PHASE_NAMES,
@@ -48,6 +53,7 @@ from nebula.loadtest.workload import (
     Phase,
     Pools,
     body_of,
+    old_pool,
     phases,
     pools,
 )
@@ -176,7 +182,9 @@ def run(options: Options, echo: Callable[[str], None]) -> list[Row]:
     """The whole bench; `echo` gets the header and progress lines (the caller prints `report`)."""
     workers = serve_workers(options.workers, serve_has_workers())
     run_id = secrets.token_hex(3)
-    host_pools = pools(run_id, options.hosts, options.connections)
+    # The pools on OLD are used up as their phases run: written only when one of them runs.
+    old = options.hosts if set(KNOWN_GRANT_PHASES) & set(options.phases) else 0
+    host_pools = pools(run_id, options.hosts, options.connections, old)
     all_phases = phases(run_id, host_pools)
     chosen = [all_phases[name] for name in options.phases]
     with contextlib.ExitStack() as stack:
@@ -204,13 +212,14 @@ def run(options: Options, echo: Callable[[str], None]) -> list[Row]:
         ready = time.monotonic()
         asyncio.run(_fill(url, nebula.url, token, payload, host_pools))
         _check_same_answer(all_phases["steady"], nebula, ceiling)
-        hosts = host_pools.known_size + host_pools.granted_size
+        hosts = host_pools.known_size + host_pools.granted_size + 2 * host_pools.old_size
         done = time.monotonic()
         echo(
             f"set up in {done - started:.1f} s (servers up in {ready - started:.1f} s, "
             f"payload and {hosts} hosts in {done - ready:.1f} s)"
         )
-        return _measure(load, chosen, all_phases["steady"], nebula, ceiling, options, echo)
+        servers_ = _Servers(nebula, ceiling, url, host_pools)
+        return _measure(load, chosen, all_phases["steady"], servers_, options, echo)
 
 
 def _check_same_answer(steady: Phase, nebula: servers.Server, ceiling: servers.Server) -> None:
@@ -234,12 +243,27 @@ async def _fill(url: str, base: str, token: str, payload: Path, host_pools: Pool
         await engine.dispose()
 
 
+@dataclass(frozen=True, slots=True)
+class _Servers:
+    nebula: servers.Server
+    ceiling: servers.Server
+    db_url: str  # Nebula's database
+    pools: Pools
+
+
+async def _tally(url: str, prefix: str, size: int) -> fleet.Tally:
+    engine = db.create_engine(url)
+    try:
+        return await fleet.tally(engine, prefix, size)
+    finally:
+        await engine.dispose()
+
+
 def _measure(
     load: _Load,
     chosen: Sequence[Phase],
     warmup: Phase,
-    nebula: servers.Server,
-    ceiling: servers.Server,
+    at: _Servers,
     options: Options,
     echo: Callable[[str], None],
 ) -> list[Row]:
@@ -248,6 +272,7 @@ def _measure(
     def as_ceiling(phase: Phase) -> Phase:
         return dataclasses.replace(phase, expect=NOUPDATE)
 
+    nebula, ceiling = at.nebula, at.ceiling
     load(ceiling.url, as_ceiling(warmup), min(WARMUP, options.duration))
     load(nebula.url, warmup, min(WARMUP, options.duration))
     rows = []
@@ -263,6 +288,14 @@ def _measure(
         if phase.name == "steady":
             share = asyncio.run(warm.lookups(nebula.url)).since(before).hit_share
             note = f"{100 * share:.1f}% of nebula's checks answered from its host cache"
+        if phase.name in KNOWN_GRANT_PHASES:
+            size = at.pools.old_size
+            tally = asyncio.run(_tally(at.db_url, old_pool(phase.name, at.pools), size))
+            note = tally.describe(size)
+            if tally.strangers:
+                # Not the known-host grant this phase measures: the pool was too small.
+                note += f" (give more --hosts than {size})"
+                got = dataclasses.replace(got, errors=got.errors + tally.strangers)
         rows.append(Row(phase, top, got, note, top_cpu, got_cpu))
     return rows
 
@@ -296,13 +329,13 @@ def _header(options: Options, load: _Load, run_id: str) -> str:
 
 def report(rows: Sequence[Row]) -> list[str]:
     lines = [
-        f"{'phase':<15}{'what':<37}{'server':<9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'phase':<21}{'what':<37}{'server':<9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
         f"{'errors':>8}"
     ]
     for row in rows:
         for name, m in (("ceiling", row.ceiling), ("nebula", row.nebula)):
             lines.append(
-                f"{row.phase.name:<15}{row.phase.title:<37}{name:<9}{m.rate:>10.1f}"
+                f"{row.phase.name:<21}{row.phase.title:<37}{name:<9}{m.rate:>10.1f}"
                 f"{m.p50_ms:>9.2f}{m.p99_ms:>9.2f}{m.errors:>8}"
             )
     lines.append(

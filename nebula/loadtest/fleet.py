@@ -13,12 +13,13 @@ Imports nebula.store (the models and the counts) and nebula.errors.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from sqlalchemy import TextClause, bindparam, select, text
+from sqlalchemy import TextClause, bindparam, distinct, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from nebula.loadtest.workload import (
@@ -31,7 +32,7 @@ from nebula.loadtest.workload import (
 )
 from nebula.store import counts, db
 from nebula.store.groups import FLATCAR_APP_ID
-from nebula.store.models import Group, Package, UTCDateTime
+from nebula.store.models import Grant, Group, Instance, Package, UTCDateTime
 from nebula.store.tokens import create_token
 
 
@@ -125,7 +126,7 @@ _STATES = """
 INSERT INTO instance_apps
     (instance_id, app_id, group_id, track, version, status, boot_id, granted_version,
      granted_package_id, granted_at, status_changed_at, last_check_at, held, created_at)
-SELECT id, :app_id, :group_id, 'stable', :version, :status,
+SELECT id, :app_id, :group_id, :track, :version, :status,
        '{' || substr(id, 1, 8) || '-0000-4000-8000-' || substr(id, 21, 12) || '}',
        :granted_version, :package_id, :granted_at, :now, :now, false, :now
 FROM ids
@@ -147,17 +148,26 @@ def _with_ids(dialect: str, statement: str) -> TextClause:
 
 
 async def insert_pools(engine: AsyncEngine, pools: Pools) -> None:
-    """Write the known (current, idle) and the granted hosts of `pools`, in one transaction."""
+    """Write the hosts of `pools` in one transaction: the known (current, idle), the granted,
+    and the idle ones on OLD of the grant-known phases (in stable and in LIMITED_TRACK)."""
     now = datetime.now(UTC)
     dialect = engine.dialect.name
+    # prefix, size, track, granted (TARGET while on OLD), version
+    written = (
+        (pools.known, pools.known_size, "stable", False, TARGET),
+        (pools.granted, pools.granted_size, "stable", True, OLD),
+        (pools.old, pools.old_size, "stable", False, OLD),
+        (pools.old_limited, pools.old_size, LIMITED_TRACK, False, OLD),
+    )
     async with db.transaction(db.session_factory(engine)) as session:
-        group_id = (
-            await session.execute(
-                select(Group.id).where(
-                    Group.app_id == FLATCAR_APP_ID, Group.track == "stable", Group.arch == "amd64"
-                )
+        rows = await session.execute(
+            select(Group.track, Group.id).where(
+                Group.app_id == FLATCAR_APP_ID,
+                Group.track.in_({track for _, _, track, _, _ in written}),
+                Group.arch == "amd64",
             )
-        ).scalar_one()
+        )
+        groups = {track: group_id for track, group_id in rows}
         package_id = (
             await session.execute(
                 select(Package.id).where(
@@ -169,25 +179,21 @@ async def insert_pools(engine: AsyncEngine, pools: Pools) -> None:
             )
         ).scalar_one()
         deltas: Counter[counts.ShardKey] = Counter()
-        for prefix, size, granted in (
-            (pools.known, pools.known_size, False),
-            (pools.granted, pools.granted_size, True),
-        ):
+        for prefix, size, track, granted, version in written:
+            if size == 0:
+                continue
             status = "granted" if granted else "idle"
+            group_id = groups[track]
             for n in range(size):
-                counts.move(
-                    deltas,
-                    machine_id(prefix, n),
-                    None,
-                    (group_id, status, OLD if granted else TARGET),
-                )
+                counts.move(deltas, machine_id(prefix, n), None, (group_id, status, version))
             params: dict[str, Any] = {
                 "prefix": prefix,
                 "last": size - 1,
                 "now": now,
                 "app_id": FLATCAR_APP_ID,
                 "group_id": group_id,
-                "version": OLD if granted else TARGET,
+                "track": track,
+                "version": version,
                 "status": status,
                 "granted_version": TARGET if granted else None,
                 "package_id": package_id if granted else None,
@@ -197,3 +203,40 @@ async def insert_pools(engine: AsyncEngine, pools: Pools) -> None:
             for statement in statements:
                 await session.execute(_with_ids(dialect, statement), params)
         await counts.apply(session, deltas)
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """What a grant-known phase left in the database for one pool on OLD."""
+
+    grants: int  # grant rows of the pool's hosts
+    hosts: int  # distinct hosts they went to
+    strangers: int  # hosts of the prefix past the pool's end: new hosts, not known ones
+
+    def describe(self, size: int) -> str:
+        return (
+            f"{self.grants} grants written to {self.hosts} of {size} known hosts on {OLD}; "
+            f"{self.strangers} checks from hosts past the pool"
+        )
+
+
+async def tally(engine: AsyncEngine, prefix: str, size: int) -> Tally:
+    """Grants and hosts of one pool of `insert_pools` on OLD, counted after its phase ran."""
+    # Machine ids of one prefix are of one length: the pool is a range of them.
+    first, last = machine_id(prefix, 0), machine_id(prefix, size - 1)
+    async with engine.connect() as conn:
+        grants, hosts = (
+            await conn.execute(
+                select(func.count(), func.count(distinct(Grant.instance_id))).where(
+                    Grant.instance_id.between(first, last)
+                )
+            )
+        ).one()
+        strangers = (
+            await conn.execute(
+                select(func.count())
+                .select_from(Instance)
+                .where(Instance.id.like(prefix + "%"), Instance.id > last)  # hex: no wildcard
+            )
+        ).scalar_one()
+    return Tally(grants, hosts, strangers)

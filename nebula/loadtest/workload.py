@@ -90,9 +90,26 @@ class Pools:
     known_size: int
     granted: str  # prefix of hosts granted TARGET while on OLD: events and pings come from them
     granted_size: int
+    # Idle hosts on OLD that the grant-known phases grant TARGET, one pool per group (stable,
+    # and LIMITED_TRACK with its limits); empty when neither phase runs.
+    old: str
+    old_limited: str
+    old_size: int = 0
 
 
-PHASE_NAMES = ("steady", "first-seen", "grant", "grant-limited", "events", "ping")
+PHASE_NAMES = (
+    "steady",
+    "first-seen",
+    "grant",
+    "grant-limited",
+    "grant-known",
+    "grant-known-limited",
+    "events",
+    "ping",
+)
+# The phases that grant hosts of the pools on OLD: each host at most once (their phases have no
+# pool to cycle through, so a host past the pool's end is a new one, which the bench counts).
+KNOWN_GRANT_PHASES = ("grant-known", "grant-known-limited")
 # The group of the grant-limited phase: rate and concurrency limits it never reaches, so that
 # every check is a grant decided on counts under the group's exclusive lock.
 LIMITED_TRACK = "beta"
@@ -101,10 +118,23 @@ NOUPDATE = '<updatecheck status="noupdate"'
 GRANTED = '<updatecheck status="ok"'
 
 
-def pools(run_id: str, hosts: int, connections: int) -> Pools:
+def pools(run_id: str, hosts: int, connections: int, old: int = 0) -> Pools:
     # Hosts take three requests each in the events phase; a pool smaller than the requests in
     # flight would send one host's events at once. At least that many, then as many as known.
-    return Pools(f"{run_id}01", hosts, f"{run_id}02", max(hosts, 4 * connections))
+    return Pools(
+        f"{run_id}01",
+        hosts,
+        f"{run_id}02",
+        max(hosts, 4 * connections),
+        f"{run_id}06",
+        f"{run_id}07",
+        old,
+    )
+
+
+def old_pool(phase: str, pools: Pools) -> str:
+    """The prefix of the pool on OLD that a KNOWN_GRANT_PHASES phase grants."""
+    return pools.old_limited if phase == "grant-known-limited" else pools.old
 
 
 def phases(run_id: str, pools: Pools) -> dict[str, Phase]:
@@ -138,6 +168,20 @@ def phases(run_id: str, pools: Pools) -> dict[str, Phase]:
             "check, new host -> counted grant",
             (template(OLD, _CHECK, LIMITED_TRACK),),
             f"{run_id}05",
+            GRANTED,
+        ),
+        Phase(
+            "grant-known",
+            "check, known host on old -> grant",
+            (template(OLD, _CHECK),),
+            pools.old,
+            GRANTED,
+        ),
+        Phase(
+            "grant-known-limited",
+            "check, known host -> counted grant",
+            (template(OLD, _CHECK, LIMITED_TRACK),),
+            pools.old_limited,
             GRANTED,
         ),
         Phase(

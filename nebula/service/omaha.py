@@ -52,7 +52,7 @@ from nebula.store.db import (
     is_disconnect,
     is_rolled_back_conflict,
     point_read,
-    read_again_if_disconnected,
+    run_again_if_lost,
     single_statement,
     transaction,
 )
@@ -306,7 +306,7 @@ class OmahaService:
             async with single_statement(self._sessions) as conn:
                 return await write_known_grant(conn, plan)
 
-        return await read_again_if_disconnected(write)
+        return await run_again_if_lost(write)
 
     async def _write_first_check(self, plan: FirstCheck) -> Written:
         """The first-check statement in autocommit, run once more on a fresh connection when
@@ -317,7 +317,7 @@ class OmahaService:
             async with single_statement(self._sessions) as conn:
                 return await write_first_check(conn, plan)
 
-        return await read_again_if_disconnected(write)
+        return await run_again_if_lost(write)
 
     async def _read_host(self, machine_id: str, app_id: str) -> StoredHost | None:
         """The stored state of a host this process has no snapshot of."""
@@ -326,7 +326,7 @@ class OmahaService:
             async with point_read(self._read_sessions) as conn:
                 return await read_host(conn, machine_id, app_id)
 
-        return await read_again_if_disconnected(read)
+        return await run_again_if_lost(read)
 
     async def _transact(
         self, pending: list[_Pending], ip: str | None, now: datetime

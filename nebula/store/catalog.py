@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from nebula.omaha.model import Manifest, PackageFile
 from nebula.policy import GroupPolicy, HostState, choose_target, hold_now
 from nebula.store.changes import CATALOG_CHANNEL
-from nebula.store.db import read_again_if_disconnected
+from nebula.store.db import run_again_if_lost
 from nebula.store.models import Application, Channel, ChannelFloor, ConfigStamp, Group, Package
 from nebula.store.models import PackageFile as StoredFile
 from nebula.store.rollouts import policy_of
@@ -351,7 +351,7 @@ class CatalogCache:
         async with self._lock:
             if self._snapshot is not None and self._monotonic() - self._checked_at < self._ttl:
                 return self._snapshot
-            self._snapshot = await read_again_if_disconnected(self._refresh)
+            self._snapshot = await run_again_if_lost(self._refresh)
             self._checked_at = self._monotonic()
             return self._snapshot
 

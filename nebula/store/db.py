@@ -166,17 +166,19 @@ def is_rolled_back_conflict(exc: BaseException) -> bool:
     return code in _RETRYABLE_SQLSTATES
 
 
-async def read_again_if_disconnected(read: Callable[[], Awaitable[T]]) -> T:
-    """Run `read`, and once more (on a fresh connection) if the connection it used turned out
-    to be gone, or PostgreSQL rolled it back as a deadlock's victim. For work that writes
-    nothing, or a single guarded statement whose second run writes nothing if the first
-    committed."""
+async def run_again_if_lost(work: Callable[[], Awaitable[T]]) -> T:
+    """Run `work`, and once more (on a fresh connection) when the connection it used turned
+    out to be gone, or PostgreSQL rolled it back whole (a deadlock's victim, a serialization
+    failure). Only for work a second run cannot double: a read, or one guarded statement in
+    autocommit whose second run writes nothing if the first committed (a host's first check,
+    a known host's grant). Not for a transaction of several statements: a connection lost
+    during its COMMIT may have committed it, which the caller must tell apart itself."""
     try:
-        return await read()
+        return await work()
     except DBAPIError as exc:
         if not (is_disconnect(exc) or is_rolled_back_conflict(exc)):
             raise
-        return await read()
+        return await work()
 
 
 _CONNECT_TIMEOUT = 10.0

@@ -8,7 +8,8 @@ is one transaction with its activity entry, old and new values in its detail.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 from sqlalchemy import select
@@ -33,18 +34,61 @@ def _arch(value: Any) -> str | None:
     return check_arch(value) if value else None
 
 
-async def _channel(session: Any, request: web.Request) -> Channel:
+class _Named(Protocol):
+    name: str
+    arch: str
+
+
+T = TypeVar("T", bound=_Named)
+# A store's lookup by name: (session, name, arch or None, app id or None).
+Find = Callable[[Any, str, str | None, str | None], Awaitable[T]]
+
+
+async def _named(session: Any, request: web.Request, key: str, find: Find[T]) -> T:
+    """The channel or group the path names (at `key`), in the app and arch the query picks."""
     q = request.query
-    return await group_store.get_channel(
-        session,
-        request.match_info["name"],
-        _arch(q.get("arch")),
-        await app_store.app_id_of(session, q.get("app")),
-    )
+    arch = _arch(q.get("arch"))  # refused before the app is looked up
+    app_id = await app_store.app_id_of(session, q.get("app"))
+    return await find(session, request.match_info[key], arch, app_id)
+
+
+async def _channel(session: Any, request: web.Request) -> Channel:
+    return await _named(session, request, "name", group_store.get_channel)
+
+
+async def _group(session: Any, request: web.Request) -> Group:
+    return await _named(session, request, "ref", group_store.find_group)
+
+
+async def _delete(
+    request: web.Request,
+    kind: str,
+    find: Callable[[Any, web.Request], Awaitable[T]],
+    old_of: Callable[[Any, T], Awaitable[dict[str, Any]]],
+    remove: Callable[[Any, T], Awaitable[None]],
+) -> web.Response:
+    """Delete the `kind` the request names, in one transaction with its activity entry (its
+    last state in the detail)."""
+
+    async def work(session: Any) -> None:
+        found = await find(session, request)
+        old = await old_of(session, found)
+        await remove(session, found)
+        message = f"{kind} {found.name} ({found.arch}) deleted"
+        record(session, request, f"{kind}_delete", message, old=old)
+
+    await change(request, work)
+    return web.Response(status=204)
 
 
 async def _version_of(session: Any, channel: Channel) -> Package | None:
     return await session.get(Package, channel.package_id) if channel.package_id else None
+
+
+async def _channel_state(session: Any, channel: Channel) -> dict[str, Any]:
+    body = channel_json(channel, await _version_of(session, channel))
+    body["floors"] = await group_store.channel_floors(session, channel.id)
+    return body
 
 
 @routes.post("/api/v1/channels")
@@ -91,8 +135,7 @@ async def create_channel(request: web.Request) -> web.Response:
 async def show_channel(request: web.Request) -> web.Response:
     async with transaction(request.app[READ_SESSIONS]) as session:
         channel = await _channel(session, request)
-        body = channel_json(channel, await _version_of(session, channel))
-        body["floors"] = await group_store.channel_floors(session, channel.id)
+        body = await _channel_state(session, channel)
         body["groups"] = [g.name for g in await group_store.followers(session, channel.id)]
         return web.json_response(body)
 
@@ -106,29 +149,10 @@ async def show_channel(request: web.Request) -> web.Response:
     errors=(409,),
 )
 async def delete_channel(request: web.Request) -> web.Response:
-    async def work(session: Any) -> None:
-        channel = await _channel(session, request)
-        old = channel_json(channel, await _version_of(session, channel))
-        old["floors"] = await group_store.channel_floors(session, channel.id)
-        await group_store.delete_channel(session, channel)
-        message = f"channel {channel.name} ({channel.arch}) deleted"
-        record(session, request, "channel_delete", message, old=old)
-
-    await change(request, work)
-    return web.Response(status=204)
+    return await _delete(request, "channel", _channel, _channel_state, group_store.delete_channel)
 
 
 # -- groups --------------------------------------------------------------------------------------
-
-
-async def _group(session: Any, request: web.Request) -> Group:
-    q = request.query
-    return await group_store.find_group(
-        session,
-        request.match_info["ref"],
-        _arch(q.get("arch")),
-        await app_store.app_id_of(session, q.get("app")),
-    )
 
 
 async def _channel_name(session: Any, group: Group) -> str | None:
@@ -191,13 +215,8 @@ async def update_group(request: web.Request) -> web.Response:
     errors=(409,),
 )
 async def delete_group(request: web.Request) -> web.Response:
-    async def work(session: Any) -> None:
-        group = await _group(session, request)
-        old = group_json(group, await _channel_name(session, group))
-        await group_store.delete_group(session, group)
-        # The group's own log entries stay, with no group (its id is in `old`).
-        message = f"group {group.name} ({group.arch}) deleted"
-        record(session, request, "group_delete", message, old=old)
+    async def old_of(session: Any, group: Group) -> dict[str, Any]:
+        # The group's own log entries stay, with no group (its id is in this).
+        return group_json(group, await _channel_name(session, group))
 
-    await change(request, work)
-    return web.Response(status=204)
+    return await _delete(request, "group", _group, old_of, group_store.delete_group)

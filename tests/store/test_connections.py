@@ -6,7 +6,7 @@ connection). PostgreSQL only: it is the server that drops connections."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,79 +75,75 @@ async def test_connections_closed_by_the_server_are_not_handed_out(
         assert resp.status == 200, await resp.text()
 
 
-def _die_once_at(engine: AsyncEngine, marker: str) -> list[str]:
-    """The first statement containing `marker` finds its connection gone: the backend is
-    terminated (by itself) just before the statement is sent. Returns the log of deaths."""
-    died: list[str] = []
+# The faults injected just before a statement is sent: its backend terminated (by itself), or
+# PostgreSQL raising SQLSTATE 40P01 from a DO block and rolling the transaction back, as it
+# does to a deadlock's victim.
+_LOST = "SELECT pg_terminate_backend(pg_backend_pid())"
+_DEADLOCK = (
+    "DO $$ BEGIN RAISE EXCEPTION 'injected deadlock' USING ERRCODE = 'deadlock_detected'; END $$"
+)
+
+
+def _fail_once_at(engine: AsyncEngine, marker: str, fault: str = _LOST) -> list[str]:
+    """The first statement containing `marker` meets `fault` just before it is sent. Returns
+    the log of failed statements."""
+    failed: list[str] = []
 
     def before(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if marker in statement and not died:
-            died.append(statement)
-            conn.exec_driver_sql("SELECT pg_terminate_backend(pg_backend_pid())")
+        if marker in statement and not failed:
+            failed.append(statement)
+            conn.exec_driver_sql(fault)
 
     event.listen(engine.sync_engine, "before_cursor_execute", before)
-    return died
+    return failed
 
 
-async def test_a_grant_whose_connection_dies_before_commit_is_made_once(
-    aiohttp_client: Any, db_url: str, tmp_path: Path, key_file: Path
+@dataclass(frozen=True)
+class _GrantPath:
+    """One way a grant is written, and the statement of it a fault is injected at."""
+
+    known: bool  # the host checked in before the release
+    new_oem: bool  # it reports a new OEM at the grant, which the one statement leaves alone
+    marker: str
+    also: str = ""  # what else the failed statement must hold (to be the one meant)
+
+
+_GRANT_PATHS = {
+    # The general transaction; the fault at its group lock (a group without limits).
+    "transaction": _GrantPath(known=True, new_oem=True, marker="FOR SHARE"),
+    # A new host's first check-in: one statement.
+    "first-check": _GrantPath(known=False, new_oem=False, marker="nebula_grant_gate"),
+    # A known host's grant with the facts it had: one statement.
+    "known-grant": _GrantPath(
+        known=True, new_oem=False, marker="nebula_grant_gate", also="UPDATE instance_apps SET"
+    ),
+}
+
+
+@pytest.mark.parametrize("fault", [_LOST, _DEADLOCK], ids=["connection-lost", "deadlock"])
+@pytest.mark.parametrize("path", list(_GRANT_PATHS))
+async def test_a_grant_whose_database_fails_once_is_made_once(
+    aiohttp_client: Any, db_url: str, tmp_path: Path, key_file: Path, path: str, fault: str
 ) -> None:
-    """The connection dies at the group lock, inside the grant's transaction: the request is
-    run again on a fresh connection and answered with the grant; one grant row, counts equal a
-    recount. Catches no retry (503) and a retry that writes twice."""
+    """Each way a grant is written meets, once, a connection that turns out to be gone, or
+    PostgreSQL picking it as a deadlock's victim: run again (on a fresh connection), answered
+    with the grant, one grant row, counts equal a recount. Catches no retry (a 503 or a 500 to
+    the host: a lock-order slip elsewhere would show as failed update checks) and a retry that
+    writes twice."""
+    way = _GRANT_PATHS[path]
     client = await _app(aiohttp_client, db_url, tmp_path, key_file)
     token = await make_token(db_url)
-    host = Host(machine_id="c" * 32, version=OLD)
-    # Known before the release, with new facts at the grant: its grant goes through the
-    # transaction (a known host's grant with the facts it had is one statement, below).
-    assert (await client.post("/v1/update/", data=host.check())).status == 200
+    host = Host(machine_id="9" * 32, version=OLD)
+    if way.known:
+        assert (await client.post("/v1/update/", data=host.check())).status == 200
     await add_version(client, token, NEW)
-    died = _die_once_at(client.engine, "FOR SHARE")  # a grant in a group without limits
-    resp = await client.post("/v1/update/", data=replace(host, oem="ami").check())
-    assert resp.status == 200, await resp.text()
-    assert died, "the injected fault never fired"
-    manifest = etree.fromstring(await resp.read()).find("app/updatecheck/manifest")
-    assert manifest is not None and manifest.get("version") == NEW
-    async with client.engine.connect() as conn:
-        assert (await conn.execute(select(func.count()).select_from(Grant))).scalar() == 1
-    await assert_status_counts_match(db_url, by_version=True)
-
-
-async def test_a_first_check_whose_connection_dies_is_granted_once(
-    aiohttp_client: Any, db_url: str, tmp_path: Path, key_file: Path
-) -> None:
-    """A new host's first check-in is one statement; its connection dies just before it is
-    sent: run again on a fresh connection, answered with the grant, one grant row, counts
-    equal a recount. Catches no retry (503) and a retry that writes twice."""
-    client = await _app(aiohttp_client, db_url, tmp_path, key_file)
-    token = await make_token(db_url)
-    await add_version(client, token, NEW)
-    died = _die_once_at(client.engine, "nebula_grant_gate")
-    resp = await client.post("/v1/update/", data=Host(machine_id="e" * 32, version=OLD).check())
-    assert resp.status == 200, await resp.text()
-    assert died, "the injected fault never fired"
-    manifest = etree.fromstring(await resp.read()).find("app/updatecheck/manifest")
-    assert manifest is not None and manifest.get("version") == NEW
-    async with client.engine.connect() as conn:
-        assert (await conn.execute(select(func.count()).select_from(Grant))).scalar() == 1
-    await assert_status_counts_match(db_url, by_version=True)
-
-
-async def test_a_known_hosts_grant_whose_connection_dies_is_granted_once(
-    aiohttp_client: Any, db_url: str, tmp_path: Path, key_file: Path
-) -> None:
-    """A known host's grant is one statement; its connection dies just before it is sent: run
-    again on a fresh connection, answered with the grant, one grant row, counts equal a
-    recount. Catches no retry (503) and a retry that writes twice."""
-    client = await _app(aiohttp_client, db_url, tmp_path, key_file)
-    token = await make_token(db_url)
-    host = Host(machine_id="f" * 32, version=OLD)
-    assert (await client.post("/v1/update/", data=host.check())).status == 200
-    await add_version(client, token, NEW)
-    died = _die_once_at(client.engine, "UPDATE instance_apps SET")
+    if way.new_oem:
+        host = replace(host, oem="ami")
+    failed = _fail_once_at(client.engine, way.marker, fault)
     resp = await client.post("/v1/update/", data=host.check())
     assert resp.status == 200, await resp.text()
-    assert died and "nebula_grant_gate" in died[0], died
+    assert failed, "the injected fault never fired"
+    assert way.also in failed[0], failed
     manifest = etree.fromstring(await resp.read()).find("app/updatecheck/manifest")
     assert manifest is not None and manifest.get("version") == NEW
     async with client.engine.connect() as conn:
@@ -164,52 +160,7 @@ async def test_a_host_read_whose_connection_dies_is_read_again(
     host = Host(machine_id="d" * 32, version=OLD)
     assert (await client.post("/v1/update/", data=host.check())).status == 200
     client.server.app[HOST_CACHE].evict((host.machine_id,))
-    died = _die_once_at(client.engine, "FROM instance_apps JOIN instances")
+    died = _fail_once_at(client.engine, "FROM instance_apps JOIN instances")
     resp = await client.post("/v1/update/", data=host.check())
     assert resp.status == 200, await resp.text()
     assert died, "the injected fault never fired"
-
-
-def _deadlock_once_at(engine: AsyncEngine, marker: str) -> list[str]:
-    """The first statement containing `marker` fails as a deadlock's victim would: PostgreSQL
-    raises SQLSTATE 40P01 (from a DO block sent just before it) and rolls the transaction back.
-    Returns the log of failures."""
-    failed: list[str] = []
-
-    def before(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if marker in statement and not failed:
-            failed.append(statement)
-            conn.exec_driver_sql(
-                "DO $$ BEGIN RAISE EXCEPTION 'injected deadlock' "
-                "USING ERRCODE = 'deadlock_detected'; END $$"
-            )
-
-    event.listen(engine.sync_engine, "before_cursor_execute", before)
-    return failed
-
-
-@pytest.mark.parametrize("known", [False, True], ids=["transaction", "one-statement"])
-async def test_a_grant_rolled_back_as_a_deadlocks_victim_is_run_again(
-    aiohttp_client: Any, db_url: str, tmp_path: Path, key_file: Path, known: bool
-) -> None:
-    """PostgreSQL picks the grant as a deadlock's victim and rolls it back. Catches a 500 to
-    the host (a lock-order slip elsewhere would show as failed update checks) and a retry that
-    writes twice: one grant row, counts equal a recount. Both ways a grant is written: the
-    general transaction (the host reports a new OEM, which the one statement leaves to it) and
-    the known host's one statement."""
-    client = await _app(aiohttp_client, db_url, tmp_path, key_file)
-    token = await make_token(db_url)
-    host = Host(machine_id="9" * 32, version=OLD)
-    assert (await client.post("/v1/update/", data=host.check())).status == 200
-    await add_version(client, token, NEW)
-    if not known:
-        host = replace(host, oem="ami")
-    failed = _deadlock_once_at(client.engine, "FOR SHARE" if not known else "nebula_grant_gate")
-    resp = await client.post("/v1/update/", data=host.check())
-    assert resp.status == 200, await resp.text()
-    assert failed, "the injected fault never fired"
-    manifest = etree.fromstring(await resp.read()).find("app/updatecheck/manifest")
-    assert manifest is not None and manifest.get("version") == NEW
-    async with client.engine.connect() as conn:
-        assert (await conn.execute(select(func.count()).select_from(Grant))).scalar() == 1
-    await assert_status_counts_match(db_url, by_version=True)

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from nebula.errors import ConfigError
@@ -66,3 +67,54 @@ async def test_engine_views_are_made_once_per_engine_and_options(engine: AsyncEn
             assert (await conn.execute(text("SELECT 1"))).scalar_one() == 1
             reads.append(conn.engine)
     assert reads[0] is reads[1]
+
+
+# -- run_again_if_lost: which failures get a second run, and only one ------------------------
+
+
+class _DriverError(Exception):
+    """What asyncpg raises, as far as run_again_if_lost looks: a SQLSTATE."""
+
+    def __init__(self, sqlstate: str | None) -> None:
+        super().__init__(f"SQLSTATE {sqlstate}")
+        self.sqlstate = sqlstate
+
+
+def _failure(kind: str) -> Exception:
+    if kind == "lost":  # SQLAlchemy marks the connection invalidated: the pool dropped it
+        return DBAPIError("SELECT 1", None, _DriverError(None), connection_invalidated=True)
+    if kind == "other":
+        return RuntimeError("not the database's")
+    return DBAPIError("SELECT 1", None, _DriverError(kind))  # kind: a SQLSTATE
+
+
+@pytest.mark.parametrize(
+    ("failures", "calls", "outcome"),
+    [
+        ([], 1, "done"),
+        (["lost"], 2, "done"),  # a connection gone: once more, on a fresh one
+        (["40P01"], 2, "done"),  # a deadlock's victim, rolled back whole
+        (["40001"], 2, "done"),  # a serialization failure, rolled back whole
+        (["lost", "lost"], 2, DBAPIError),  # one more run, not a loop
+        (["40P01", "lost"], 2, DBAPIError),
+        (["23505"], 1, DBAPIError),  # a unique violation would fail again: not retried
+        (["other"], 1, RuntimeError),
+    ],
+)
+async def test_work_is_run_again_once_when_its_connection_or_transaction_was_lost(
+    failures: list[str], calls: int, outcome: Any
+) -> None:
+    ran: list[int] = []
+
+    async def work() -> str:
+        ran.append(1)
+        if len(ran) <= len(failures):
+            raise _failure(failures[len(ran) - 1])
+        return "done"
+
+    if outcome == "done":
+        assert await db.run_again_if_lost(work) == "done"
+    else:
+        with pytest.raises(outcome):
+            await db.run_again_if_lost(work)
+    assert len(ran) == calls
