@@ -41,7 +41,7 @@ APP = AppRequest(
 
 def snap(app: AppRequest = APP, **changes: object) -> Snapshot:
     base = Snapshot(app.app_id, GROUP, app.version, "complete", NEW, False, facts_key(app))
-    return replace(base, **changes)  # type: ignore[arg-type]
+    return base._replace(**changes)  # type: ignore[arg-type]
 
 
 OPEN = GroupPolicy()
