@@ -10,7 +10,8 @@ SIGTERM or SIGINT stops it gracefully: the listening sockets close, requests in 
 shutdown_timeout seconds to finish (one whose body is still arriving included: it completes,
 or its body timeout, shorter, answers it 408), idle keep-alive connections close, and the app's
 cleanup runs (it flushes the batched last-seen times). Further signals during the drain are
-ignored.
+ignored. Once started, what the process holds for good is frozen out of the garbage
+collector's walks (`freeze_startup_objects`).
 
 Imports nebula.config, nebula.errors, nebula.web.access and nebula.web.logs only.
 """
@@ -18,6 +19,7 @@ Imports nebula.config, nebula.errors, nebula.web.access and nebula.web.logs only
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -122,6 +124,15 @@ def bind(listen: str, *, reuse_port: bool = False, backlog: int = 1024) -> socke
     return sock
 
 
+def freeze_startup_objects() -> None:
+    """Move what the process holds once started (modules, the app, its settings and catalog)
+    out of the garbage collector's sight: it lives as long as the process, yet every full
+    collection walked its hundred thousand objects with the event loop stopped (20 ms each).
+    Collected first, so that no garbage is frozen with it."""
+    gc.collect()
+    gc.freeze()
+
+
 async def serve_app(
     app: web.Application,
     sockets: Sequence[socket.socket],
@@ -165,6 +176,7 @@ async def serve_app(
             except Exception:
                 log.exception("cleanup after a failed start failed too")
             raise
+        freeze_startup_objects()
         on_ready()
         await stop.wait()
         await drain(runner, settings.shutdown_timeout)
