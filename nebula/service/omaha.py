@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -36,6 +37,7 @@ from nebula.omaha.model import (
     arch_of,
 )
 from nebula.policy import Decision
+from nebula.service.grantbatch import GrantBatcher
 from nebula.service.transition import (
     NeedsExclusiveLock,
     Transition,
@@ -56,7 +58,8 @@ from nebula.store.db import (
     single_statement,
     transaction,
 )
-from nebula.store.firstcheck import FirstCheck, Written, write_first_check
+from nebula.store.firstbatch import write_first_checks
+from nebula.store.firstcheck import LOCK_EXCLUSIVE, FirstCheck, Written, write_first_check
 from nebula.store.hostcache import HostCache, Snapshot, snapshot
 from nebula.store.hosts import (
     INSTANCE_LIMITS,
@@ -132,6 +135,17 @@ class OmahaService:
         self._seen = seen
         bind = sessions.kw.get("bind")
         self._one_statement = isinstance(bind, AsyncEngine) and bind.dialect.name == "postgresql"
+        # Counted first-check grants of a group, several to a statement (PostgreSQL).
+        self._grants = GrantBatcher(self._write_first_checks, self._write_first_check)
+
+    @property
+    def grant_batches(self) -> GrantBatcher:
+        """The batcher of counted first-check grants (tests read how many wait)."""
+        return self._grants
+
+    async def close(self) -> None:
+        """Wait for the batches of grants in flight (at shutdown)."""
+        await self._grants.close()
 
     async def handle(self, request: Request, ip: str | None, now: datetime) -> Response:
         catalog = await self._catalog.get()
@@ -223,7 +237,11 @@ class OmahaService:
             )
             if planned is not None:
                 plan, decision, manifest = planned
-                written = await self._write_first_check(plan)
+                written = await (
+                    self._grants.write(plan)
+                    if plan.lock == LOCK_EXCLUSIVE
+                    else self._write_first_check(plan)
+                )
                 if written.written:
                     result = first_check_done(
                         self._metrics, group, app, plan, decision, manifest, written
@@ -316,6 +334,17 @@ class OmahaService:
         async def write() -> Written:
             async with single_statement(self._sessions) as conn:
                 return await write_first_check(conn, plan)
+
+        return await read_again_if_disconnected(write)
+
+    async def _write_first_checks(self, plans: Sequence[FirstCheck]) -> list[Written]:
+        """Several counted first checks of a group in one statement in autocommit
+        (nebula.store.firstbatch), run once more as one host's statement is: a host the first
+        run committed is found stored the second time."""
+
+        async def write() -> list[Written]:
+            async with single_statement(self._sessions) as conn:
+                return await write_first_checks(conn, plans)
 
         return await read_again_if_disconnected(write)
 
