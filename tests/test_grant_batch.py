@@ -1,7 +1,7 @@
-"""Counted grants of new hosts written several to a statement (nebula.service.grantbatch and
-nebula.store.firstbatch): exactly up to the limits in request order, one statement for the
-batch, the same answers as one host at a time, and a batch the database rolls back neither lost
-nor granted twice.
+"""Counted grants written several to a statement (nebula.service.grantbatch; new hosts'
+first check-ins by nebula.store.firstbatch, known hosts' grants by nebula.store.knownbatch):
+exactly up to the limits in request order, one statement for the batch, the same answers as one
+host at a time, and a batch the database rolls back neither lost nor granted twice.
 
 A batch forms only while a statement of its group is in flight. The tests make one stay in
 flight by holding the group's lock in a transaction of their own (as a counted grant of another
@@ -12,6 +12,7 @@ waits from pg_locks: never from a clock.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -20,12 +21,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from nebula.omaha.model import arch_of
 from nebula.omaha.parse import parse_request
-from nebula.service.transition import plan_first_check
+from nebula.service.transition import plan_first_check, plan_known_grant
 from nebula.store import db
 from nebula.store.firstbatch import write_first_checks
-from nebula.store.firstcheck import FirstCheck, write_first_check
+from nebula.store.firstcheck import LOCK_SHARE, FirstCheck, write_first_check
+from nebula.store.knownbatch import batchable, write_known_grants
+from nebula.store.knowngrant import KnownGrant, write_known_grant
 from nebula.store.rollouts import lock_group
-from nebula.web.keys import CATALOG, ENGINE, SERVICE
+from nebula.web.keys import CATALOG, ENGINE, HOST_CACHE, SERVICE
 from tests.factories import Host, assert_status_counts_match
 from tests.statements import statements
 from tests.test_first_check import lock_waiters
@@ -71,13 +74,24 @@ async def reasons_of(engine: AsyncEngine, machines: list[str]) -> list[tuple[str
     return [by_host[m] for m in machines]
 
 
+PATHS = ("new", "known")
+
+
+async def known_hosts(client: Any, group_hosts: list[Host], path: str) -> None:
+    """For the known path: the hosts check in before the release (known, idle, cached)."""
+    if path == "known":
+        for host in group_hosts:
+            assert await check(client, host) is None
+
+
 async def queued_behind_the_lock(
-    client: Any, engine: AsyncEngine, group_hosts: list[Host]
+    client: Any, engine: AsyncEngine, group_hosts: list[Host], path: str = "new"
 ) -> tuple[asyncio.Future[str | None], list[asyncio.Future[str | None]]]:
     """The first host's check sent alone, waiting for the group's lock the caller holds; the
     others sent one at a time, each once the one before waits in the batcher: their order is
     the request order."""
-    batcher = client.app[SERVICE].grant_batches
+    service = client.app[SERVICE]
+    batcher = service.grant_batches if path == "new" else service.known_grant_batches
     first, *rest = group_hosts
     alone = asyncio.ensure_future(check(client, first))
 
@@ -97,25 +111,27 @@ async def queued_behind_the_lock(
     return alone, queued
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("limits", LIMITS, ids=list(LIMITS))
 async def test_a_batch_grants_exactly_up_to_the_limit_in_request_order(
-    client: Any, admin_token: str, engine: AsyncEngine, db_url: str, limits: str
+    client: Any, admin_token: str, engine: AsyncEngine, db_url: str, limits: str, path: str
 ) -> None:
-    """Eight new hosts at once; the first is written alone, the seven that arrive meanwhile
-    in one statement. Catches a batch that grants all it holds (no rank added to the counts:
-    eight granted), grants out of request order, or writes its hosts one statement each; and
-    a held host written without its reason or with a grant row."""
+    """Eight hosts at once (new, or known and idle); the first is written alone, the seven
+    that arrive meanwhile in one statement. Catches a batch that grants all it holds (no rank
+    added to the counts: eight granted), grants out of request order, or writes its hosts one
+    statement each; and a held host written without its reason or with a grant row."""
     policy, allowed, reason = LIMITS[limits]
+    group_hosts = hosts(8)
+    await known_hosts(client, group_hosts, path)
     await add_version(client, admin_token, NEW)
     await point(client, admin_token, NEW)
     await set_policy(client, admin_token, **policy)
-    group_hosts = hosts(8)
     machines = [h.machine_id for h in group_hosts]
     app_engine = client.app[ENGINE]
     with statements(app_engine, lambda s: "nebula_grant_gate" in s) as sent:
         async with db.session_factory(engine)() as session, session.begin():
             await lock_group(session, STABLE_ID)
-            alone, queued = await queued_behind_the_lock(client, engine, group_hosts)
+            alone, queued = await queued_behind_the_lock(client, engine, group_hosts, path)
         answers = [await asyncio.wait_for(t, BOUND) for t in (alone, *queued)]
     assert len(sent) == 2, sent  # the first alone, the seven in one statement
     assert "unnest" in sent[1]
@@ -144,23 +160,25 @@ def _deadlock_at(engine: AsyncEngine, marker: str, times: int) -> list[str]:
     return failed
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("times", [1, 2], ids=["once, run again", "twice, split"])
 async def test_a_batch_rolled_back_as_a_deadlocks_victim_loses_and_doubles_nothing(
-    client: Any, admin_token: str, engine: AsyncEngine, db_url: str, times: int
+    client: Any, admin_token: str, engine: AsyncEngine, db_url: str, times: int, path: str
 ) -> None:
     """The batch statement is a deadlock's victim once (run again as a batch) or twice (split:
     each host written alone). Catches a 500 to the hosts of a failed batch, a request never
     answered, and a second run that grants a host twice or past the limit."""
+    group_hosts = hosts(6)
+    await known_hosts(client, group_hosts, path)
     await add_version(client, admin_token, NEW)
     await point(client, admin_token, NEW)
     await set_policy(client, admin_token, max_concurrent=3)
-    group_hosts = hosts(6)
     machines = [h.machine_id for h in group_hosts]
     failed = _deadlock_at(client.app[ENGINE], "unnest", times)
     with statements(client.app[ENGINE], lambda s: "nebula_grant_gate" in s) as sent:
         async with db.session_factory(engine)() as session, session.begin():
             await lock_group(session, STABLE_ID)
-            alone, queued = await queued_behind_the_lock(client, engine, group_hosts)
+            alone, queued = await queued_behind_the_lock(client, engine, group_hosts, path)
         answers = [await asyncio.wait_for(t, BOUND) for t in (alone, *queued)]
     assert len(failed) == times, "the injected fault never fired"
     batches = [s for s in sent if "unnest" in s]  # those that ran (the failed did not)
@@ -235,3 +253,86 @@ async def test_a_batch_answers_what_each_host_would_get_alone(
     assert rows_together == await reasons_of(engine, [h.machine_id for h in fresh])
     assert together[1].stored is not None and not together[1].written
     assert sum(w.granted for w in together) == (1 if limits == "safe" else 2)
+
+
+async def _known_plans(client: Any, group_hosts: list[Host], now: Any) -> list[KnownGrant]:
+    catalog = await client.app[CATALOG].get()
+    cache = client.app[HOST_CACHE]
+    plans = []
+    for host in group_hosts:
+        request = parse_request(host.check())
+        (app,) = request.apps
+        group = catalog.find_group(app.app_id, "stable", arch_of(request, app))
+        known = cache.get(host.machine_id, app.app_id)
+        assert known is not None
+        planned = plan_known_grant(
+            known, group, app, host.machine_id, "127.0.0.1", now, catalog.stamp, "test"
+        )
+        assert planned is not None
+        plans.append(planned[0])
+    return plans
+
+
+async def _ungrant(engine: AsyncEngine, machines: list[str]) -> None:
+    """Put these hosts back as they were before the batch (idle, nothing granted)."""
+    async with engine.begin() as conn:
+        await conn.execute(text("DELETE FROM grants WHERE instance_id = ANY(:m)"), {"m": machines})
+        await conn.execute(
+            text(
+                "UPDATE instance_apps SET status = 'idle', granted_version = NULL, "
+                "granted_package_id = NULL, granted_at = NULL, hold_reason = NULL "
+                "WHERE instance_id = ANY(:m)"
+            ),
+            {"m": machines},
+        )
+
+
+@pytest.mark.parametrize("limits", [*LIMITS, "safe"], ids=[*LIMITS, "safe"])
+async def test_a_known_batch_answers_what_each_host_would_get_alone(
+    client: Any, admin_token: str, engine: AsyncEngine, clock: Any, limits: str
+) -> None:
+    """Seven known idle hosts and one host granted before: their grants written in one
+    statement, then (put back) one host at a time in the same order. Every outcome and the
+    counts it was decided on must be the same. Catches counts returned without the grants
+    before the host in the batch, and a reason other than the one alone."""
+    policy, _, _ = SAFE if limits == "safe" else LIMITS[limits]
+    earlier, *batch = hosts(8)
+    await known_hosts(client, batch, "known")
+    await add_version(client, admin_token, NEW)
+    await point(client, admin_token, NEW)
+    await set_policy(client, admin_token, **policy)
+    if limits != "safe":
+        assert await check(client, earlier) == NEW
+    plans = await _known_plans(client, batch, clock.now)
+    assert all(batchable(p) for p in plans)
+    machines = [h.machine_id for h in batch]
+    sessions = db.session_factory(engine)
+    async with db.single_statement(sessions) as conn:
+        together = await write_known_grants(conn, plans)
+    rows_together = await reasons_of(engine, machines)
+    await _ungrant(engine, machines)
+    alone = []
+    for plan in plans:
+        async with db.single_statement(sessions) as conn:
+            alone.append(await write_known_grant(conn, plan))
+    assert together == alone
+    assert rows_together == await reasons_of(engine, machines)
+    assert sum(o.granted for o in together) == (1 if limits == "safe" else 2)
+
+
+async def test_a_host_that_holds_a_slot_is_granted_alone(
+    client: Any, admin_token: str, clock: Any
+) -> None:
+    """A known host in flight (or installed) counts in the limits of every other host's grant
+    but not of its own; one count cannot serve it and the hosts beside it. Catches batching it:
+    the others would be decided without its slot, and pass the concurrency limit."""
+    (host,) = hosts(1)
+    await known_hosts(client, [host], "known")
+    await add_version(client, admin_token, NEW)
+    await point(client, admin_token, NEW)
+    await set_policy(client, admin_token, max_concurrent=3)
+    (plan,) = await _known_plans(client, [host], clock.now)
+    assert batchable(plan)
+    for status in ("granted", "downloading", "downloaded", "installed"):
+        assert not batchable(replace(plan, status=status)), status
+    assert not batchable(replace(plan, lock=LOCK_SHARE))  # nothing counted: nothing to share

@@ -1,6 +1,7 @@
 """Counted grants of one group written together, "group commit" style: while a statement of
-the group is in flight, the next first check-ins of that group queue; when it is done, all that
-queued go in one statement (nebula.store.firstbatch) and one commit. No sleep: a lone request
+the group is in flight, the next counted grants of that group queue; when it is done, all that
+queued go in one statement (nebula.store.firstbatch for new hosts, knownbatch for known ones)
+and one commit. No sleep: a lone request
 is written at once, alone; batches form only when requests arrive faster than the group's
 statements can be written, which is when the one lock and flush per grant would bound them.
 
@@ -12,8 +13,8 @@ A batch the database rolled back whole (a deadlock's victim, a lost connection) 
 more, as one host's statement is (a second run writes nothing for a host the first committed:
 it finds it stored). A batch that fails again, or with any other error, is split: each host's
 plan is written alone, so that each request gets what it would have got without the batch,
-its answer or its error, and one request's failure is not every request's. Imports
-nebula.store.firstbatch and firstcheck.
+its answer or its error, and one request's failure is not every request's. Imports nothing of
+Nebula: the statements and how plans are grouped are handed in.
 """
 
 from __future__ import annotations
@@ -22,44 +23,54 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-
-from nebula.store.firstbatch import batch_key
-from nebula.store.firstcheck import FirstCheck, Written
+from typing import Generic, Protocol, TypeVar
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 64  # hosts per statement: more waits its turn (bounds the statement's size)
 
-WriteMany = Callable[[Sequence[FirstCheck]], Awaitable[list[Written]]]
-WriteOne = Callable[[FirstCheck], Awaitable[Written]]
+
+class Plan(Protocol):
+    @property
+    def machine_id(self) -> str: ...
+
+
+P = TypeVar("P", bound=Plan)
+R = TypeVar("R")
 
 
 @dataclass(slots=True)
-class _Queue:
-    waiting: list[tuple[FirstCheck, asyncio.Future[Written]]] = field(default_factory=list)
+class _Queue(Generic[P, R]):
+    waiting: list[tuple[P, asyncio.Future[R]]] = field(default_factory=list)
     running: bool = False
 
 
-class GrantBatcher:
-    """Collects the counted grants of each group (by firstbatch.batch_key) and writes them in
+class GrantBatcher(Generic[P, R]):
+    """Collects the counted grants of each group (plans with the same `key`) and writes them in
     batches, one statement of a group in flight at a time in this process.
 
     `write_many` runs the batch statement (with its own retry of a rolled-back batch);
-    `write_one` one host's statement, for a batch that failed."""
+    `write_one` one host's statement, for a lone plan and for a batch that failed."""
 
-    def __init__(self, write_many: WriteMany, write_one: WriteOne) -> None:
+    def __init__(
+        self,
+        key: Callable[[P], Hashable],
+        write_many: Callable[[Sequence[P]], Awaitable[list[R]]],
+        write_one: Callable[[P], Awaitable[R]],
+    ) -> None:
+        self._key = key
         self._write_many = write_many
         self._write_one = write_one
-        self._queues: dict[Hashable, _Queue] = {}
+        self._queues: dict[Hashable, _Queue[P, R]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def write(self, plan: FirstCheck) -> Written:
-        """What the first check `plan` wrote, alone or in a batch."""
-        key = batch_key(plan)
+    async def write(self, plan: P) -> R:
+        """What `plan`'s statement wrote, alone or in a batch."""
+        key = self._key(plan)
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = _Queue()
-        future: asyncio.Future[Written] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         queue.waiting.append((plan, future))
         if not queue.running:
             queue.running = True
@@ -71,7 +82,7 @@ class GrantBatcher:
         # (as one host's statement would be, once sent).
         return await asyncio.shield(future)
 
-    async def _drain(self, key: Hashable, queue: _Queue) -> None:
+    async def _drain(self, key: Hashable, queue: _Queue[P, R]) -> None:
         try:
             while queue.waiting:
                 batch = _take(queue)
@@ -88,10 +99,12 @@ class GrantBatcher:
             if not queue.waiting and self._queues.get(key) is queue:
                 del self._queues[key]
 
-    async def _run(self, batch: list[tuple[FirstCheck, asyncio.Future[Written]]]) -> None:
+    async def _run(self, batch: list[tuple[P, asyncio.Future[R]]]) -> None:
         plans = [plan for plan, _ in batch]
         try:
             results = await self._write_many(plans) if len(plans) > 1 else None
+            if results is not None and len(results) != len(plans):
+                raise AssertionError(f"{len(plans)} plans, {len(results)} results")
         except Exception as exc:  # split it: each request gets its own answer or error
             log.warning(
                 "a batch of %d counted grants failed (%s); writing each alone", len(plans), exc
@@ -124,11 +137,11 @@ class GrantBatcher:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-def _take(queue: _Queue) -> list[tuple[FirstCheck, asyncio.Future[Written]]]:
+def _take(queue: _Queue[P, R]) -> list[tuple[P, asyncio.Future[R]]]:
     """The next batch: up to MAX_BATCH plans in arrival order, each host once (a host asking
     twice at once waits for the next batch, as its second request would wait alone)."""
-    batch: list[tuple[FirstCheck, asyncio.Future[Written]]] = []
-    rest: list[tuple[FirstCheck, asyncio.Future[Written]]] = []
+    batch: list[tuple[P, asyncio.Future[R]]] = []
+    rest: list[tuple[P, asyncio.Future[R]]] = []
     hosts: set[str] = set()
     for item in queue.waiting:
         plan, future = item

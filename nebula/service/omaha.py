@@ -58,7 +58,7 @@ from nebula.store.db import (
     single_statement,
     transaction,
 )
-from nebula.store.firstbatch import write_first_checks
+from nebula.store.firstbatch import batch_key, write_first_checks
 from nebula.store.firstcheck import LOCK_EXCLUSIVE, FirstCheck, Written, write_first_check
 from nebula.store.hostcache import HostCache, Snapshot, snapshot
 from nebula.store.hosts import (
@@ -70,6 +70,8 @@ from nebula.store.hosts import (
     clip,
     read_host,
 )
+from nebula.store.knownbatch import batch_key as known_batch_key
+from nebula.store.knownbatch import batchable, write_known_grants
 from nebula.store.knowngrant import KnownGrant, write_known_grant
 from nebula.store.knowngrant import Outcome as GrantOutcome
 from nebula.store.seen import Seen, SeenWriter
@@ -136,16 +138,28 @@ class OmahaService:
         bind = sessions.kw.get("bind")
         self._one_statement = isinstance(bind, AsyncEngine) and bind.dialect.name == "postgresql"
         # Counted first-check grants of a group, several to a statement (PostgreSQL).
-        self._grants = GrantBatcher(self._write_first_checks, self._write_first_check)
+        self._grants: GrantBatcher[FirstCheck, Written] = GrantBatcher(
+            batch_key, self._write_first_checks, self._write_first_check
+        )
+        # Counted grants of known hosts that hold no slot, likewise.
+        self._known_grants: GrantBatcher[KnownGrant, GrantOutcome] = GrantBatcher(
+            known_batch_key, self._write_known_grants, self._write_known_grant
+        )
 
     @property
-    def grant_batches(self) -> GrantBatcher:
+    def grant_batches(self) -> GrantBatcher[FirstCheck, Written]:
         """The batcher of counted first-check grants (tests read how many wait)."""
         return self._grants
+
+    @property
+    def known_grant_batches(self) -> GrantBatcher[KnownGrant, GrantOutcome]:
+        """The batcher of known hosts' counted grants (tests read how many wait)."""
+        return self._known_grants
 
     async def close(self) -> None:
         """Wait for the batches of grants in flight (at shutdown)."""
         await self._grants.close()
+        await self._known_grants.close()
 
     async def handle(self, request: Request, ip: str | None, now: datetime) -> Response:
         catalog = await self._catalog.get()
@@ -307,7 +321,9 @@ class OmahaService:
             return None
         plan, manifest = planned
         since = self._hosts.stamp()
-        outcome = await self._write_known_grant(plan)
+        outcome = await (
+            self._known_grants.write(plan) if batchable(plan) else self._write_known_grant(plan)
+        )
         if not outcome.written:
             return None
         result = known_grant_done(self._metrics, group, app, known, plan, manifest, outcome)
@@ -323,6 +339,17 @@ class OmahaService:
         async def write() -> GrantOutcome:
             async with single_statement(self._sessions) as conn:
                 return await write_known_grant(conn, plan)
+
+        return await read_again_if_disconnected(write)
+
+    async def _write_known_grants(self, plans: Sequence[KnownGrant]) -> list[GrantOutcome]:
+        """Several known hosts' counted grants in one statement in autocommit
+        (nebula.store.knownbatch), run once more as one host's statement is: a host the first
+        run granted is no longer in the state the second run expects."""
+
+        async def write() -> list[GrantOutcome]:
+            async with single_statement(self._sessions) as conn:
+                return await write_known_grants(conn, plans)
 
         return await read_again_if_disconnected(write)
 

@@ -37,7 +37,7 @@ from nebula.store.hosts import StoredHost
 
 # The reason a host is held for with the gate's counts plus `r` grants before it (the order of
 # nebula.policy.decide and of firstcheck's verdict).
-_REASON = """CASE
+REASON = """CASE
     WHEN CAST(:max_grants AS integer) IS NOT NULL AND gate.grants + {r} >= :max_grants
         THEN 'rate_limit'
     WHEN CAST(:max_concurrent AS integer) IS NOT NULL AND gate.in_flight + {r} >= :max_concurrent
@@ -83,7 +83,7 @@ gate AS MATERIALIZED (
 ),
 granting AS MATERIALIZED (
     -- How many of the batch are granted: up to the first rank the limits hold.
-    SELECT coalesce(min(ranked.rank) FILTER (WHERE {_REASON.format(r="ranked.rank")} IS NOT NULL),
+    SELECT coalesce(min(ranked.rank) FILTER (WHERE {REASON.format(r="ranked.rank")} IS NOT NULL),
                     count(*)) AS n
     FROM ranked, gate
 ),
@@ -91,7 +91,7 @@ decided AS MATERIALIZED (
     SELECT ranked.*, least(ranked.rank, granting.n) AS before,
            ranked.rank < granting.n AS ok,
            CASE WHEN ranked.rank >= granting.n
-                THEN {_REASON.format(r="granting.n")} END AS held_by
+                THEN {REASON.format(r="granting.n")} END AS held_by
     FROM ranked, granting, gate WHERE gate.fresh
 ),
 host AS (
