@@ -90,7 +90,11 @@ class GrantBatcher(Generic[P, R]):
                     await self._run(batch)
                 except BaseException as exc:  # cancelled (shutdown): no request waits forever
                     for _, future in [*batch, *queue.waiting]:
-                        if not future.done():
+                        if future.done():
+                            continue
+                        if isinstance(exc, asyncio.CancelledError):
+                            future.cancel()
+                        else:
                             future.set_exception(exc)
                     queue.waiting.clear()
                     raise
