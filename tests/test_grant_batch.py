@@ -43,7 +43,11 @@ LIMITS = {
     "concurrency": ({"max_concurrent": 3}, 3, "concurrency"),
     "rate": ({"max_updates_per_period": 3, "period": "1h"}, 3, "rate_limit"),
     "both": ({"max_updates_per_period": 4, "period": "1h", "max_concurrent": 3}, 3, "concurrency"),
+    # No limits: the grants share the group's lock and count nothing; batched all the same.
+    "none": ({}, 8, None),
 }
+# How many of the batch in the "alone" tests are granted (one host was granted before).
+IN_BATCH = {"concurrency": 2, "rate": 2, "both": 2, "none": 7, "safe": 1}
 
 
 async def until(condition: Any) -> None:
@@ -252,7 +256,7 @@ async def test_a_batch_answers_what_each_host_would_get_alone(
     assert together == alone
     assert rows_together == await reasons_of(engine, [h.machine_id for h in fresh])
     assert together[1].stored is not None and not together[1].written
-    assert sum(w.granted for w in together) == (1 if limits == "safe" else 2)
+    assert sum(w.granted for w in together) == IN_BATCH[limits]
 
 
 async def _known_plans(client: Any, group_hosts: list[Host], now: Any) -> list[KnownGrant]:
@@ -317,7 +321,7 @@ async def test_a_known_batch_answers_what_each_host_would_get_alone(
             alone.append(await write_known_grant(conn, plan))
     assert together == alone
     assert rows_together == await reasons_of(engine, machines)
-    assert sum(o.granted for o in together) == (1 if limits == "safe" else 2)
+    assert sum(o.granted for o in together) == IN_BATCH[limits]
 
 
 async def test_a_host_that_holds_a_slot_is_granted_alone(
@@ -335,4 +339,5 @@ async def test_a_host_that_holds_a_slot_is_granted_alone(
     assert batchable(plan)
     for status in ("granted", "downloading", "downloaded", "installed"):
         assert not batchable(replace(plan, status=status)), status
-    assert not batchable(replace(plan, lock=LOCK_SHARE))  # nothing counted: nothing to share
+    # A grant that counts nothing (a group without limits) is batched whatever the status.
+    assert batchable(replace(plan, lock=LOCK_SHARE, status="downloading"))

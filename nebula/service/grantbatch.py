@@ -1,9 +1,9 @@
-"""Counted grants of one group written together, "group commit" style: while a statement of
-the group is in flight, the next counted grants of that group queue; when it is done, all that
-queued go in one statement (nebula.store.firstbatch for new hosts, knownbatch for known ones)
-and one commit. No sleep: a lone request
-is written at once, alone; batches form only when requests arrive faster than the group's
-statements can be written, which is when the one lock and flush per grant would bound them.
+"""Grants of one group written together, "group commit" style: while a statement of the group
+is in flight, the next grants of that group queue; when it is done, all that queued go in one
+statement (nebula.store.firstbatch for new hosts, knownbatch for known ones) and one commit. No
+sleep: a lone request is written at once, alone; batches form only when requests arrive faster
+than the group's statements can be written, which is when one lock (counted grants) or one
+statement and commit (all grants) per grant would bound them.
 
 One batcher per process. Exactness does not depend on it: the statement takes the group's lock
 and counts under it as one host's statement does, so processes (and replicas) writing batches
@@ -46,7 +46,7 @@ class _Queue(Generic[P, R]):
 
 
 class GrantBatcher(Generic[P, R]):
-    """Collects the counted grants of each group (plans with the same `key`) and writes them in
+    """Collects the grants of each group (plans with the same `key`) and writes them in
     batches, one statement of a group in flight at a time in this process.
 
     `write_many` runs the batch statement (with its own retry of a rolled-back batch);

@@ -59,7 +59,13 @@ from nebula.store.db import (
     transaction,
 )
 from nebula.store.firstbatch import batch_key, write_first_checks
-from nebula.store.firstcheck import LOCK_EXCLUSIVE, FirstCheck, Written, write_first_check
+from nebula.store.firstcheck import (
+    LOCK_EXCLUSIVE,
+    LOCK_SHARE,
+    FirstCheck,
+    Written,
+    write_first_check,
+)
 from nebula.store.hostcache import HostCache, Snapshot, snapshot
 from nebula.store.hosts import (
     INSTANCE_LIMITS,
@@ -137,11 +143,11 @@ class OmahaService:
         self._seen = seen
         bind = sessions.kw.get("bind")
         self._one_statement = isinstance(bind, AsyncEngine) and bind.dialect.name == "postgresql"
-        # Counted first-check grants of a group, several to a statement (PostgreSQL).
+        # First-check grants of a group, several to a statement (PostgreSQL).
         self._grants: GrantBatcher[FirstCheck, Written] = GrantBatcher(
             batch_key, self._write_first_checks, self._write_first_check
         )
-        # Counted grants of known hosts that hold no slot, likewise.
+        # Known hosts' grants, likewise (counted ones only of hosts that hold no slot).
         self._known_grants: GrantBatcher[KnownGrant, GrantOutcome] = GrantBatcher(
             known_batch_key, self._write_known_grants, self._write_known_grant
         )
@@ -253,7 +259,7 @@ class OmahaService:
                 plan, decision, manifest = planned
                 written = await (
                     self._grants.write(plan)
-                    if plan.lock == LOCK_EXCLUSIVE
+                    if plan.lock in (LOCK_EXCLUSIVE, LOCK_SHARE)
                     else self._write_first_check(plan)
                 )
                 if written.written:

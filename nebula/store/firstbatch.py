@@ -1,6 +1,7 @@
-"""Several new hosts' first check-ins of one group, each of which may get a counted grant,
-written in one PostgreSQL statement, in autocommit: one lock of the group, one count of its
-limits, one commit (and one WAL flush) for the lot.
+"""Several new hosts' first check-ins of one group, each of which may get a grant, written in
+one PostgreSQL statement, in autocommit: one lock of the group, one count of its limits, one
+commit (and one WAL flush) for the lot. Grants in a group without limits (the group's shared
+lock, nothing counted) are batched too: one commit and one round trip for several.
 
 Counted grants of a group take turns on the group's lock, which each holds through its commit's
 WAL flush; one at a time, the flush bounds their rate. Granting several hosts under one lock
@@ -32,7 +33,7 @@ from sqlalchemy import ARRAY, BigInteger, Boolean, DateTime, Integer, String, bi
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from nebula.store.counts import shard_of
-from nebula.store.firstcheck import LOCK_EXCLUSIVE, FirstCheck, Written
+from nebula.store.firstcheck import LOCK_EXCLUSIVE, LOCK_SHARE, FirstCheck, Written
 from nebula.store.hosts import StoredHost
 
 # The reason a host is held for with the gate's counts plus `r` grants before it (the order of
@@ -214,11 +215,12 @@ def batch_key(plan: FirstCheck) -> tuple[Any, ...]:
 
 
 async def write_first_checks(conn: AsyncConnection, plans: Sequence[FirstCheck]) -> list[Written]:
-    """Run the statement for `plans` (one batch_key, distinct hosts, an exclusive lock: counted
-    grants) on `conn` in autocommit; what each plan's statement alone would return, in order."""
+    """Run the statement for `plans` (one batch_key, distinct hosts, a grant possible: the
+    group's exclusive or shared lock) on `conn` in autocommit; what each plan's statement alone
+    would return, in order."""
     first = plans[0]
-    if first.lock != LOCK_EXCLUSIVE:
-        raise ValueError("only counted grants are written in batches")
+    if first.lock not in (LOCK_EXCLUSIVE, LOCK_SHARE):
+        raise ValueError("only first checks that may be granted are written in batches")
     if any(batch_key(p) != batch_key(first) for p in plans):
         raise ValueError("a batch's plans must share group, stamp and limits")
     if len({p.machine_id for p in plans}) != len(plans):

@@ -1,6 +1,7 @@
-"""Several known hosts' counted grants of one group written in one PostgreSQL statement, in
-autocommit: one lock of the group, one count of its limits, one commit for the lot (the fleet's
-rollout path; nebula.service.grantbatch collects them).
+"""Several known hosts' grants of one group written in one PostgreSQL statement, in autocommit:
+one lock of the group, one count of its limits, one commit for the lot (the fleet's rollout
+path; nebula.service.grantbatch collects them). Grants in a group without limits (the group's
+shared lock, nothing counted) are batched too: one commit for several.
 
 Each host is what nebula.store.knowngrant writes for one (`KnownGrant` plans with the same group,
 catalog stamp and limits): the host's row locked first (all of them, in id order), then the
@@ -9,7 +10,7 @@ row, the status count moved and the change feed's NOTIFY. It decides as if the h
 one after another in the batch's order, as nebula.store.firstbatch does: the host of rank r
 among those whose state is as expected sees the gate's counts plus the r grants before it.
 
-Only hosts that hold no slot of the limits go in a batch (a status outside
+Of counted grants, only hosts that hold no slot of the limits go in a batch (a status outside
 lifecycle.IN_PROGRESS: not in flight, not installed, no canary): their statement alone counts
 the others with the host itself left out, which for such a host is everything, so one count
 serves all of them. A host in flight (a newer version while it downloads the last one) is
@@ -30,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from nebula import lifecycle
 from nebula.store.counts import shard_of
 from nebula.store.firstbatch import REASON
-from nebula.store.firstcheck import LOCK_EXCLUSIVE
+from nebula.store.firstcheck import LOCK_EXCLUSIVE, LOCK_SHARE
 from nebula.store.knowngrant import KnownGrant, Outcome
 
 _SQL = f"""
@@ -172,7 +173,10 @@ _STATEMENT = text(_SQL).bindparams(
 
 
 def batchable(plan: KnownGrant) -> bool:
-    """Whether `plan` may go in a batch: a counted grant of a host that holds no slot."""
+    """Whether `plan` may go in a batch: a grant that counts nothing (the group's shared lock),
+    or a counted grant of a host that holds no slot."""
+    if plan.lock == LOCK_SHARE:
+        return True
     return plan.lock == LOCK_EXCLUSIVE and plan.status not in lifecycle.IN_PROGRESS
 
 
@@ -208,7 +212,7 @@ async def write_known_grants(conn: AsyncConnection, plans: Sequence[KnownGrant])
     autocommit; what each plan's statement alone would return, in order."""
     first = plans[0]
     if not all(batchable(p) for p in plans):
-        raise ValueError("only counted grants of hosts that hold no slot are batched")
+        raise ValueError("a counted grant of a host that holds a slot is not batched")
     if any(batch_key(p) != batch_key(first) for p in plans):
         raise ValueError("a batch's plans must share group, stamp and limits")
     if len({p.machine_id for p in plans}) != len(plans):
