@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -36,6 +37,7 @@ from nebula.omaha.model import (
     arch_of,
 )
 from nebula.policy import Decision
+from nebula.service.grantbatch import GrantBatcher
 from nebula.service.transition import (
     NeedsExclusiveLock,
     Transition,
@@ -56,7 +58,14 @@ from nebula.store.db import (
     single_statement,
     transaction,
 )
-from nebula.store.firstcheck import FirstCheck, Written, write_first_check
+from nebula.store.firstbatch import batch_key, write_first_checks
+from nebula.store.firstcheck import (
+    LOCK_EXCLUSIVE,
+    LOCK_SHARE,
+    FirstCheck,
+    Written,
+    write_first_check,
+)
 from nebula.store.hostcache import HostCache, Snapshot, snapshot
 from nebula.store.hosts import (
     INSTANCE_LIMITS,
@@ -67,6 +76,8 @@ from nebula.store.hosts import (
     clip,
     read_host,
 )
+from nebula.store.knownbatch import batch_key as known_batch_key
+from nebula.store.knownbatch import batchable, write_known_grants
 from nebula.store.knowngrant import KnownGrant, write_known_grant
 from nebula.store.knowngrant import Outcome as GrantOutcome
 from nebula.store.seen import Seen, SeenWriter
@@ -132,6 +143,29 @@ class OmahaService:
         self._seen = seen
         bind = sessions.kw.get("bind")
         self._one_statement = isinstance(bind, AsyncEngine) and bind.dialect.name == "postgresql"
+        # First-check grants of a group, several to a statement (PostgreSQL).
+        self._grants: GrantBatcher[FirstCheck, Written] = GrantBatcher(
+            batch_key, self._write_first_checks, self._write_first_check
+        )
+        # Known hosts' grants, likewise (counted ones only of hosts that hold no slot).
+        self._known_grants: GrantBatcher[KnownGrant, GrantOutcome] = GrantBatcher(
+            known_batch_key, self._write_known_grants, self._write_known_grant
+        )
+
+    @property
+    def grant_batches(self) -> GrantBatcher[FirstCheck, Written]:
+        """The batcher of counted first-check grants (tests read how many wait)."""
+        return self._grants
+
+    @property
+    def known_grant_batches(self) -> GrantBatcher[KnownGrant, GrantOutcome]:
+        """The batcher of known hosts' counted grants (tests read how many wait)."""
+        return self._known_grants
+
+    async def close(self) -> None:
+        """Wait for the batches of grants in flight (at shutdown)."""
+        await self._grants.close()
+        await self._known_grants.close()
 
     async def handle(self, request: Request, ip: str | None, now: datetime) -> Response:
         catalog = await self._catalog.get()
@@ -223,7 +257,11 @@ class OmahaService:
             )
             if planned is not None:
                 plan, decision, manifest = planned
-                written = await self._write_first_check(plan)
+                written = await (
+                    self._grants.write(plan)
+                    if plan.lock in (LOCK_EXCLUSIVE, LOCK_SHARE)
+                    else self._write_first_check(plan)
+                )
                 if written.written:
                     result = first_check_done(
                         self._metrics, group, app, plan, decision, manifest, written
@@ -289,7 +327,9 @@ class OmahaService:
             return None
         plan, manifest = planned
         since = self._hosts.stamp()
-        outcome = await self._write_known_grant(plan)
+        outcome = await (
+            self._known_grants.write(plan) if batchable(plan) else self._write_known_grant(plan)
+        )
         if not outcome.written:
             return None
         result = known_grant_done(self._metrics, group, app, known, plan, manifest, outcome)
@@ -308,6 +348,17 @@ class OmahaService:
 
         return await run_again_if_lost(write)
 
+    async def _write_known_grants(self, plans: Sequence[KnownGrant]) -> list[GrantOutcome]:
+        """Several known hosts' counted grants in one statement in autocommit
+        (nebula.store.knownbatch), run once more as one host's statement is: a host the first
+        run granted is no longer in the state the second run expects."""
+
+        async def write() -> list[GrantOutcome]:
+            async with single_statement(self._sessions) as conn:
+                return await write_known_grants(conn, plans)
+
+        return await run_again_if_lost(write)
+
     async def _write_first_check(self, plan: FirstCheck) -> Written:
         """The first-check statement in autocommit, run once more on a fresh connection when
         the one it used turned out to be gone: safe, since a statement that did commit finds
@@ -316,6 +367,17 @@ class OmahaService:
         async def write() -> Written:
             async with single_statement(self._sessions) as conn:
                 return await write_first_check(conn, plan)
+
+        return await run_again_if_lost(write)
+
+    async def _write_first_checks(self, plans: Sequence[FirstCheck]) -> list[Written]:
+        """Several counted first checks of a group in one statement in autocommit
+        (nebula.store.firstbatch), run once more as one host's statement is: a host the first
+        run committed is found stored the second time."""
+
+        async def write() -> list[Written]:
+            async with single_statement(self._sessions) as conn:
+                return await write_first_checks(conn, plans)
 
         return await run_again_if_lost(write)
 

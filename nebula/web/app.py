@@ -215,6 +215,7 @@ def create_app(
                 for task in tasks:
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+                await app[SERVICE].close()  # grants being written are answered first
                 # What steady-state check-ins are pending reaches the database before the
                 # engine goes: a clean shutdown loses no last-seen time.
                 try:
