@@ -25,15 +25,15 @@ commit. Imports nebula.store.firstcheck, counts and hosts.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import ARRAY, BigInteger, Boolean, DateTime, Integer, String, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from nebula.store.counts import shard_of
-from nebula.store.firstcheck import LOCK_EXCLUSIVE, LOCK_SHARE, FirstCheck, Written
+from nebula.store.firstcheck import LOCK_EXCLUSIVE, LOCK_SHARE, FirstCheck, Limits, Written
 from nebula.store.hosts import StoredHost
 
 # The reason a host is held for with the gate's counts plus `r` grants before it (the order of
@@ -46,6 +46,22 @@ REASON = """CASE
     WHEN CAST(:safe_target AS text) IS NOT NULL AND gate.target_completed = 0
         AND gate.target_in_flight + {r} > 0 THEN 'canary'
     END"""
+
+# How many of a batch are granted (up to the first rank the limits hold), and each host's
+# verdict: the part of the statement new hosts' and known hosts' batches share. Needs the
+# `ranked` (the batch, rank 0 first) and `gate` (nebula_grant_gate's row) CTEs before it.
+DECIDE = f"""granting AS MATERIALIZED (
+    SELECT coalesce(min(ranked.rank) FILTER (WHERE {REASON.format(r="ranked.rank")} IS NOT NULL),
+                    count(*)) AS n
+    FROM ranked, gate
+),
+decided AS MATERIALIZED (
+    SELECT ranked.*, least(ranked.rank, granting.n) AS before,
+           ranked.rank < granting.n AS ok,
+           CASE WHEN ranked.rank >= granting.n
+                THEN {REASON.format(r="granting.n")} END AS held_by
+    FROM ranked, granting, gate WHERE gate.fresh
+),"""
 
 _SQL = f"""
 WITH input AS MATERIALIZED (
@@ -82,19 +98,7 @@ gate AS MATERIALIZED (
         :since, :max_grants, :max_concurrent, :working, :cutoff,
         :installed_counts, :safe_target, :in_progress, '')
 ),
-granting AS MATERIALIZED (
-    -- How many of the batch are granted: up to the first rank the limits hold.
-    SELECT coalesce(min(ranked.rank) FILTER (WHERE {REASON.format(r="ranked.rank")} IS NOT NULL),
-                    count(*)) AS n
-    FROM ranked, gate
-),
-decided AS MATERIALIZED (
-    SELECT ranked.*, least(ranked.rank, granting.n) AS before,
-           ranked.rank < granting.n AS ok,
-           CASE WHEN ranked.rank >= granting.n
-                THEN {REASON.format(r="granting.n")} END AS held_by
-    FROM ranked, granting, gate WHERE gate.fresh
-),
+{DECIDE}
 host AS (
     INSERT INTO instances (id, ip, created_at, last_seen_at, alias, oem, oem_version,
                            aleph_version, board)
@@ -196,6 +200,43 @@ def _earliest(values: Sequence[datetime | None]) -> datetime | None:
     return _utc(min(present)) if present else None
 
 
+class GroupPlan(Protocol):
+    """What a batch's plans (a first check's, a known host's grant) say of their group."""
+
+    @property
+    def machine_id(self) -> str: ...
+    @property
+    def app_id(self) -> str: ...
+    @property
+    def group_id(self) -> str: ...
+    @property
+    def stamp(self) -> int: ...
+    @property
+    def lock(self) -> str: ...
+    @property
+    def limits(self) -> Limits: ...
+
+
+def group_params(plans: Sequence[GroupPlan], key: Callable[[Any], Hashable]) -> dict[str, Any]:
+    """The parameters a batch's plans share (group, catalog stamp, lock, limits; the limits'
+    windows from the earliest request, so that no host counts fewer than alone), once it is
+    checked that they may go together: one `key`, each host once."""
+    first = plans[0]
+    if any(key(p) != key(first) for p in plans):
+        raise ValueError("a batch's plans must share group, stamp and limits")
+    if len({p.machine_id for p in plans}) != len(plans):
+        raise ValueError("a batch writes each host once")
+    return {
+        "app_id": first.app_id,
+        "group_id": first.group_id,
+        "stamp": first.stamp,
+        "lock": first.lock,
+        **first.limits.params(),
+        "since": _earliest([p.limits.since for p in plans]),
+        "cutoff": _earliest([p.limits.cutoff for p in plans]),
+    }
+
+
 def batch_key(plan: FirstCheck) -> tuple[Any, ...]:
     """What the plans written together must share: group, app, catalog stamp, lock and limits
     (all but the times, which differ by when each request came)."""
@@ -221,18 +262,8 @@ async def write_first_checks(conn: AsyncConnection, plans: Sequence[FirstCheck])
     first = plans[0]
     if first.lock not in (LOCK_EXCLUSIVE, LOCK_SHARE):
         raise ValueError("only first checks that may be granted are written in batches")
-    if any(batch_key(p) != batch_key(first) for p in plans):
-        raise ValueError("a batch's plans must share group, stamp and limits")
-    if len({p.machine_id for p in plans}) != len(plans):
-        raise ValueError("a batch writes each host once")
     params: dict[str, Any] = {
-        "app_id": first.app_id,
-        "group_id": first.group_id,
-        "stamp": first.stamp,
-        "lock": first.lock,
-        **first.limits.params(),
-        "since": _earliest([p.limits.since for p in plans]),
-        "cutoff": _earliest([p.limits.cutoff for p in plans]),
+        **group_params(plans, batch_key),
         "machine_id": [p.machine_id for p in plans],
         "ip": [p.ip for p in plans],
         **{name: [p.facts.get(name) for p in plans] for name in _FACTS},

@@ -22,7 +22,7 @@ Query functions never commit. Imports nebula.store.knowngrant and counts.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 from sqlalchemy import ARRAY, BigInteger, Boolean, DateTime, Integer, String, bindparam, text
@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from nebula import lifecycle
 from nebula.store.counts import shard_of
-from nebula.store.firstbatch import REASON
+from nebula.store.firstbatch import DECIDE, group_params
 from nebula.store.firstcheck import LOCK_EXCLUSIVE, LOCK_SHARE
 from nebula.store.knowngrant import KnownGrant, Outcome
 
@@ -69,18 +69,7 @@ expected AS MATERIALIZED (
 ranked AS MATERIALIZED (
     SELECT expected.*, row_number() OVER (ORDER BY expected.ord) - 1 AS rank FROM expected
 ),
-granting AS MATERIALIZED (
-    SELECT coalesce(min(ranked.rank) FILTER (WHERE {REASON.format(r="ranked.rank")} IS NOT NULL),
-                    count(*)) AS n
-    FROM ranked, gate
-),
-decided AS MATERIALIZED (
-    SELECT ranked.*, least(ranked.rank, granting.n) AS before,
-           ranked.rank < granting.n AS ok,
-           CASE WHEN ranked.rank >= granting.n
-                THEN {REASON.format(r="granting.n")} END AS held_by
-    FROM ranked, granting, gate WHERE gate.fresh
-),
+{DECIDE}
 state AS (
     UPDATE instance_apps SET
         status = CASE WHEN d.ok THEN 'granted' ELSE instance_apps.status END,
@@ -198,34 +187,15 @@ def batch_key(plan: KnownGrant) -> tuple[Any, ...]:
     )
 
 
-def _utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
-
-
-def _earliest(values: Sequence[datetime | None]) -> datetime | None:
-    present = [v for v in values if v is not None]
-    return _utc(min(present)) if present else None
-
-
 async def write_known_grants(conn: AsyncConnection, plans: Sequence[KnownGrant]) -> list[Outcome]:
     """Run the statement for `plans` (batchable, one batch_key, distinct hosts) on `conn` in
     autocommit; what each plan's statement alone would return, in order."""
     first = plans[0]
     if not all(batchable(p) for p in plans):
         raise ValueError("a counted grant of a host that holds a slot is not batched")
-    if any(batch_key(p) != batch_key(first) for p in plans):
-        raise ValueError("a batch's plans must share group, stamp and limits")
-    if len({p.machine_id for p in plans}) != len(plans):
-        raise ValueError("a batch writes each host once")
     params: dict[str, Any] = {
-        "app_id": first.app_id,
-        "group_id": first.group_id,
-        "stamp": first.stamp,
-        "lock": first.lock,
+        **group_params(plans, batch_key),
         "channel": first.notify_channel,
-        **first.limits.params(),
-        "since": _earliest([p.limits.since for p in plans]),
-        "cutoff": _earliest([p.limits.cutoff for p in plans]),
         "machine_id": [p.machine_id for p in plans],
         "ip": [p.ip for p in plans],
         "track": [p.track for p in plans],
@@ -236,7 +206,7 @@ async def write_known_grants(conn: AsyncConnection, plans: Sequence[KnownGrant])
         "held": [p.held for p in plans],
         "new_version": [p.new_version for p in plans],
         "package_id": [p.package_id for p in plans],
-        "now": [_utc(p.now) for p in plans],
+        "now": [p.now.astimezone(UTC) for p in plans],
         "shard": [shard_of(p.machine_id) for p in plans],
         "payload": [p.notify_payload for p in plans],
     }
