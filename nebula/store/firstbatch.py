@@ -145,6 +145,9 @@ counted AS (
     SELECT :group_id, state.status, coalesce(state.version, ''), d.shard, count(*)
     FROM state JOIN decided AS d ON d.machine_id = state.instance_id
     GROUP BY state.status, coalesce(state.version, ''), d.shard
+    -- In key order, as every writer of counts locks them (nebula.store.counts): two batches
+    -- of a group upserting the same rows in different orders deadlocked (1 s each).
+    ORDER BY state.status COLLATE "C", coalesce(state.version, '') COLLATE "C", d.shard
     ON CONFLICT (group_id, status, version, shard) DO UPDATE
         SET count = status_counts.count + excluded.count
     RETURNING 1

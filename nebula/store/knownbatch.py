@@ -108,6 +108,9 @@ counted AS (
          LATERAL (VALUES (d.status, -1), ('granted', 1)) AS moved(status, delta)
     WHERE state.ok AND d.status <> 'granted'
     GROUP BY moved.status, coalesce(d.version, ''), d.shard
+    -- In key order, as every writer of counts locks them (nebula.store.counts): two batches
+    -- of a group upserting the same rows in different orders deadlocked (1 s each).
+    ORDER BY moved.status COLLATE "C", coalesce(d.version, '') COLLATE "C", d.shard
     ON CONFLICT (group_id, status, version, shard) DO UPDATE
         SET count = status_counts.count + excluded.count
     RETURNING 1

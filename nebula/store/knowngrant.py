@@ -129,6 +129,7 @@ counted AS (
     SELECT :group_id, moved.status, coalesce(:version, ''), :shard, moved.delta
     FROM state, (VALUES (CAST(:status AS text), -1), ('granted', 1)) AS moved(status, delta)
     WHERE state.ok AND :status <> 'granted'
+    ORDER BY moved.status COLLATE "C"  -- key order, as every writer of counts locks them
     ON CONFLICT (group_id, status, version, shard) DO UPDATE
         SET count = status_counts.count + excluded.count
     RETURNING 1
