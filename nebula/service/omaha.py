@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
+from typing import TypeVar
 
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from nebula.checkin import facts_key, steady
 from nebula.metrics import Metrics
@@ -84,6 +86,9 @@ from nebula.store.seen import Seen, SeenWriter
 
 log = logging.getLogger(__name__)
 
+_P = TypeVar("_P")  # what a grant statement writes: a plan, or a batch of plans
+_R = TypeVar("_R")  # and what it hands back
+
 _UUID_TRACK = re.compile(r"^\{?[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}\}?$")
 DEFAULT_TRACK = "stable"  # what update_engine sends when update.conf names no GROUP
 
@@ -145,11 +150,15 @@ class OmahaService:
         self._one_statement = isinstance(bind, AsyncEngine) and bind.dialect.name == "postgresql"
         # First-check grants of a group, several to a statement (PostgreSQL).
         self._grants: GrantBatcher[FirstCheck, Written] = GrantBatcher(
-            batch_key, self._write_first_checks, self._write_first_check
+            batch_key,
+            partial(self._autocommit, write_first_checks),
+            partial(self._autocommit, write_first_check),
         )
         # Known hosts' grants, likewise (counted ones only of hosts that hold no slot).
         self._known_grants: GrantBatcher[KnownGrant, GrantOutcome] = GrantBatcher(
-            known_batch_key, self._write_known_grants, self._write_known_grant
+            known_batch_key,
+            partial(self._autocommit, write_known_grants),
+            partial(self._autocommit, write_known_grant),
         )
 
     @property
@@ -260,7 +269,7 @@ class OmahaService:
                 written = await (
                     self._grants.write(plan)
                     if plan.lock in (LOCK_EXCLUSIVE, LOCK_SHARE)
-                    else self._write_first_check(plan)
+                    else self._autocommit(write_first_check, plan)
                 )
                 if written.written:
                     result = first_check_done(
@@ -328,7 +337,9 @@ class OmahaService:
         plan, manifest = planned
         since = self._hosts.stamp()
         outcome = await (
-            self._known_grants.write(plan) if batchable(plan) else self._write_known_grant(plan)
+            self._known_grants.write(plan)
+            if batchable(plan)
+            else self._autocommit(write_known_grant, plan)
         )
         if not outcome.written:
             return None
@@ -336,48 +347,19 @@ class OmahaService:
         self._changes.applied([machine_id], {machine_id: result.after}, since)
         return _AppOutcome(self._answer(app, result.manifest), result.decision, group, machine_id)
 
-    async def _write_known_grant(self, plan: KnownGrant) -> GrantOutcome:
-        """The known-host statement in autocommit, run once more on a fresh connection when
-        the one it used turned out to be gone: safe, since a statement that did commit left
-        the host in a state other than the one the second run expects, which then writes
-        nothing (the transaction answers with the grant again)."""
+    async def _autocommit(
+        self, statement: Callable[[AsyncConnection, _P], Awaitable[_R]], plan: _P
+    ) -> _R:
+        """`statement(conn, plan)`, one of the grant statements (a host's first check or a
+        known host's grant, alone or a batch of them), in autocommit: it is its own
+        transaction. Run once more on a fresh connection when the one it used turned out to be
+        gone, or when PostgreSQL rolled it back as a deadlock's victim: safe, since a run that
+        did commit left each host stored, or in a state other than the one the second run
+        expects, and the second run writes nothing for it (the transaction then answers)."""
 
-        async def write() -> GrantOutcome:
+        async def write() -> _R:
             async with single_statement(self._sessions) as conn:
-                return await write_known_grant(conn, plan)
-
-        return await run_again_if_lost(write)
-
-    async def _write_known_grants(self, plans: Sequence[KnownGrant]) -> list[GrantOutcome]:
-        """Several known hosts' counted grants in one statement in autocommit
-        (nebula.store.knownbatch), run once more as one host's statement is: a host the first
-        run granted is no longer in the state the second run expects."""
-
-        async def write() -> list[GrantOutcome]:
-            async with single_statement(self._sessions) as conn:
-                return await write_known_grants(conn, plans)
-
-        return await run_again_if_lost(write)
-
-    async def _write_first_check(self, plan: FirstCheck) -> Written:
-        """The first-check statement in autocommit, run once more on a fresh connection when
-        the one it used turned out to be gone: safe, since a statement that did commit finds
-        the host stored the second time, and writes nothing."""
-
-        async def write() -> Written:
-            async with single_statement(self._sessions) as conn:
-                return await write_first_check(conn, plan)
-
-        return await run_again_if_lost(write)
-
-    async def _write_first_checks(self, plans: Sequence[FirstCheck]) -> list[Written]:
-        """Several counted first checks of a group in one statement in autocommit
-        (nebula.store.firstbatch), run once more as one host's statement is: a host the first
-        run committed is found stored the second time."""
-
-        async def write() -> list[Written]:
-            async with single_statement(self._sessions) as conn:
-                return await write_first_checks(conn, plans)
+                return await statement(conn, plan)
 
         return await run_again_if_lost(write)
 
