@@ -27,13 +27,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import ARRAY, BigInteger, Boolean, DateTime, Integer, String, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from nebula.store.counts import shard_of
-from nebula.store.firstcheck import LOCK_EXCLUSIVE, LOCK_SHARE, FirstCheck, Limits, Written
+from nebula.store.firstcheck import (
+    LOCK_EXCLUSIVE,
+    LOCK_SHARE,
+    FirstCheck,
+    GroupPlan,
+    Written,
+    gate_params,
+)
 from nebula.store.hosts import StoredHost
 
 # The reason a host is held for with the gate's counts plus `r` grants before it (the order of
@@ -203,23 +210,6 @@ def _earliest(values: Sequence[datetime | None]) -> datetime | None:
     return _utc(min(present)) if present else None
 
 
-class GroupPlan(Protocol):
-    """What a batch's plans (a first check's, a known host's grant) say of their group."""
-
-    @property
-    def machine_id(self) -> str: ...
-    @property
-    def app_id(self) -> str: ...
-    @property
-    def group_id(self) -> str: ...
-    @property
-    def stamp(self) -> int: ...
-    @property
-    def lock(self) -> str: ...
-    @property
-    def limits(self) -> Limits: ...
-
-
 def group_params(plans: Sequence[GroupPlan], key: Callable[[Any], Hashable]) -> dict[str, Any]:
     """The parameters a batch's plans share (group, catalog stamp, lock, limits; the limits'
     windows from the earliest request, so that no host counts fewer than alone), once it is
@@ -230,11 +220,7 @@ def group_params(plans: Sequence[GroupPlan], key: Callable[[Any], Hashable]) -> 
     if len({p.machine_id for p in plans}) != len(plans):
         raise ValueError("a batch writes each host once")
     return {
-        "app_id": first.app_id,
-        "group_id": first.group_id,
-        "stamp": first.stamp,
-        "lock": first.lock,
-        **first.limits.params(),
+        **gate_params(first),
         "since": _earliest([p.limits.since for p in plans]),
         "cutoff": _earliest([p.limits.cutoff for p in plans]),
     }

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import ARRAY, BigInteger, Boolean, Integer, String, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -60,6 +60,35 @@ class Limits:
             "safe_target": self.safe_target,
             "in_progress": list(self.in_progress),
         }
+
+
+class GroupPlan(Protocol):
+    """What a batch's plans (a first check's, a known host's grant) say of their group."""
+
+    @property
+    def machine_id(self) -> str: ...
+    @property
+    def app_id(self) -> str: ...
+    @property
+    def group_id(self) -> str: ...
+    @property
+    def stamp(self) -> int: ...
+    @property
+    def lock(self) -> str: ...
+    @property
+    def limits(self) -> Limits: ...
+
+
+def gate_params(plan: GroupPlan) -> dict[str, Any]:
+    """The bind parameters of nebula_grant_gate's call: the group, the catalog stamp the plan
+    was decided on, the lock and the limits (every grant statement, alone or batched)."""
+    return {
+        "app_id": plan.app_id,
+        "group_id": plan.group_id,
+        "stamp": plan.stamp,
+        "lock": plan.lock,
+        **plan.limits.params(),
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,11 +232,7 @@ async def write_first_check(conn: AsyncConnection, plan: FirstCheck) -> Written:
     transaction)."""
     params: dict[str, Any] = {
         "machine_id": plan.machine_id,
-        "app_id": plan.app_id,
-        "group_id": plan.group_id,
-        "stamp": plan.stamp,
-        "lock": plan.lock,
-        **plan.limits.params(),
+        **gate_params(plan),
         "now": plan.now,
         "ip": plan.ip,
         **plan.facts,

@@ -22,7 +22,7 @@ from sqlalchemy import ARRAY, BigInteger, Boolean, Integer, String, bindparam, t
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from nebula.store.counts import shard_of
-from nebula.store.firstcheck import Limits
+from nebula.store.firstcheck import Limits, gate_params
 from nebula.store.models import UTCDateTime
 
 
@@ -167,11 +167,7 @@ async def write_known_grant(conn: AsyncConnection, plan: KnownGrant) -> Outcome:
     transaction)."""
     params: dict[str, Any] = {
         "machine_id": plan.machine_id,
-        "app_id": plan.app_id,
-        "group_id": plan.group_id,
-        "stamp": plan.stamp,
-        "lock": plan.lock,
-        **plan.limits.params(),
+        **gate_params(plan),
         "now": plan.now,
         "ip": plan.ip,
         "track": plan.track,
