@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
 from nebula.store.models import Activity, Event
 from nebula.store.pages import Order, Page, read_page
@@ -54,21 +55,19 @@ class EventFilters:
 async def list_events(
     session: AsyncSession, f: EventFilters, order: Order, after: list[Any] | None, limit: int
 ) -> Page:
-    stmt = select(Event)
-    if f.machine_id is not None:
-        stmt = stmt.where(Event.instance_id == f.machine_id)
-    if f.group_id is not None:
-        stmt = stmt.where(Event.group_id == f.group_id)
-    if f.app_id is not None:
-        stmt = stmt.where(Event.app_id == f.app_id)
-    if f.event_type is not None:
-        stmt = stmt.where(Event.event_type == f.event_type)
-    if f.result is not None:
-        stmt = stmt.where(Event.event_result == f.result)
-    if f.since is not None:
-        stmt = stmt.where(Event.created_at >= f.since)
-    if f.until is not None:
-        stmt = stmt.where(Event.created_at < f.until)
+    stmt = _filtered(
+        select(Event),
+        [
+            (Event.instance_id, f.machine_id),
+            (Event.group_id, f.group_id),
+            (Event.app_id, f.app_id),
+            (Event.event_type, f.event_type),
+            (Event.event_result, f.result),
+        ],
+        Event.created_at,
+        f.since,
+        f.until,
+    )
     return await read_page(session, stmt, order, after, limit, lambda row: row[0])
 
 
@@ -84,15 +83,30 @@ class ActivityFilters:
 async def list_activity(
     session: AsyncSession, f: ActivityFilters, order: Order, after: list[Any] | None, limit: int
 ) -> Page:
-    stmt = select(Activity)
-    if f.group_id is not None:
-        stmt = stmt.where(Activity.group_id == f.group_id)
-    if f.actor is not None:
-        stmt = stmt.where(Activity.actor == f.actor)
-    if f.action is not None:
-        stmt = stmt.where(Activity.action == f.action)
-    if f.since is not None:
-        stmt = stmt.where(Activity.created_at >= f.since)
-    if f.until is not None:
-        stmt = stmt.where(Activity.created_at < f.until)
+    stmt = _filtered(
+        select(Activity),
+        [(Activity.group_id, f.group_id), (Activity.actor, f.actor), (Activity.action, f.action)],
+        Activity.created_at,
+        f.since,
+        f.until,
+    )
     return await read_page(session, stmt, order, after, limit, lambda row: row[0])
+
+
+def _filtered(
+    stmt: Select[Any],
+    equal: list[tuple[InstrumentedAttribute[Any], Any]],
+    created_at: InstrumentedAttribute[datetime],
+    since: datetime | None,
+    until: datetime | None,
+) -> Select[Any]:
+    """`stmt` with each column equal to its value (a filter left out where the value is None)
+    and created in [since, until)."""
+    for column, value in equal:
+        if value is not None:
+            stmt = stmt.where(column == value)
+    if since is not None:
+        stmt = stmt.where(created_at >= since)
+    if until is not None:
+        stmt = stmt.where(created_at < until)
+    return stmt
