@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -40,6 +41,11 @@ class PackageEntry:
     manifest: Manifest
 
 
+# Every check-in asks it, and a fleet runs a handful of versions: remembered, bounded (hosts
+# may send any version string).
+_target = functools.lru_cache(maxsize=4096)(choose_target)
+
+
 @dataclass(frozen=True, slots=True)
 class GroupEntry:
     id: str
@@ -66,7 +72,7 @@ class GroupEntry:
     def target_for(self, host_version: str | None) -> str | None:
         """The version a host on `host_version` goes to next: the lowest floor between it and
         the group's target, else the target."""
-        return choose_target(host_version, self.final, self.floors) if self.target else None
+        return _target(host_version, self.final, self.floors) if self.target else None
 
     def hold_for(self, host: HostState, recorded: str | None, now: datetime) -> str | None:
         """Why the group's policy in force holds `host` back now (nebula.policy.hold_now)."""

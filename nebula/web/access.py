@@ -5,7 +5,7 @@ after every middleware has returned) and the whole duration.
 
 - The request id is the client's `X-Request-Id` when it is sane (1 to 128 letters, digits and
   `._:-`; a proxy's id then follows the request through), otherwise a fresh one; every answer
-  echoes it (`echo_request_id`, an on_response_prepare signal, so that errors and payload
+  echoes it (`echo_request_id`, a prepare hook of nebula.web.edge, so that errors and payload
   files carry it too).
 - The route is the pattern the request matched (`/v1/payloads/{package_id}/{name}`), never the
   raw path: a label of the histogram, and bounded. Unmatched requests are "unmatched".
@@ -74,15 +74,16 @@ def request_id(request: web.BaseRequest) -> str:
     return rid
 
 
-async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: every answer names its request id."""
+def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """A prepare hook (nebula.web.edge): every answer names its request id."""
     response.headers[REQUEST_ID_HEADER] = request_id(request)
 
 
 def note_machine_id(request: web.BaseRequest, machine_id: str | None) -> None:
     """The host an Omaha request came from, for its access line."""
     if machine_id:
-        request[_MACHINE_KEY] = printable(machine_id[:MACHINE_ID_LOGGED])
+        # Escaped only if a line is written (RequestLog): not on every check-in.
+        request[_MACHINE_KEY] = machine_id
 
 
 def _routed(request: web.BaseRequest) -> web.Request | None:
@@ -135,7 +136,7 @@ class RequestLog(AbstractAccessLogger):
             }
             machine = request.get(_MACHINE_KEY)
             if machine:
-                fields["machine_id"] = machine
+                fields["machine_id"] = printable(machine[:MACHINE_ID_LOGGED])
             text = " ".join(f"{k}={v}" for k, v in fields.items())
             log.info("%s", text, extra={"fields": fields})
         except Exception:

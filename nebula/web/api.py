@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 from sqlalchemy.exc import SQLAlchemyError
 
 from nebula.config import split_listen
@@ -45,9 +44,9 @@ MAX_JSON = 1 << 20
 ADMIN_PATHS = ("/api/", "/metrics")
 
 
-@web.middleware
-async def listener_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """With admin_listen set, the admin API and /metrics answer only on that listener.
+def listener_refusal(request: web.Request) -> web.Response | None:
+    """With admin_listen set, the admin API and /metrics answer only on that listener: the
+    answer to such a request elsewhere, or None to go on.
 
     Elsewhere they are a 404 that says so (a bare "Not Found" sends an operator whose CLI points
     at the public port looking for a broken server). The admin address itself is not named:
@@ -65,15 +64,14 @@ async def listener_middleware(request: web.Request, handler: Handler) -> web.Str
                 "not on this port: point the CLI's --server or NEBULA_URL at that address",
                 "AdminListenerError",
             )
-    return await handler(request)
+    return None
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every /api/ route needs a token; only admins may change anything. An address that sent
-    too many bad tokens is answered 429 for a while (nebula.web.ratelimit)."""
-    if not request.path.startswith("/api/"):
-        return await handler(request)
+async def authorize(request: web.Request) -> web.Response | None:
+    """An /api/ request's token: it must name a principal, and only admins may change
+    anything (AuthError, ForbiddenError). The principal is kept on the request; None to go
+    on, or the answer to an address that sent too many bad tokens (429 for a while,
+    nebula.web.ratelimit)."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -102,7 +100,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if request.method not in ("GET", "HEAD") and not principal.can_write:
         raise ForbiddenError(f"token {principal.name} has role {principal.role}: read only")
     request[PRINCIPAL] = principal
-    return await handler(request)
+    return None
 
 
 async def _note_use(request: web.Request, principal: Principal) -> None:
@@ -130,8 +128,9 @@ SECURITY_HEADERS = {
 }
 
 
-async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: SECURITY_HEADERS on every /api/ answer, errors included."""
+def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """A prepare hook (nebula.web.edge): SECURITY_HEADERS on every /api/ answer, errors
+    included."""
     if request.path.startswith("/api/"):
         response.headers.update(SECURITY_HEADERS)
 

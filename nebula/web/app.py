@@ -51,8 +51,9 @@ from nebula.web import (
     tokens,
 )
 from nebula.web.access import echo_request_id
-from nebula.web.api import auth_middleware, listener_middleware, security_headers
-from nebula.web.errors import OUTAGE_LOG, LogThrottle, error_middleware
+from nebula.web.api import security_headers
+from nebula.web.edge import add_prepare_hook, edge_middleware
+from nebula.web.errors import OUTAGE_LOG, LogThrottle
 from nebula.web.forwarded import parse_networks
 from nebula.web.keys import (
     AUTH_FAILURES,
@@ -71,7 +72,6 @@ from nebula.web.keys import (
     TRUSTED_KEYS,
     TRUSTED_PROXIES,
 )
-from nebula.web.limits import limits_middleware
 from nebula.web.openapi import document as openapi_document
 from nebula.web.ratelimit import FailureLimiter
 
@@ -116,12 +116,7 @@ def create_app(
 ) -> web.Application:
     """The app; `multiprocess_dir` is where a worker of several counts its metrics."""
     app = web.Application(
-        middlewares=[
-            listener_middleware,
-            error_middleware,
-            limits_middleware,
-            auth_middleware,
-        ],
+        middlewares=[edge_middleware],
         client_max_size=1 << 20,
     )
     app[SETTINGS] = settings
@@ -131,9 +126,9 @@ def create_app(
     app[BLOBS] = BlobStore(settings.payload_dir)
     app[TRUSTED_PROXIES] = parse_networks(settings.trusted_proxy)
     app[AUTH_FAILURES] = FailureLimiter(settings.auth_failure_limit, settings.auth_failure_window)
-    app.on_response_prepare.append(security_headers)
     app[OUTAGE_LOG] = LogThrottle(10.0)
-    app.on_response_prepare.append(echo_request_id)
+    add_prepare_hook(app, echo_request_id)
+    add_prepare_hook(app, security_headers)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         own_engine = engine is None

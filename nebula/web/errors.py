@@ -19,7 +19,6 @@ from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
@@ -162,52 +161,51 @@ class LogThrottle:
 OUTAGE_LOG = web.AppKey("outage_log", LogThrottle)
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
+def error_answer(request: web.Request, exc: Exception) -> web.StreamResponse | None:
+    """The answer to what a handler raised, or None when aiohttp should handle it as raised:
+    its own HTTP answers outside the admin API, and every success or redirect.
+    (nebula.web.edge calls this for every route.)"""
+    if isinstance(exc, web.HTTPException):
         # aiohttp's own answers (unknown route 404, wrong method 405, body too large 413) in
         # the admin API's JSON shape; successes and redirects pass through as they are.
         if exc.status < 400 or not request.path.startswith("/api/"):
-            raise
+            return None
         response = answer(request, exc.status, _http_detail(request, exc), type(exc).__name__)
         if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
-    except NebulaError as exc:
+    if isinstance(exc, NebulaError):
         response = answer(request, exc.http_status, str(exc), type(exc).__name__)
         if exc.http_status == 401 and request.path.startswith("/api/"):
             response.headers["WWW-Authenticate"] = 'Bearer realm="nebula"'  # RFC 9110 11.6.1
         return response
-    except Exception as exc:
-        where = f"{request.method} {printable(request.path)}"
-        if _client_gone(request, exc):
-            # The host hung up (mid-body, say): it is no outage, and nobody will read this.
-            log.info("client closed the connection during %s", where)
-            return answer(request, 400, "client closed the connection", "ClientGone")
-        if client_error(exc):
-            # A body aiohttp cannot decode (a broken chunk, a gzip that is not): the client's.
-            log.info("malformed request body on %s: %s", where, reason(exc))
-            return answer(request, 400, f"malformed request body: {reason(exc)}", "BadBody")
-        if (code := _disk_error(exc)) is not None:
-            strerror = os.strerror(code)
-            log.error("payload store: %s on %s", strerror, where)
-            return answer(
-                request,
-                507,
-                f"the payload store is out of space ({strerror}): free space on the payload "
-                "disk, then upload again",
-                "InsufficientStorage",
-            )
-        if _is_unavailable(exc):
-            throttle = request.app.get(OUTAGE_LOG)
-            skipped = 0 if throttle is None else throttle.allow(time.monotonic())
-            if skipped is not None:
-                more = f" ({skipped} more answered 503 since the last line)" if skipped else ""
-                log.error("database unavailable on %s: %s%s", where, exc, more)
-            response = answer(request, 503, "service unavailable, retry later", "Unavailable")
-            response.headers["Retry-After"] = "60"
-            return response
-        log.exception("unexpected error on %s", where)
-        return answer(request, 500, "internal error", "InternalError")
+    where = f"{request.method} {printable(request.path)}"
+    if _client_gone(request, exc):
+        # The host hung up (mid-body, say): it is no outage, and nobody will read this.
+        log.info("client closed the connection during %s", where)
+        return answer(request, 400, "client closed the connection", "ClientGone")
+    if client_error(exc):
+        # A body aiohttp cannot decode (a broken chunk, a gzip that is not): the client's.
+        log.info("malformed request body on %s: %s", where, reason(exc))
+        return answer(request, 400, f"malformed request body: {reason(exc)}", "BadBody")
+    if (code := _disk_error(exc)) is not None:
+        strerror = os.strerror(code)
+        log.error("payload store: %s on %s", strerror, where)
+        return answer(
+            request,
+            507,
+            f"the payload store is out of space ({strerror}): free space on the payload "
+            "disk, then upload again",
+            "InsufficientStorage",
+        )
+    if _is_unavailable(exc):
+        throttle = request.app.get(OUTAGE_LOG)
+        skipped = 0 if throttle is None else throttle.allow(time.monotonic())
+        if skipped is not None:
+            more = f" ({skipped} more answered 503 since the last line)" if skipped else ""
+            log.error("database unavailable on %s: %s%s", where, exc, more)
+        response = answer(request, 503, "service unavailable, retry later", "Unavailable")
+        response.headers["Retry-After"] = "60"
+        return response
+    log.exception("unexpected error on %s", where, exc_info=exc)
+    return answer(request, 500, "internal error", "InternalError")

@@ -4,10 +4,10 @@
   settings' body_timeout: a host that stalls half-way, or trickles, is answered 408.
 - `bounded(request, read)`: one read of a body that may be long (an upload, an admin JSON
   body), which must make progress within body_timeout.
-- `limits_middleware`: 431 for a request whose header lines together exceed max_header_bytes
-  (aiohttp bounds each line and their number, not their sum); 404 for a path, 400 for a query,
-  with control characters in it (nothing Nebula stores has them, and a NUL handed on to
-  PostgreSQL is an error there).
+- `check_limits(request)`: 431 for a request whose header lines together exceed
+  max_header_bytes (aiohttp bounds each line and their number, not their sum); 404 for a path,
+  400 for a query, with control characters in it (nothing Nebula stores has them, and a NUL
+  handed on to PostgreSQL is an error there).
 
 The header timeout is not here: it is aiohttp's keep-alive timer, which closes a connection that
 has not delivered a whole request head in time (nebula.web.serve.runner_options sets it).
@@ -23,7 +23,6 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from nebula.errors import RequestTooLargeError, SlowRequestError
 from nebula.web.keys import SETTINGS
@@ -53,9 +52,13 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     if length is not None and length > limit:
         raise RequestTooLargeError(f"request body of {length} bytes is over {limit}")
     if request.content.is_eof():
-        # The whole body has arrived (a host's small POST comes in one segment): reading it
-        # cannot wait, so no timer is armed; that timer was 3% of a steady check-in's CPU.
-        return await _read_up_to(request, limit)
+        # The whole body has arrived (a host's small POST comes in one segment): it is taken
+        # from the buffer as it is, with no timer (3% of a steady check-in's CPU) and no read
+        # to await.
+        body = request.content.read_nowait()
+        if len(body) > limit:
+            raise RequestTooLargeError(f"request body is over {limit} bytes")
+        return body
     timeout = body_timeout(request)
     try:
         async with asyncio.timeout(timeout):
@@ -89,9 +92,10 @@ def has_control(text: str) -> bool:
     return _CONTROL.search(text) is not None
 
 
-@web.middleware
-async def limits_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    # Before the handler reads anything: a body is left to aiohttp's bounded lingering.
+def check_limits(request: web.Request) -> None:
+    """Raise the answer to a request over the header budget or with control characters in its
+    path or query (nebula.web.edge calls this before any handler reads anything: a body is
+    left to aiohttp's bounded lingering)."""
     budget = int(request.app[SETTINGS].max_header_bytes)
     if header_bytes(request) > budget:
         raise web.HTTPRequestHeaderFieldsTooLarge(
@@ -99,6 +103,7 @@ async def limits_middleware(request: web.Request, handler: Handler) -> web.Strea
         )
     if has_control(request.path):
         raise web.HTTPNotFound(text="no such path\n")
-    if any(has_control(k) or has_control(v) for k, v in request.query.items()):
+    if request.query_string and any(
+        has_control(k) or has_control(v) for k, v in request.query.items()
+    ):
         raise web.HTTPBadRequest(text="control characters in the query\n")
-    return await handler(request)

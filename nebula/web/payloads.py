@@ -26,6 +26,7 @@ from multidict import CIMultiDict
 
 from nebula.store.db import transaction
 from nebula.store.packages import find_delta_extension, find_file, is_file_name
+from nebula.web.edge import add_prepare_hook
 from nebula.web.keys import BLOBS, CATALOG, METRICS, READ_SESSIONS, SETTINGS
 
 # Routes whose answers are payload files (counted by count_payload_requests): update
@@ -168,19 +169,20 @@ async def _stored_sha256(request: web.Request, package_id: str, name: str) -> st
     return file.sha256 if file.stored else None
 
 
-async def own_validator(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: FileResponse writes its mtime-based ETag and Last-Modified just
-    before the headers go out; put the content's tag back and drop the date."""
+def own_validator(request: web.Request, response: web.StreamResponse) -> None:
+    """A prepare hook (nebula.web.edge): FileResponse writes its mtime-based ETag and
+    Last-Modified just before the headers go out; put the content's tag back and drop the
+    date."""
     if isinstance(response, PayloadFileResponse):
         response.headers[hdrs.ETAG] = response.validator
         response.headers.pop(hdrs.LAST_MODIFIED, None)
 
 
-async def count_payload_requests(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: count the requests of payload routes by status: the payloads of
-    update checks, the release files of first boots and the sysext images hosts fetch alike
-    (under the secret prefix when one is set). Their bytes are counted as they go out
-    (PayloadFileResponse)."""
+def count_payload_requests(request: web.Request, response: web.StreamResponse) -> None:
+    """A prepare hook (nebula.web.edge): count the requests of payload routes by status: the
+    payloads of update checks, the release files of first boots and the sysext images hosts
+    fetch alike (under the secret prefix when one is set). Their bytes are counted as they go
+    out (PayloadFileResponse)."""
     path = request.path
     prefix = request.app[SETTINGS].omaha_prefix
     if prefix and path.startswith(prefix + "/"):
@@ -193,5 +195,5 @@ def add_routes(app: web.Application) -> None:
     # Under the secret prefix when one is set, as the codebases in the answers say.
     prefix = app[SETTINGS].omaha_prefix
     app.router.add_get(f"{prefix}/v1/payloads/{{package_id}}/{{name}}", handle_payload)
-    app.on_response_prepare.append(own_validator)
-    app.on_response_prepare.append(count_payload_requests)
+    add_prepare_hook(app, own_validator)
+    add_prepare_hook(app, count_payload_requests)

@@ -30,6 +30,7 @@ from aiohttp import web
 from nebula.config import load_settings
 from nebula.errors import NebulaError
 from nebula.web.app import create_app
+from nebula.web.edge import add_prepare_hook
 from nebula.web.logs import configure_logging
 from nebula.web.serve import serve_app
 
@@ -61,12 +62,12 @@ def main(argv: list[str] | None = None) -> None:
         sock.setblocking(False)
     pid = str(os.getpid())
 
-    async def tag(_request: web.Request, response: web.StreamResponse) -> None:
+    def tag(_request: web.Request, response: web.StreamResponse) -> None:
         response.headers[WORKER_HEADER] = pid
 
     try:
         app = create_app(settings, multiprocess_dir=spec["metrics_dir"])
-        app.on_response_prepare.append(tag)
+        add_prepare_hook(app, tag)
         asyncio.run(
             serve_app(
                 app,
