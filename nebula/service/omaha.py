@@ -19,7 +19,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from functools import partial
+from functools import lru_cache, partial
 from typing import TypeVar
 
 from sqlalchemy.exc import DBAPIError
@@ -93,6 +93,7 @@ _UUID_TRACK = re.compile(r"^\{?[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12
 DEFAULT_TRACK = "stable"  # what update_engine sends when update.conf names no GROUP
 
 
+@lru_cache(maxsize=1024)  # a fleet sends a few tracks; bounded, since hosts send anything
 def normalize_track(track: str | None) -> str:
     track = (track or "").strip() or DEFAULT_TRACK
     if _UUID_TRACK.match(track):
@@ -209,6 +210,8 @@ class OmahaService:
         # Counted after the commit: a rolled-back transaction granted nothing.
         for outcome in answered:
             self._count(outcome)
+        if len(answered) == 1:
+            return _one_app(answered[0].response)
         return Response(apps=tuple(o.response for o in answered))
 
     def _without_state(
@@ -432,10 +435,13 @@ class OmahaService:
         raise AssertionError("unreachable")  # the loop returns or raises
 
     def _answer(self, app: AppRequest, manifest: Manifest | None) -> AppResponse:
+        if manifest is None:
+            return _no_update(
+                app.raw_app_id, app.ping, len(app.events), app.update_check, self._poll_interval
+            )
         check = None
         if app.update_check:
-            status = UpdateStatus.OK if manifest is not None else UpdateStatus.NO_UPDATE
-            check = UpdateCheckResult(status, manifest, self._poll_interval)
+            check = UpdateCheckResult(UpdateStatus.OK, manifest, self._poll_interval)
         return AppResponse(app.raw_app_id, AppStatus.OK, app.ping, len(app.events), check)
 
     def _count(self, outcome: _AppOutcome) -> None:
@@ -475,3 +481,19 @@ class OmahaService:
                 group.arch,
                 manifest.version if manifest is not None else decision.target,
             )
+
+
+# The answers almost every check-in gets, made once: the same objects each time, which the
+# response cache (nebula.omaha.build.build_response_cached) also finds at once. Bounded: the
+# app id and event count are the host's.
+@lru_cache(maxsize=1024)
+def _no_update(
+    raw_app_id: str, ping: bool, events: int, update_check: bool, poll_interval: int | None
+) -> AppResponse:
+    check = UpdateCheckResult(UpdateStatus.NO_UPDATE, None, poll_interval) if update_check else None
+    return AppResponse(raw_app_id, AppStatus.OK, ping, events, check)
+
+
+@lru_cache(maxsize=1024)
+def _one_app(app: AppResponse) -> Response:
+    return Response(apps=(app,))
