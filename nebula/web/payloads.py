@@ -183,11 +183,13 @@ def count_payload_requests(request: web.Request, response: web.StreamResponse) -
     payloads of update checks, the release files of first boots and the sysext images hosts
     fetch alike (under the secret prefix when one is set). Their bytes are counted as they go
     out (PayloadFileResponse)."""
+    if request.method != "GET":  # every host's check-in is a POST: the cheap test first
+        return
     path = request.path
     prefix = request.app[SETTINGS].omaha_prefix
     if prefix and path.startswith(prefix + "/"):
         path = path[len(prefix) :]
-    if path.startswith(PAYLOAD_PATHS) and request.method == "GET":
+    if path.startswith(PAYLOAD_PATHS):
         request.app[METRICS].payload_requests.labels(status=str(response.status)).inc()
 
 
