@@ -12,11 +12,27 @@ first import), and whichever worker answers a scrape sums all of them: counters 
 are totals over the workers, including workers that have exited since (a counter never goes
 back), `nebula_leader` is the sum over the live ones. The process_* metrics describe one
 process, so they are left out there; gauges read from the database are the same from any worker.
+
+What every Omaha request counts (`count_omaha_request`, `count_check`, `count_event`,
+`observe_http`) is first added to plain tallies of this object (a dict by label values; for a
+histogram a count per bucket and the sum), not to prometheus_client's objects, whose every
+increment takes a lock (and with workers writes to a file). `flush` moves the tallies into them:
+- at every `render`, so a scrape of a single process is always exact;
+- once a second from the app's publish loop and at the app's cleanup, so nothing is lost;
+- with workers, also when the event loop turns after a count (once per loop iteration, whatever
+  the number of requests it answered), so that a scrape answered by another worker sees a
+  request's counts once its worker's loop has moved on: microseconds, at most the one-second
+  flush when the loop is blocked.
+Only the event loop's thread counts and flushes: the tallies have no lock.
 """
 
 from __future__ import annotations
 
+import asyncio
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
 from functools import cache
+from math import inf
 
 from prometheus_client import (
     CollectorRegistry,
@@ -35,6 +51,61 @@ KNOWN_EVENT_TYPES = frozenset({"3", "13", "14"})
 KNOWN_RESULTS = frozenset({"0", "1", "2"})
 # Base error codes worth a label of their own (contract §3); the rest count as "other".
 KNOWN_ERROR_CODES = frozenset({"5", "9", "10", "11", "18", "34", "44"})
+
+OMAHA_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60)
+
+
+class _CounterTally:
+    """Increments of a labelled counter not yet in it, by label values (in the labels' order)."""
+
+    __slots__ = ("child", "pending")
+
+    def __init__(self, child: Callable[..., Counter]) -> None:
+        self.child = child
+        self.pending: dict[tuple[str, ...], int] = {}
+
+    def flush(self) -> None:
+        for labels, n in self.pending.items():
+            self.child(*labels).inc(n)
+        self.pending.clear()
+
+
+class _HistogramTally:
+    """Observations of a histogram not yet in it, by label values: per label tuple a count per
+    bucket (as prometheus_client's: not cumulative, the last one +Inf) and their sum after."""
+
+    __slots__ = ("bounds", "child", "pending")
+
+    def __init__(self, buckets: Sequence[float], child: Callable[..., Histogram]) -> None:
+        # The upper bounds as Histogram keeps them (floats, +Inf appended). bisect_left finds
+        # the first bound >= the value: `le` is inclusive, as in Histogram.observe.
+        self.bounds = (*map(float, buckets), inf)
+        self.child = child
+        self.pending: dict[tuple[str, ...], list[float]] = {}
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        tally = self.pending.get(labels)
+        if tally is None:
+            tally = self.pending[labels] = [0] * (len(self.bounds) + 1)
+        tally[bisect_left(self.bounds, value)] += 1
+        tally[-1] += value
+
+    def flush(self) -> None:
+        for labels, tally in self.pending.items():
+            add(self.child(*labels), tally)
+        self.pending.clear()
+
+
+def add(histogram: Histogram, tally: Sequence[float]) -> None:
+    """Add to `histogram` (one without labels, or a child) a count per bucket and their sum
+    (the last item), as that many `observe` calls would. prometheus_client has no public way
+    to add several observations: this uses the per-bucket values and the sum that `observe`
+    increments (`_buckets`, `_sum`), which tests/test_metrics_tally.py pins."""
+    for bucket, n in zip(histogram._buckets, tally[:-1], strict=True):
+        if n:
+            bucket.inc(n)
+    histogram._sum.inc(tally[-1])
 
 
 class Metrics:
@@ -74,7 +145,7 @@ class Metrics:
             "nebula_omaha_request_duration_seconds",
             "Time to answer an Omaha request",
             registry=r,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            buckets=OMAHA_BUCKETS,
         )
         self.update_checks = Counter(
             "nebula_update_checks_total",
@@ -114,7 +185,7 @@ class Metrics:
             "Time from a request's arrival to the last byte of its answer, by route pattern",
             ["route", "method"],
             registry=r,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60),
+            buckets=HTTP_BUCKETS,
         )
         self.db_pool_in_use = Gauge(
             "nebula_db_pool_connections_in_use",
@@ -170,12 +241,25 @@ class Metrics:
         # The children a check-in counts into, by label values (positional, in the labels'
         # order): labels() validates its arguments and takes a lock on every call, 3% of a
         # steady check-in's CPU. Every label set is bounded, so what is kept is too.
-        self._request_child = cache(self.omaha_requests.labels)
-        self._check_child = cache(self.update_checks.labels)
         self._grant_child = cache(self.grants.labels)
-        self._event_child = cache(self.events.labels)
-        self._failure_child = cache(self.failures.labels)
-        self._http_child = cache(self.http_duration.labels)
+        # What the hot path counts, until `flush` (see the module docstring).
+        self._requests = _CounterTally(cache(self.omaha_requests.labels))
+        self._omaha_duration = _HistogramTally(OMAHA_BUCKETS, lambda: self.omaha_duration)
+        self._checks = _CounterTally(cache(self.update_checks.labels))
+        self._events = _CounterTally(cache(self.events.labels))
+        self._failures = _CounterTally(cache(self.failures.labels))
+        self._http = _HistogramTally(HTTP_BUCKETS, cache(self.http_duration.labels))
+        self._tallies = (
+            self._requests,
+            self._omaha_duration,
+            self._checks,
+            self._events,
+            self._failures,
+            self._http,
+        )
+        # True when a count must ask the event loop for a flush: with workers, while none is
+        # asked for; never in a single process, where only its own scrape reads the values.
+        self._unscheduled = multiprocess_dir is not None
 
     def register(self, collector: Collector) -> None:
         """A collector whose values are the same in every process (read from the database)."""
@@ -184,8 +268,28 @@ class Metrics:
             self.exposed.register(collector)
 
     def render(self) -> bytes:
-        """The text exposition of everything a scrape shows."""
+        """The text exposition of everything a scrape shows, this process's tallies included."""
+        self.flush()
         return generate_latest(self.exposed)
+
+    def flush(self) -> None:
+        """Move what the hot path tallied into the metrics (with workers: into this worker's
+        files, where every worker's scrape reads it)."""
+        for tally in self._tallies:
+            tally.flush()
+
+    def _schedule_flush(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop would run it (a script): now
+            self.flush()
+            return
+        self._unscheduled = False
+        loop.call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._unscheduled = True
+        self.flush()
 
     def observe_batch(self, size: int, seconds: float) -> None:
         """One flush of coalesced check-ins (nebula.store.seen)."""
@@ -211,12 +315,20 @@ class Metrics:
 
     def count_omaha_request(self, outcome: str, seconds: float) -> None:
         """One Omaha request answered with `outcome` after `seconds`."""
-        self._request_child(outcome).inc()
-        self.omaha_duration.observe(seconds)
+        pending = self._requests.pending
+        labels = (outcome,)
+        pending[labels] = pending.get(labels, 0) + 1
+        self._omaha_duration.observe((), seconds)
+        if self._unscheduled:
+            self._schedule_flush()
 
     def count_check(self, decision: str, reason: str) -> None:
         """One app's update check and what was decided."""
-        self._check_child(decision, reason).inc()
+        pending = self._checks.pending
+        labels = (decision, reason)
+        pending[labels] = pending.get(labels, 0) + 1
+        if self._unscheduled:
+            self._schedule_flush()
 
     def count_grant(self, group: str, arch: str) -> None:
         """One new grant in `group` (its name) and `arch`."""
@@ -224,7 +336,9 @@ class Metrics:
 
     def observe_http(self, route: str, method: str, seconds: float) -> None:
         """One HTTP request of `route` (its pattern) answered in `seconds`."""
-        self._http_child(route, method).observe(seconds)
+        self._http.observe((route, method), seconds)
+        if self._unscheduled:
+            self._schedule_flush()
 
     def count_event(
         self, event_type: int, result: int, error_code: int | None, group: str, arch: str
@@ -232,14 +346,20 @@ class Metrics:
         """One event a host reported in `group` (its name) and `arch`."""
         t = str(event_type)
         res = str(result)
-        self._event_child(
+        pending = self._events.pending
+        labels = (
             t if t in KNOWN_EVENT_TYPES else "other",
             res if res in KNOWN_RESULTS else "other",
-        ).inc()
+        )
+        pending[labels] = pending.get(labels, 0) + 1
         if result == 0:
             code = "none" if error_code is None else str(error_code & 0x0FFFFFFF)
-            self._failure_child(
+            failures = self._failures.pending
+            where = (
                 group,
                 arch,
                 code if code in KNOWN_ERROR_CODES or code == "none" else "other",
-            ).inc()
+            )
+            failures[where] = failures.get(where, 0) + 1
+        if self._unscheduled:
+            self._schedule_flush()
