@@ -14,15 +14,17 @@ back), `nebula_leader` is the sum over the live ones. The process_* metrics desc
 process, so they are left out there; gauges read from the database are the same from any worker.
 
 What every Omaha request counts (`count_omaha_request`, `count_check`, `count_event`,
-`observe_http`) is first added to plain tallies of this object (a dict by label values; for a
-histogram a count per bucket and the sum), not to prometheus_client's objects, whose every
-increment takes a lock (and with workers writes to a file). `flush` moves the tallies into them:
-- at every `render`, so a scrape of a single process is always exact;
-- once a second from the app's publish loop and at the app's cleanup, so nothing is lost;
-- with workers, also when the event loop turns after a count (once per loop iteration, whatever
-  the number of requests it answered), so that a scrape answered by another worker sees a
-  request's counts once its worker's loop has moved on: microseconds, at most the one-second
-  flush when the loop is blocked.
+`observe_http`) first waits in a plain dict of this object, by what it will be added to (a
+counter's child; a histogram child's bucket, found with bisect, or its sum), not in
+prometheus_client's values, whose every increment takes a lock (and with workers writes to a
+file). `flush` adds what waits to them:
+- at every `render`, so that a scrape of a single process is always exact;
+- once a second from the app's publish loop (a value read from prometheus_client's objects
+  rather than a render may be that much behind), and at the app's cleanup so that nothing is
+  lost;
+- with workers, also once per turn of the event loop that counted (one flush for all the
+  requests answered in that turn): a scrape answered by another worker sees a request's counts
+  once its worker's loop has turned after it, not up to a second later.
 Only the event loop's thread counts and flushes: the tallies have no lock.
 """
 
@@ -30,9 +32,10 @@ from __future__ import annotations
 
 import asyncio
 from bisect import bisect_left
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import cache
 from math import inf
+from typing import Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -56,56 +59,25 @@ OMAHA_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60)
 
 
-class _CounterTally:
-    """Increments of a labelled counter not yet in it, by label values (in the labels' order)."""
+class _Adds(Protocol):
+    """What a flush adds to: a counter (or its child), or one value of a histogram."""
 
-    __slots__ = ("child", "pending")
-
-    def __init__(self, child: Callable[..., Counter]) -> None:
-        self.child = child
-        self.pending: dict[tuple[str, ...], int] = {}
-
-    def flush(self) -> None:
-        for labels, n in self.pending.items():
-            self.child(*labels).inc(n)
-        self.pending.clear()
+    def inc(self, amount: float) -> None: ...
 
 
-class _HistogramTally:
-    """Observations of a histogram not yet in it, by label values: per label tuple a count per
-    bucket (as prometheus_client's: not cumulative, the last one +Inf) and their sum after."""
-
-    __slots__ = ("bounds", "child", "pending")
-
-    def __init__(self, buckets: Sequence[float], child: Callable[..., Histogram]) -> None:
-        # The upper bounds as Histogram keeps them (floats, +Inf appended). bisect_left finds
-        # the first bound >= the value: `le` is inclusive, as in Histogram.observe.
-        self.bounds = (*map(float, buckets), inf)
-        self.child = child
-        self.pending: dict[tuple[str, ...], list[float]] = {}
-
-    def observe(self, labels: tuple[str, ...], value: float) -> None:
-        tally = self.pending.get(labels)
-        if tally is None:
-            tally = self.pending[labels] = [0] * (len(self.bounds) + 1)
-        tally[bisect_left(self.bounds, value)] += 1
-        tally[-1] += value
-
-    def flush(self) -> None:
-        for labels, tally in self.pending.items():
-            add(self.child(*labels), tally)
-        self.pending.clear()
+def _bounds(buckets: Sequence[float]) -> tuple[float, ...]:
+    """A histogram's upper bounds as Histogram keeps them: floats, +Inf last. bisect_left on
+    them finds the first bound >= a value, its bucket (`le` is inclusive, as in
+    Histogram.observe; a NaN would land in the first bucket there, in none in Histogram: the
+    values observed are durations, never NaN)."""
+    return (*map(float, buckets), inf)
 
 
-def add(histogram: Histogram, tally: Sequence[float]) -> None:
-    """Add to `histogram` (one without labels, or a child) a count per bucket and their sum
-    (the last item), as that many `observe` calls would. prometheus_client has no public way
-    to add several observations: this uses the per-bucket values and the sum that `observe`
-    increments (`_buckets`, `_sum`), which tests/test_metrics_tally.py pins."""
-    for bucket, n in zip(histogram._buckets, tally[:-1], strict=True):
-        if n:
-            bucket.inc(n)
-    histogram._sum.inc(tally[-1])
+def _histogram_parts(histogram: Histogram) -> tuple[Sequence[_Adds], _Adds]:
+    """The per-bucket values (not cumulative) and the sum that Histogram.observe increments.
+    prometheus_client has no public way to add several observations at once, so the tallies
+    add to these: tests/test_metrics_tally.py pins that this is what observe does."""
+    return histogram._buckets, histogram._sum
 
 
 class Metrics:
@@ -241,22 +213,24 @@ class Metrics:
         # The children a check-in counts into, by label values (positional, in the labels'
         # order): labels() validates its arguments and takes a lock on every call, 3% of a
         # steady check-in's CPU. Every label set is bounded, so what is kept is too.
+        self._request_child = cache(self.omaha_requests.labels)
+        self._check_child = cache(self.update_checks.labels)
         self._grant_child = cache(self.grants.labels)
-        # What the hot path counts, until `flush` (see the module docstring).
-        self._requests = _CounterTally(cache(self.omaha_requests.labels))
-        self._omaha_duration = _HistogramTally(OMAHA_BUCKETS, lambda: self.omaha_duration)
-        self._checks = _CounterTally(cache(self.update_checks.labels))
-        self._events = _CounterTally(cache(self.events.labels))
-        self._failures = _CounterTally(cache(self.failures.labels))
-        self._http = _HistogramTally(HTTP_BUCKETS, cache(self.http_duration.labels))
-        self._tallies = (
-            self._requests,
-            self._omaha_duration,
-            self._checks,
-            self._events,
-            self._failures,
-            self._http,
-        )
+        self._event_child = cache(self.events.labels)
+        self._failure_child = cache(self.failures.labels)
+        self._omaha_bounds = _bounds(OMAHA_BUCKETS)
+        self._omaha_parts = _histogram_parts(self.omaha_duration)
+        self._http_bounds = _bounds(HTTP_BUCKETS)
+
+        @cache
+        def http_parts(route: str, method: str) -> tuple[Sequence[_Adds], _Adds]:
+            return _histogram_parts(self.http_duration.labels(route, method))
+
+        self._http_parts = http_parts
+        # What the hot path counted and a flush has yet to add, by what it is added to (a
+        # counter's child, a histogram child's bucket or sum): the keys are as bounded as the
+        # label sets, and a flush needs no lookup.
+        self._pending: dict[_Adds, float] = {}
         # True when a count must ask the event loop for a flush: with workers, while none is
         # asked for; never in a single process, where only its own scrape reads the values.
         self._unscheduled = multiprocess_dir is not None
@@ -275,8 +249,10 @@ class Metrics:
     def flush(self) -> None:
         """Move what the hot path tallied into the metrics (with workers: into this worker's
         files, where every worker's scrape reads it)."""
-        for tally in self._tallies:
-            tally.flush()
+        pending = self._pending
+        for target, amount in pending.items():
+            target.inc(amount)
+        pending.clear()
 
     def _schedule_flush(self) -> None:
         try:
@@ -315,18 +291,21 @@ class Metrics:
 
     def count_omaha_request(self, outcome: str, seconds: float) -> None:
         """One Omaha request answered with `outcome` after `seconds`."""
-        pending = self._requests.pending
-        labels = (outcome,)
-        pending[labels] = pending.get(labels, 0) + 1
-        self._omaha_duration.observe((), seconds)
+        pending = self._pending
+        counter = self._request_child(outcome)
+        pending[counter] = pending.get(counter, 0) + 1
+        buckets, total = self._omaha_parts
+        bucket = buckets[bisect_left(self._omaha_bounds, seconds)]
+        pending[bucket] = pending.get(bucket, 0) + 1
+        pending[total] = pending.get(total, 0) + seconds
         if self._unscheduled:
             self._schedule_flush()
 
     def count_check(self, decision: str, reason: str) -> None:
         """One app's update check and what was decided."""
-        pending = self._checks.pending
-        labels = (decision, reason)
-        pending[labels] = pending.get(labels, 0) + 1
+        pending = self._pending
+        counter = self._check_child(decision, reason)
+        pending[counter] = pending.get(counter, 0) + 1
         if self._unscheduled:
             self._schedule_flush()
 
@@ -336,7 +315,11 @@ class Metrics:
 
     def observe_http(self, route: str, method: str, seconds: float) -> None:
         """One HTTP request of `route` (its pattern) answered in `seconds`."""
-        self._http.observe((route, method), seconds)
+        pending = self._pending
+        buckets, total = self._http_parts(route, method)
+        bucket = buckets[bisect_left(self._http_bounds, seconds)]
+        pending[bucket] = pending.get(bucket, 0) + 1
+        pending[total] = pending.get(total, 0) + seconds
         if self._unscheduled:
             self._schedule_flush()
 
@@ -346,20 +329,19 @@ class Metrics:
         """One event a host reported in `group` (its name) and `arch`."""
         t = str(event_type)
         res = str(result)
-        pending = self._events.pending
-        labels = (
+        pending = self._pending
+        counter = self._event_child(
             t if t in KNOWN_EVENT_TYPES else "other",
             res if res in KNOWN_RESULTS else "other",
         )
-        pending[labels] = pending.get(labels, 0) + 1
+        pending[counter] = pending.get(counter, 0) + 1
         if result == 0:
             code = "none" if error_code is None else str(error_code & 0x0FFFFFFF)
-            failures = self._failures.pending
-            where = (
+            counter = self._failure_child(
                 group,
                 arch,
                 code if code in KNOWN_ERROR_CODES or code == "none" else "other",
             )
-            failures[where] = failures.get(where, 0) + 1
+            pending[counter] = pending.get(counter, 0) + 1
         if self._unscheduled:
             self._schedule_flush()
