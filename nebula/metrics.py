@@ -12,11 +12,30 @@ first import), and whichever worker answers a scrape sums all of them: counters 
 are totals over the workers, including workers that have exited since (a counter never goes
 back), `nebula_leader` is the sum over the live ones. The process_* metrics describe one
 process, so they are left out there; gauges read from the database are the same from any worker.
+
+What every Omaha request counts (`count_omaha_request`, `count_check`, `count_event`,
+`observe_http`) first waits in a plain dict of this object, by what it will be added to (a
+counter's child; a histogram child's bucket, found with bisect, or its sum), not in
+prometheus_client's values, whose every increment takes a lock (and with workers writes to a
+file). `flush` adds what waits to them:
+- at every `render`, so that a scrape of a single process is always exact;
+- once a second from the app's publish loop (a value read from prometheus_client's objects
+  rather than a render may be that much behind), and at the app's cleanup so that nothing is
+  lost;
+- with workers, also once per turn of the event loop that counted (one flush for all the
+  requests answered in that turn): a scrape answered by another worker sees a request's counts
+  once its worker's loop has turned after it, not up to a second later.
+Only the event loop's thread counts and flushes: the tallies have no lock.
 """
 
 from __future__ import annotations
 
+import asyncio
+from bisect import bisect_left
+from collections.abc import Sequence
 from functools import cache
+from math import inf
+from typing import Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -35,6 +54,30 @@ KNOWN_EVENT_TYPES = frozenset({"3", "13", "14"})
 KNOWN_RESULTS = frozenset({"0", "1", "2"})
 # Base error codes worth a label of their own (contract §3); the rest count as "other".
 KNOWN_ERROR_CODES = frozenset({"5", "9", "10", "11", "18", "34", "44"})
+
+OMAHA_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60)
+
+
+class _Adds(Protocol):
+    """What a flush adds to: a counter (or its child), or one value of a histogram."""
+
+    def inc(self, amount: float) -> None: ...
+
+
+def _bounds(buckets: Sequence[float]) -> tuple[float, ...]:
+    """A histogram's upper bounds as Histogram keeps them: floats, +Inf last. bisect_left on
+    them finds the first bound >= a value, its bucket (`le` is inclusive, as in
+    Histogram.observe; a NaN would land in the first bucket there, in none in Histogram: the
+    values observed are durations, never NaN)."""
+    return (*map(float, buckets), inf)
+
+
+def _histogram_parts(histogram: Histogram) -> tuple[Sequence[_Adds], _Adds]:
+    """The per-bucket values (not cumulative) and the sum that Histogram.observe increments.
+    prometheus_client has no public way to add several observations at once, so the tallies
+    add to these: tests/test_metrics_tally.py pins that this is what observe does."""
+    return histogram._buckets, histogram._sum
 
 
 class Metrics:
@@ -74,7 +117,7 @@ class Metrics:
             "nebula_omaha_request_duration_seconds",
             "Time to answer an Omaha request",
             registry=r,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            buckets=OMAHA_BUCKETS,
         )
         self.update_checks = Counter(
             "nebula_update_checks_total",
@@ -114,7 +157,7 @@ class Metrics:
             "Time from a request's arrival to the last byte of its answer, by route pattern",
             ["route", "method"],
             registry=r,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60),
+            buckets=HTTP_BUCKETS,
         )
         self.db_pool_in_use = Gauge(
             "nebula_db_pool_connections_in_use",
@@ -175,7 +218,22 @@ class Metrics:
         self._grant_child = cache(self.grants.labels)
         self._event_child = cache(self.events.labels)
         self._failure_child = cache(self.failures.labels)
-        self._http_child = cache(self.http_duration.labels)
+        self._omaha_bounds = _bounds(OMAHA_BUCKETS)
+        self._omaha_parts = _histogram_parts(self.omaha_duration)
+        self._http_bounds = _bounds(HTTP_BUCKETS)
+
+        @cache
+        def http_parts(route: str, method: str) -> tuple[Sequence[_Adds], _Adds]:
+            return _histogram_parts(self.http_duration.labels(route, method))
+
+        self._http_parts = http_parts
+        # What the hot path counted and a flush has yet to add, by what it is added to (a
+        # counter's child, a histogram child's bucket or sum): the keys are as bounded as the
+        # label sets, and a flush needs no lookup.
+        self._pending: dict[_Adds, float] = {}
+        # True when a count must ask the event loop for a flush: with workers, while none is
+        # asked for; never in a single process, where only its own scrape reads the values.
+        self._unscheduled = multiprocess_dir is not None
 
     def register(self, collector: Collector) -> None:
         """A collector whose values are the same in every process (read from the database)."""
@@ -184,8 +242,30 @@ class Metrics:
             self.exposed.register(collector)
 
     def render(self) -> bytes:
-        """The text exposition of everything a scrape shows."""
+        """The text exposition of everything a scrape shows, this process's tallies included."""
+        self.flush()
         return generate_latest(self.exposed)
+
+    def flush(self) -> None:
+        """Move what the hot path tallied into the metrics (with workers: into this worker's
+        files, where every worker's scrape reads it)."""
+        pending = self._pending
+        for target, amount in pending.items():
+            target.inc(amount)
+        pending.clear()
+
+    def _schedule_flush(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop would run it (a script): now
+            self.flush()
+            return
+        self._unscheduled = False
+        loop.call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._unscheduled = True
+        self.flush()
 
     def observe_batch(self, size: int, seconds: float) -> None:
         """One flush of coalesced check-ins (nebula.store.seen)."""
@@ -211,12 +291,23 @@ class Metrics:
 
     def count_omaha_request(self, outcome: str, seconds: float) -> None:
         """One Omaha request answered with `outcome` after `seconds`."""
-        self._request_child(outcome).inc()
-        self.omaha_duration.observe(seconds)
+        pending = self._pending
+        counter = self._request_child(outcome)
+        pending[counter] = pending.get(counter, 0) + 1
+        buckets, total = self._omaha_parts
+        bucket = buckets[bisect_left(self._omaha_bounds, seconds)]
+        pending[bucket] = pending.get(bucket, 0) + 1
+        pending[total] = pending.get(total, 0) + seconds
+        if self._unscheduled:
+            self._schedule_flush()
 
     def count_check(self, decision: str, reason: str) -> None:
         """One app's update check and what was decided."""
-        self._check_child(decision, reason).inc()
+        pending = self._pending
+        counter = self._check_child(decision, reason)
+        pending[counter] = pending.get(counter, 0) + 1
+        if self._unscheduled:
+            self._schedule_flush()
 
     def count_grant(self, group: str, arch: str) -> None:
         """One new grant in `group` (its name) and `arch`."""
@@ -224,7 +315,13 @@ class Metrics:
 
     def observe_http(self, route: str, method: str, seconds: float) -> None:
         """One HTTP request of `route` (its pattern) answered in `seconds`."""
-        self._http_child(route, method).observe(seconds)
+        pending = self._pending
+        buckets, total = self._http_parts(route, method)
+        bucket = buckets[bisect_left(self._http_bounds, seconds)]
+        pending[bucket] = pending.get(bucket, 0) + 1
+        pending[total] = pending.get(total, 0) + seconds
+        if self._unscheduled:
+            self._schedule_flush()
 
     def count_event(
         self, event_type: int, result: int, error_code: int | None, group: str, arch: str
@@ -232,14 +329,19 @@ class Metrics:
         """One event a host reported in `group` (its name) and `arch`."""
         t = str(event_type)
         res = str(result)
-        self._event_child(
+        pending = self._pending
+        counter = self._event_child(
             t if t in KNOWN_EVENT_TYPES else "other",
             res if res in KNOWN_RESULTS else "other",
-        ).inc()
+        )
+        pending[counter] = pending.get(counter, 0) + 1
         if result == 0:
             code = "none" if error_code is None else str(error_code & 0x0FFFFFFF)
-            self._failure_child(
+            counter = self._failure_child(
                 group,
                 arch,
                 code if code in KNOWN_ERROR_CODES or code == "none" else "other",
-            ).inc()
+            )
+            pending[counter] = pending.get(counter, 0) + 1
+        if self._unscheduled:
+            self._schedule_flush()

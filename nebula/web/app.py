@@ -98,13 +98,14 @@ def utcnow() -> datetime:
 async def publish_gauges(
     hosts: HostCache, engine: AsyncEngine, metrics: Metrics, every: float = 1.0
 ) -> None:
-    """The host cache counts in plain ints on the hot path, and the pool's use is the pool's:
-    both reach the metrics here (and at each scrape), so that with several workers each one's
-    share is in its files."""
+    """The host cache counts in plain ints on the hot path, the pool's use is the pool's, and
+    the metrics' own tallies wait for a flush: all reach the metrics here (and at each scrape),
+    so that with several workers each one's share is in its files."""
     while True:
         await asyncio.sleep(every)
         metrics.observe_host_cache(hosts.hits, hosts.misses, len(hosts))
         metrics.observe_pool(*db.pool_usage(engine))
+        metrics.flush()
 
 
 def create_app(
@@ -217,6 +218,7 @@ def create_app(
                     await seen.flush()
                 except Exception as exc:
                     log.error("last-seen times of %d hosts lost at shutdown: %s", len(seen), exc)
+                metrics.flush()  # with workers, into this one's files: the totals keep them
         finally:
             if own_engine:
                 await eng.dispose()
