@@ -201,6 +201,24 @@ def test_golden_update_check_is_the_contract_example() -> None:
     assert _golden("update_check.xml") == example.encode()
 
 
+def test_parsed_values_are_the_frozen_model_classes() -> None:
+    # parse builds its values as mutable twins and then gives them their frozen classes: what it
+    # returns must be those very classes, immutable, hashing and comparing like values built
+    # directly (build_response_cached keys a cache on such values).
+    request = parse_request(_golden("update_check.xml"))
+    app = request.apps[0]
+    event = app.events[0]
+    assert (type(request), type(app), type(event)) == (Request, AppRequest, Event)
+    for value, name in ((request, "protocol"), (app, "app_id"), (event, "type")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(value, name, None)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            delattr(value, name)
+    assert hash(request) == hash(BASE_REQUEST)
+    assert {BASE_REQUEST: "cached"}[request] == "cached"
+    assert request == BASE_REQUEST
+
+
 def test_golden_request_kinds() -> None:
     stub = parse_request(_golden("stub.xml"))
     assert stub.is_stub
