@@ -73,6 +73,9 @@ _REQUEST = _mutable_twin(Request)
 _APP_REQUEST = _mutable_twin(AppRequest)
 _EVENT = _mutable_twin(Event)
 
+# The names parse looks for, as plain tags: update_engine sends no namespace, and taking the
+# local name of each child is a Python call.
+_PLAIN_TAGS = frozenset({"os", "app", "event", "ping", "updatecheck"})
 _INT_RE = re.compile(r"-?[0-9]{1,10}")
 _U32 = 0xFFFF_FFFF
 _MAX_MESSAGE_TEXT = 120
@@ -112,7 +115,9 @@ def parse_request(body: bytes) -> Request:
     os_el: etree._Element | None = None
     app_els: list[etree._Element] = []
     for child in root:
-        name = _local(child)
+        name = child.tag
+        if name not in _PLAIN_TAGS:
+            name = _local(child)
         if name == "app":
             app_els.append(child)
             if len(app_els) > MAX_APPS:
@@ -148,7 +153,9 @@ def _parse_app(el: etree._Element) -> AppRequest:
     update_check = False
     events: list[Event] = []
     for child in el:
-        name = _local(child)
+        name = child.tag
+        if name not in _PLAIN_TAGS:
+            name = _local(child)
         if name == "event":
             if len(events) == MAX_EVENTS:
                 raise ProtocolError(f"an <app> has more than {MAX_EVENTS} <event> elements")
@@ -158,27 +165,28 @@ def _parse_app(el: etree._Element) -> AppRequest:
         elif name == "updatecheck":
             update_check = True
 
-    # The app's attributes read in one call, then looked up in a dict: a dozen element
-    # lookups through lxml cost twice as much (this is every check-in's work).
-    # (lxml's stubs allow bytes; a parsed document's attributes are always str.)
-    attrs = cast("dict[str, str]", dict(el.items()))
+    # The app's attributes read in one call and stripped in one pass, then looked up in a dict:
+    # a dozen element lookups through lxml, or a Python call per value, cost more (this is
+    # every check-in's work). (lxml's stubs allow bytes; parsed attributes are always str.)
+    items = cast("list[tuple[str, str]]", el.items())
+    attrs = {key: value.strip() for key, value in items}
     boot_id = attrs.get("bootid")
     machine_id = attrs.get("machineid")
-    delta_okay = _stripped(attrs.get("delta_okay"))
+    delta_okay = attrs.get("delta_okay")
     app = _APP_REQUEST(
         app_id=app_id,
         raw_app_id=raw_app_id,
-        version=_stripped(attrs.get("version")),
-        track=_stripped(attrs.get("track")),
+        version=attrs.get("version"),
+        track=attrs.get("track"),
         boot_id=None if boot_id is None else normalize_id(boot_id),
         machine_id=None if machine_id is None else normalize_id(machine_id),
-        machine_alias=_stripped(attrs.get("machinealias")),
-        oem=_stripped(attrs.get("oem")),
-        oem_version=_stripped(attrs.get("oemversion")),
-        aleph_version=_stripped(attrs.get("alephversion")),
-        board=_stripped(attrs.get("board")),
-        hardware_class=_stripped(attrs.get("hardware_class")),
-        lang=_stripped(attrs.get("lang")),
+        machine_alias=attrs.get("machinealias"),
+        oem=attrs.get("oem"),
+        oem_version=attrs.get("oemversion"),
+        aleph_version=attrs.get("alephversion"),
+        board=attrs.get("board"),
+        hardware_class=attrs.get("hardware_class"),
+        lang=attrs.get("lang"),
         delta_okay=delta_okay is not None and delta_okay.lower() == "true",
         ping=ping,
         update_check=update_check,
@@ -216,10 +224,7 @@ def _local(el: etree._Element) -> str:
 
 
 def _attr(el: etree._Element, name: str) -> str | None:
-    return _stripped(el.get(name))
-
-
-def _stripped(value: str | None) -> str | None:
+    value = el.get(name)
     return None if value is None else value.strip()
 
 

@@ -475,6 +475,52 @@ def test_attribute_values_are_stripped_and_empty_stays_empty() -> None:
     assert app.oem is None
 
 
+def test_every_text_attribute_is_stripped() -> None:
+    # Each element's attributes are read in one pass; no field may take its value unstripped.
+    body = (
+        b'<request protocol=" 3.0 " version=" v " updaterversion=" u " installsource=" s "'
+        b' ismachine=" 1 "><os version=" o " platform=" p " sp=" 1_x86_64 "/>'
+        b'<app appid=" {A} " version=" 1 " track=" t " bootid=" {B} " machineid=" {M} "'
+        b' machinealias=" ma " oem=" oe " oemversion=" ov " alephversion=" al " board=" b "'
+        b' hardware_class=" hc " lang=" l " delta_okay=" true ">'
+        b'<event eventtype=" 3 " eventresult=" 2 " errorcode=" 7 " previousversion=" pv "/>'
+        b"</app></request>"
+    )
+    request = parse_request(body)
+    assert dataclasses.replace(request, apps=()) == Request(
+        protocol="3.0",
+        client_version="v",
+        updater_version="u",
+        install_source="s",
+        is_machine=True,
+        os_version="o",
+        os_platform="p",
+        os_sp="1_x86_64",
+        apps=(),
+    )
+    assert request.apps == (
+        AppRequest(
+            app_id="a",
+            raw_app_id=" {A} ",  # the one attribute kept as sent
+            version="1",
+            track="t",
+            boot_id="b",
+            machine_id="m",
+            machine_alias="ma",
+            oem="oe",
+            oem_version="ov",
+            aleph_version="al",
+            board="b",
+            hardware_class="hc",
+            lang="l",
+            delta_okay=True,
+            ping=False,
+            update_check=False,
+            events=(Event(type=3, result=2, error_code=7, previous_version="pv"),),
+        ),
+    )
+
+
 def test_ping_counts_whatever_its_attributes() -> None:
     for ping in ["<ping/>", '<ping active="0"/>', '<ping active="1" a="2"></ping>']:
         assert parse_request(_request(app_body=ping)).apps[0].ping, ping
