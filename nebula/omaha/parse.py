@@ -77,6 +77,9 @@ _EVENT = _mutable_twin(Event)
 # local name of each child is a Python call.
 _PLAIN_TAGS = frozenset({"os", "app", "event", "ping", "updatecheck"})
 _INT_RE = re.compile(r"-?[0-9]{1,10}")
+# Event types and results are small numbers: taken from a table, they skip the regular
+# expression and int().
+_SMALL_INTS = {str(n): n for n in range(100)}
 _U32 = 0xFFFF_FFFF
 _MAX_MESSAGE_TEXT = 120
 
@@ -237,9 +240,13 @@ def _int_attr(el: etree._Element, name: str, *, lo: int, hi: int) -> int | None:
     value = _attr(el, name)
     if value is None:
         return None
-    if _INT_RE.fullmatch(value) is None:
-        raise ProtocolError(f"<{_local(el)}> attribute {name}={_clip(value)!r} is not an integer")
-    number = int(value)
+    number = _SMALL_INTS.get(value)
+    if number is None:
+        if _INT_RE.fullmatch(value) is None:
+            raise ProtocolError(
+                f"<{_local(el)}> attribute {name}={_clip(value)!r} is not an integer"
+            )
+        number = int(value)
     if not lo <= number <= hi:
         raise ProtocolError(f"<{_local(el)}> attribute {name}={number} is out of range")
     return number

@@ -347,6 +347,25 @@ def test_errorcode_decoding(errorcode: str, error_code: int, base_code: int, fla
     assert event.flags == flags
 
 
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [
+        ("0", 0),
+        ("7", 7),
+        ("10", 10),
+        ("99", 99),
+        ("100", 100),
+        ("007", 7),
+        ("2147483647", 2**31 - 1),
+    ],
+)
+def test_event_numbers(text: str, number: int) -> None:
+    # Small numbers come from a table, the others through the regular expression: both agree.
+    body = f'<event eventtype="{text}" eventresult="{text}" errorcode="{text}"/>'
+    event = parse_request(_request(app_body=body)).apps[0].events[0]
+    assert (event.type, event.result, event.error_code) == (number, number, number)
+
+
 def test_event_without_errorcode() -> None:
     event = parse_request(_request(app_body='<event eventtype="13" eventresult="1"/>')).apps[0]
     assert event.events[0] == Event(13, 1, None, None)
