@@ -55,11 +55,13 @@ _D = TypeVar("_D", bound="DataclassInstance")
 def _mutable_twin(cls: type[_D]) -> type[_D]:
     """A plain slotted dataclass with the fields, in order, of the frozen slotted dataclass `cls`.
 
-    A frozen dataclass's __init__ sets each field through `object.__setattr__`, four times the
-    cost of a plain one's assignment, and `AppRequest` has 17 fields. So parse builds each value
-    as its twin, of the very same memory layout, and `_frozen` then gives it its class: what comes
-    out is the frozen value itself (its type, equality, hash and immutability). Typed as `cls` so
-    that mypy checks the fields of every construction."""
+    A frozen dataclass's __init__ sets each field through `object.__setattr__` and costs five
+    times a plain one's (`AppRequest` has 17 fields, built on every check-in). So parse builds
+    each value as its twin and `_frozen` then gives it its class, which Python allows because
+    both have the same slots in the same order (were they ever to differ, every parse would fail
+    with a TypeError). What comes out is the frozen value itself: its type, equality, hash and
+    immutability; a twin never leaves this module. Typed as `cls` so that mypy checks the
+    fields of every construction."""
     twin = make_dataclass(cls.__name__, [(f.name, f.type) for f in fields(cls)], slots=True)
     return cast("type[_D]", twin)
 
