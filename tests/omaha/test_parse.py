@@ -201,6 +201,24 @@ def test_golden_update_check_is_the_contract_example() -> None:
     assert _golden("update_check.xml") == example.encode()
 
 
+def test_parsed_values_are_the_frozen_model_classes() -> None:
+    # parse builds its values as mutable twins and then gives them their frozen classes: what it
+    # returns must be those very classes, immutable, hashing and comparing like values built
+    # directly (build_response_cached keys a cache on such values).
+    request = parse_request(_golden("update_check.xml"))
+    app = request.apps[0]
+    event = app.events[0]
+    assert (type(request), type(app), type(event)) == (Request, AppRequest, Event)
+    for value, name in ((request, "protocol"), (app, "app_id"), (event, "type")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(value, name, None)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            delattr(value, name)
+    assert hash(request) == hash(BASE_REQUEST)
+    assert {BASE_REQUEST: "cached"}[request] == "cached"
+    assert request == BASE_REQUEST
+
+
 def test_golden_request_kinds() -> None:
     stub = parse_request(_golden("stub.xml"))
     assert stub.is_stub
@@ -329,6 +347,25 @@ def test_errorcode_decoding(errorcode: str, error_code: int, base_code: int, fla
     assert event.flags == flags
 
 
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [
+        ("0", 0),
+        ("7", 7),
+        ("10", 10),
+        ("99", 99),
+        ("100", 100),
+        ("007", 7),
+        ("2147483647", 2**31 - 1),
+    ],
+)
+def test_event_numbers(text: str, number: int) -> None:
+    # Small numbers come from a table, the others through the regular expression: both agree.
+    body = f'<event eventtype="{text}" eventresult="{text}" errorcode="{text}"/>'
+    event = parse_request(_request(app_body=body)).apps[0].events[0]
+    assert (event.type, event.result, event.error_code) == (number, number, number)
+
+
 def test_event_without_errorcode() -> None:
     event = parse_request(_request(app_body='<event eventtype="13" eventresult="1"/>')).apps[0]
     assert event.events[0] == Event(13, 1, None, None)
@@ -455,6 +492,52 @@ def test_attribute_values_are_stripped_and_empty_stays_empty() -> None:
     assert app.track == ""
     assert app.machine_alias == ""
     assert app.oem is None
+
+
+def test_every_text_attribute_is_stripped() -> None:
+    # Each element's attributes are read in one pass; no field may take its value unstripped.
+    body = (
+        b'<request protocol=" 3.0 " version=" v " updaterversion=" u " installsource=" s "'
+        b' ismachine=" 1 "><os version=" o " platform=" p " sp=" 1_x86_64 "/>'
+        b'<app appid=" {A} " version=" 1 " track=" t " bootid=" {B} " machineid=" {M} "'
+        b' machinealias=" ma " oem=" oe " oemversion=" ov " alephversion=" al " board=" b "'
+        b' hardware_class=" hc " lang=" l " delta_okay=" true ">'
+        b'<event eventtype=" 3 " eventresult=" 2 " errorcode=" 7 " previousversion=" pv "/>'
+        b"</app></request>"
+    )
+    request = parse_request(body)
+    assert dataclasses.replace(request, apps=()) == Request(
+        protocol="3.0",
+        client_version="v",
+        updater_version="u",
+        install_source="s",
+        is_machine=True,
+        os_version="o",
+        os_platform="p",
+        os_sp="1_x86_64",
+        apps=(),
+    )
+    assert request.apps == (
+        AppRequest(
+            app_id="a",
+            raw_app_id=" {A} ",  # the one attribute kept as sent
+            version="1",
+            track="t",
+            boot_id="b",
+            machine_id="m",
+            machine_alias="ma",
+            oem="oe",
+            oem_version="ov",
+            aleph_version="al",
+            board="b",
+            hardware_class="hc",
+            lang="l",
+            delta_okay=True,
+            ping=False,
+            update_check=False,
+            events=(Event(type=3, result=2, error_code=7, previous_version="pv"),),
+        ),
+    )
 
 
 def test_ping_counts_whatever_its_attributes() -> None:
