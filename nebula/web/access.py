@@ -34,7 +34,6 @@ log = logging.getLogger("nebula.access")
 
 REQUEST_ID_HEADER = "X-Request-Id"
 _SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_ID_KEY = web.RequestKey("nebula_request_id", str)
 _MACHINE_KEY = web.RequestKey("nebula_machine_id", str)
 MACHINE_ID_LOGGED = 64  # characters of a host's machine id kept in its line
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -62,21 +61,22 @@ class _Ids:
 _FRESH = _Ids()
 
 
-def request_id(request: web.BaseRequest) -> str:
-    """The request's id: the client's X-Request-Id if sane, else a new one (kept on the
-    request, so that the header and the log line agree)."""
-    rid = request.get(_ID_KEY)
-    if isinstance(rid, str):
-        return rid
+def _given_or_fresh(request: web.BaseRequest) -> str:
     given = request.headers.get(REQUEST_ID_HEADER, "")
-    rid = given if given and _SANE_ID.fullmatch(given) else _FRESH.next()
-    request[_ID_KEY] = rid
-    return rid
+    return given if given and _SANE_ID.fullmatch(given) else _FRESH.next()
 
 
 def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """A prepare hook (nebula.web.edge): every answer names its request id."""
-    response.headers[REQUEST_ID_HEADER] = request_id(request)
+    """A prepare hook (nebula.web.edge): every answer names its request id. The access line
+    reads it back from the answer (`logged_id`): nothing is kept on the request, whose
+    mapping costs an exception for every key it lacks."""
+    response.headers[REQUEST_ID_HEADER] = _given_or_fresh(request)
+
+
+def logged_id(request: web.BaseRequest, response: web.StreamResponse) -> str:
+    """The id the answer named, or for an answer no hook saw (aiohttp's own, to a request
+    that never reached the application) the client's or a fresh one."""
+    return response.headers.get(REQUEST_ID_HEADER) or _given_or_fresh(request)
 
 
 def note_machine_id(request: web.BaseRequest, machine_id: str | None) -> None:
@@ -126,7 +126,7 @@ class RequestLog(AbstractAccessLogger):
             if not log.isEnabledFor(logging.INFO):
                 return
             fields: dict[str, Any] = {
-                "request_id": request_id(request),
+                "request_id": logged_id(request, response),
                 "method": method,
                 "route": route,
                 "status": response.status,
