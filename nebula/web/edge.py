@@ -12,8 +12,8 @@
   run by one `on_response_prepare` signal (`add_prepare_hook`).
 
 Why one layer: each aiohttp middleware and each signal receiver is a coroutine created and
-awaited for every request; four middlewares and four receivers were a tenth of a steady host
-check-in's CPU, and none of them awaits anything on a host's request.
+awaited for every request, and none of these awaits anything on a host's request; four of each
+were a measurable share of a steady check-in's CPU (docs/benchmarks.md).
 
 Imports nebula.web.api, nebula.web.errors and nebula.web.limits.
 """

@@ -4,9 +4,12 @@ Catches a driver that measures nothing (no grants made) or prints a malformed fi
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
+from nebula import crau
 from nebula.loadtest import servicecpu
 
 
@@ -36,3 +39,31 @@ def test_servicecpu_steady_checks_come_from_the_host_cache() -> None:
     result = servicecpu.measure_sync(None, "steady", 20, 2)
     assert result.requests == 20 and result.granted == 0
     assert result.cached == 20
+
+
+def test_servicecpu_through_http_answers_from_the_host_cache() -> None:
+    """--http: raw POSTs through aiohttp's whole request path reach the Omaha handler, the
+    steady requests cycle over `hosts` known hosts and each is answered from memory. Catches a
+    path that bypasses the app (no cache hits), a cycle that brings new hosts (misses), or a
+    wire that returns before the answer is whole (then granted/cached miscount)."""
+    result = servicecpu.measure_sync(None, "steady", 30, 3, http=True, hosts=5)
+    assert result.requests == 30 and result.granted == 0
+    assert result.cached == 30
+
+
+def test_servicecpu_through_http_grants_with_a_given_key(tmp_path: Path) -> None:
+    """--http grants, counted from the answers' bytes, with the payload signed by the key
+    given; a file that is no key is refused. Catches answers read as granted from the wrong
+    document (a grant answered noupdate, or a noupdate counted), and a key that signs a payload
+    the server does not trust (no release published: no grants)."""
+    key = crau.make_rsa_key()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    result = servicecpu.measure_sync(None, "grant", 12, 3, http=True, key_pem=pem)
+    assert result.requests == 12 and result.granted == 12
+    (tmp_path / "k.pem").write_bytes(b"not a key")
+    with pytest.raises(ValueError):
+        servicecpu.main(["--key", str(tmp_path / "k.pem"), "--requests", "2"])
