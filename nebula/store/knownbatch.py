@@ -32,7 +32,7 @@ from nebula import lifecycle
 from nebula.store.counts import shard_of
 from nebula.store.firstbatch import DECIDE, group_params
 from nebula.store.firstcheck import LOCK_EXCLUSIVE, LOCK_SHARE
-from nebula.store.knowngrant import KnownGrant, Outcome
+from nebula.store.knowngrant import KnownGrant, Outcome, outcome_of
 
 _SQL = f"""
 WITH input AS MATERIALIZED (
@@ -216,19 +216,4 @@ async def write_known_grants(conn: AsyncConnection, plans: Sequence[KnownGrant])
     rows = (await conn.execute(_STATEMENT, params)).all()
     if len(rows) != len(plans):
         raise AssertionError(f"a batch of {len(plans)} answered {len(rows)} rows")
-    out = []
-    for row in rows:
-        fresh, ok, held_by, grants, in_flight, completed, target_in_flight = row[1:8]
-        written = bool(fresh) and ok is not None
-        out.append(
-            Outcome(
-                written=written,
-                granted=written and bool(ok),
-                hold_reason=held_by if written else None,
-                grants=int(grants),
-                in_flight=int(in_flight),
-                target_completed=int(completed),
-                target_in_flight=int(target_in_flight),
-            )
-        )
-    return out
+    return [outcome_of(tuple(row[1:8])) for row in rows]

@@ -185,7 +185,14 @@ async def write_known_grant(conn: AsyncConnection, plan: KnownGrant) -> Outcome:
     row = (await conn.execute(_STATEMENT, params)).first()
     if row is None:  # the host is gone (deleted meanwhile): the general path decides
         return Outcome(False, False, None, 0, 0, 0, 0)
-    fresh, ok, held_by, grants, in_flight, completed, target_in_flight = row[:7]
+    return outcome_of(tuple(row[:7]))
+
+
+def outcome_of(columns: tuple[Any, ...]) -> Outcome:
+    """The Outcome of one host from the statement's columns (the batch's too, nebula.store.
+    knownbatch): fresh, ok, the hold, then the gate's grants, in flight, and the target's
+    completed and in flight."""
+    fresh, ok, held_by, grants, in_flight, completed, target_in_flight = columns
     written = bool(fresh) and ok is not None
     return Outcome(
         written=written,
